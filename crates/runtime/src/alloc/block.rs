@@ -1,0 +1,64 @@
+//! [`Block`]: one piece of raw device memory and everything needed to reuse or free it.
+//!
+//! A block carries its own metadata — size, class, the stream it was last used on and the events that
+//! must complete before another stream may reuse it — so freeing needs no global pointer map (fix 1).
+//!
+//! # Stream-ordered reuse
+//!
+//! A block freed on stream S is reusable at once by later work on S (stream order protects it). It is
+//! reusable by another stream T only when every `(stream, event)` in `pending` either is on T or has
+//! completed. Blocks in a thread cache have no pending events: they are on the cache's home stream.
+//! Blocks enter a shared pool with one event per stream that used them (recorded at that moment).
+
+use std::sync::Arc;
+
+use super::size_class::SizeClass;
+use crate::pool::StreamId;
+use crate::{Device, DevicePtr, Event, Result, Stream};
+
+pub(crate) struct Block<D: Device> {
+    pub(crate) ptr: DevicePtr,
+    /// Rounded size: what the raw allocation holds.
+    pub(crate) size: usize,
+    /// `Some` for small blocks.
+    pub(crate) class: Option<SizeClass>,
+    /// The stream of the last allocation; where a same-stream free is safe without an event.
+    pub(crate) stream: Stream<D>,
+    /// Work that must finish before a stream other than the one named may reuse the block.
+    pub(crate) pending: Vec<(StreamId, Arc<Event<D>>)>,
+}
+
+impl<D: Device> Block<D> {
+    /// Reusable by `stream` without a device call: every pending event is on `stream` or known complete.
+    #[inline]
+    pub(crate) fn ready_known(&self, stream: StreamId) -> bool {
+        self.pending
+            .iter()
+            .all(|(s, e)| *s == stream || e.is_known_complete())
+    }
+
+    /// Reusable by `stream`, asking the device about events not yet known complete. Never call this
+    /// under a pool lock: it may make device calls.
+    pub(crate) fn ready_query(&self, stream: StreamId) -> bool {
+        // A failed query (device error) counts as "not ready": the block stays cached, and the error
+        // surfaces on the stream's own next sync.
+        self.pending
+            .iter()
+            .all(|(s, e)| *s == stream || e.query().unwrap_or(false))
+    }
+
+    /// Waits (host) until every pending event has completed. Used before a raw free.
+    pub(crate) fn wait_idle(&self) -> Result<()> {
+        for (_, e) in &self.pending {
+            e.synchronize()?;
+        }
+        Ok(())
+    }
+
+    /// Hands the block to `stream`: pending events no longer matter once work on it is ordered after them.
+    #[inline]
+    pub(crate) fn take_for(&mut self, stream: Stream<D>) {
+        self.pending.clear();
+        self.stream = stream;
+    }
+}

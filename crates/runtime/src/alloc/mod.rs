@@ -1,0 +1,549 @@
+//! [`CachingAllocator`] and [`Buffer`]: every device buffer of an inference comes from here.
+//!
+//! This carries the design's fix 1 ("sharded allocator with per-thread caches"): the seed's one
+//! recursive mutex around malloc, free and event recording is replaced by layers, each in its own file,
+//! each wrapping the next as RMM's memory resources do:
+//!
+//! 1. [`thread_cache`] — small blocks (≤ 1 MiB) per thread, no shared lock.
+//! 2. [`pools`] — shared pools, one lock per small size class and one for large blocks; no device call
+//!    under any of them.
+//! 3. raw device memory ([`Device::alloc_raw`]) under a memory limit, with free-the-cache-and-retry
+//!    before a clear out-of-memory error that carries the [`AllocatorStats`].
+//!
+//! Statistics ([`stats`]) are per thread and summed on read. A [`Buffer`] owns its [`block::Block`]'s
+//! metadata, so freeing needs no global map.
+//!
+//! # The stream-ordered contract (as RMM states it)
+//!
+//! A buffer is allocated for a stream and is safe to use on that stream at once. To use it on another
+//! stream, call [`Buffer::record_stream`]; the block is then not reused until that stream's work (up to
+//! the buffer's drop) is done too. A buffer freed on stream S is reused by later work on S at once, and
+//! by other streams only after an event shows S's work on it is done (see [`block`]).
+//!
+//! # Lifetime
+//!
+//! Like the stream pool's, an allocator's shared state lives for the rest of the process (it is small;
+//! the memory it caches is freed when the [`CachingAllocator`] is dropped). Buffers hold a `&'static`
+//! reference to it, so allocating and freeing touch no reference count — an `Arc` per buffer would put
+//! every thread on one contended cache line. A buffer dropped after its allocator frees its memory
+//! directly, after its stream has drained.
+
+pub(crate) mod block;
+mod pools;
+mod size_class;
+mod stats;
+mod thread_cache;
+
+use std::fmt;
+use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use self::block::Block;
+use self::pools::SharedPools;
+use self::size_class::{large_size, SizeClass};
+use self::stats::{GlobalStats, StatsRegistry, ThreadStats, Writer};
+use crate::{Device, DevicePtr, Event, EventPool, Result, RuntimeError, Stream};
+
+pub use self::size_class::{SMALL_CLASSES, SMALL_LIMIT};
+pub use self::stats::{AllocatorStats, PoolStats};
+
+/// The environment variable that sets the memory limit.
+pub const MEMORY_LIMIT_ENV: &str = "BRAID_MEMORY_LIMIT";
+
+/// A cap on the raw device memory an allocator holds.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub enum MemoryLimit {
+    /// No cap beyond the device's own memory.
+    #[default]
+    None,
+    /// At most this many bytes.
+    Bytes(u64),
+    /// At most this fraction (0, 1] of the device's memory.
+    Fraction(f64),
+}
+
+impl MemoryLimit {
+    /// The limit from `BRAID_MEMORY_LIMIT`, or `None` when unset.
+    pub fn from_env() -> Result<Self> {
+        match std::env::var(MEMORY_LIMIT_ENV) {
+            Ok(v) => v.parse(),
+            Err(_) => Ok(Self::None),
+        }
+    }
+
+    fn bytes(self, capacity: usize) -> u64 {
+        match self {
+            Self::None => u64::MAX,
+            Self::Bytes(b) => b,
+            Self::Fraction(f) => (capacity as f64 * f) as u64,
+        }
+    }
+}
+
+impl FromStr for MemoryLimit {
+    type Err = RuntimeError;
+
+    fn from_str(s: &str) -> Result<Self> {
+        let s = s.trim();
+        let invalid = || RuntimeError::InvalidConfig {
+            name: MEMORY_LIMIT_ENV,
+            value: s.to_string(),
+            allowed:
+                "a byte count (e.g. 1073741824) or a fraction of device memory in (0, 1] (e.g. 0.8)",
+        };
+        if s.is_empty() || s.eq_ignore_ascii_case("none") {
+            return Ok(Self::None);
+        }
+        if let Ok(bytes) = s.parse::<u64>() {
+            return Ok(Self::Bytes(bytes));
+        }
+        match s.parse::<f64>() {
+            Ok(f) if f > 0.0 && f <= 1.0 => Ok(Self::Fraction(f)),
+            _ => Err(invalid()),
+        }
+    }
+}
+
+/// How a [`CachingAllocator`] is set up.
+#[derive(Clone, Debug)]
+pub struct AllocatorConfig {
+    /// Cap on raw memory held.
+    pub memory_limit: MemoryLimit,
+    /// Bytes each thread may keep in its cache before flushing half (default 16 MiB).
+    pub thread_cache_bytes: usize,
+}
+
+impl Default for AllocatorConfig {
+    fn default() -> Self {
+        Self {
+            memory_limit: MemoryLimit::None,
+            thread_cache_bytes: 16 << 20,
+        }
+    }
+}
+
+impl AllocatorConfig {
+    /// The defaults with the limit from `BRAID_MEMORY_LIMIT` where set.
+    pub fn from_env() -> Result<Self> {
+        Ok(Self {
+            memory_limit: MemoryLimit::from_env()?,
+            ..Self::default()
+        })
+    }
+}
+
+static NEXT_ALLOCATOR_ID: AtomicU64 = AtomicU64::new(1);
+
+/// The allocator's shared state (lives for the process; module doc, "Lifetime").
+pub(crate) struct AllocShared<D: Device> {
+    id: u64,
+    device: D,
+    pools: SharedPools<D>,
+    events: Arc<EventPool<D>>,
+    stats: StatsRegistry,
+    global: GlobalStats,
+    /// Bytes; `u64::MAX` = none. Read on the raw path only.
+    limit: AtomicU64,
+    thread_cache_bytes: usize,
+    /// Set when the `CachingAllocator` is dropped (Release; read Acquire on frees).
+    closed: AtomicBool,
+}
+
+/// A caching device-memory allocator. One per device; shared by every thread by reference.
+pub struct CachingAllocator<D: Device> {
+    shared: &'static AllocShared<D>,
+}
+
+impl<D: Device> CachingAllocator<D> {
+    /// An allocator for `device`.
+    pub fn new(device: D, config: AllocatorConfig) -> Self {
+        let limit = config.memory_limit.bytes(device.memory_capacity());
+        let shared = Box::leak(Box::new(AllocShared {
+            id: NEXT_ALLOCATOR_ID.fetch_add(1, Ordering::Relaxed),
+            events: EventPool::new(device.clone()),
+            device,
+            pools: SharedPools::new(),
+            stats: StatsRegistry::default(),
+            global: GlobalStats::default(),
+            limit: AtomicU64::new(limit),
+            thread_cache_bytes: config.thread_cache_bytes,
+            closed: AtomicBool::new(false),
+        }));
+        Self { shared }
+    }
+
+    /// A buffer of at least `bytes` bytes for use on `stream`. Contents are unspecified.
+    #[inline]
+    pub fn alloc(&self, bytes: usize, stream: Stream<D>) -> Result<Buffer<D>> {
+        let shared = self.shared;
+        let class = SizeClass::of(bytes);
+        // Fast path: a thread-cache hit, counted in the same thread-local visit.
+        if let Some(class) = class {
+            let hit = thread_cache::with_cache(shared, |c| {
+                let block = c.pop(class, stream)?;
+                let stats = &c.stats;
+                Writer::Owner.add(&stats.thread_cache_hits, 1);
+                Writer::Owner.add(&stats.allocs, 1);
+                Writer::Owner.add_signed(&stats.allocated, block.size as i64);
+                Some(block)
+            });
+            if let Some(Some(block)) = hit {
+                return Ok(Buffer {
+                    block: Some(block),
+                    len: bytes,
+                    used_on: Vec::new(),
+                    owner: shared,
+                });
+            }
+        }
+        let block = shared.alloc_uncached(bytes, class, stream)?;
+        Ok(Buffer {
+            block: Some(block),
+            len: bytes,
+            used_on: Vec::new(),
+            owner: shared,
+        })
+    }
+
+    /// Frees every cached block this allocator can reach — the shared pools and the calling thread's
+    /// cache — after their streams' work on them is done. Other threads' caches are theirs (no lock
+    /// reaches them); they flush when those threads exit or overflow.
+    pub fn empty_cache(&self) -> Result<()> {
+        self.shared.empty_cache()
+    }
+
+    /// A snapshot of the statistics (per-thread counters summed).
+    pub fn stats(&self) -> AllocatorStats {
+        self.shared.stats_snapshot()
+    }
+
+    /// Sets the memory limit; takes effect on the next raw allocation.
+    pub fn set_memory_limit(&self, limit: MemoryLimit) {
+        let bytes = limit.bytes(self.shared.device.memory_capacity());
+        self.shared.limit.store(bytes, Ordering::Relaxed);
+    }
+
+    /// The pool the allocator takes its events from (exposed for statistics: events created).
+    pub fn event_pool(&self) -> &Arc<EventPool<D>> {
+        &self.shared.events
+    }
+
+    /// The device.
+    pub fn device(&self) -> &D {
+        &self.shared.device
+    }
+}
+
+impl<D: Device> Drop for CachingAllocator<D> {
+    fn drop(&mut self) {
+        // Release pairs with the Acquire in `AllocShared::free`: later frees go straight to the device.
+        self.shared.closed.store(true, Ordering::Release);
+        if let Err(e) = self.shared.empty_cache() {
+            tracing::warn!(error = %e, "emptying the cache of a dropped allocator failed");
+        }
+    }
+}
+
+impl<D: Device> AllocShared<D> {
+    fn stats_snapshot(&self) -> AllocatorStats {
+        let limit = self.limit.load(Ordering::Relaxed);
+        stats::snapshot(
+            &self.stats,
+            &self.global,
+            (limit != u64::MAX).then_some(limit),
+        )
+    }
+
+    /// Runs `f` on this thread's counters, or on the retired totals when the thread's cache is gone.
+    #[inline]
+    fn count(&'static self, f: impl FnOnce(&ThreadStats, Writer)) {
+        let mut f = Some(f);
+        let counted = thread_cache::with_cache(self, |c| {
+            if let Some(f) = f.take() {
+                f(&c.stats, Writer::Owner)
+            }
+        });
+        if counted.is_none() {
+            if let Some(f) = f.take() {
+                f(&self.stats.retired, Writer::Shared)
+            }
+        }
+    }
+
+    /// The slow path of `alloc`: a shared pool or raw memory.
+    #[cold]
+    fn alloc_uncached(
+        &'static self,
+        bytes: usize,
+        class: Option<SizeClass>,
+        stream: Stream<D>,
+    ) -> Result<Block<D>> {
+        let (block, hit) = match class {
+            Some(class) => match self.pools.take_small(class, stream) {
+                Some(block) => (block, true),
+                None => (self.alloc_block(class.size(), Some(class), stream)?, false),
+            },
+            None => {
+                let size = large_size(bytes);
+                match self.pools.take_large(size, stream) {
+                    Some(block) => (block, true),
+                    None => (self.alloc_block(size, None, stream)?, false),
+                }
+            }
+        };
+        let size = block.size;
+        self.count(|s, w| {
+            let counter = match (class.is_some(), hit) {
+                (true, true) => &s.small_pool_hits,
+                (true, false) => &s.small_misses,
+                (false, true) => &s.large_pool_hits,
+                (false, false) => &s.large_misses,
+            };
+            w.add(counter, 1);
+            w.add(&s.allocs, 1);
+            w.add_signed(&s.allocated, size as i64);
+        });
+        Ok(block)
+    }
+
+    /// A new block from raw memory, within the limit; frees the cache and retries once before failing.
+    #[cold]
+    fn alloc_block(
+        &'static self,
+        size: usize,
+        class: Option<SizeClass>,
+        stream: Stream<D>,
+    ) -> Result<Block<D>> {
+        let mut last_error = None;
+        for attempt in 0..2 {
+            if attempt == 1 {
+                self.empty_cache()?;
+            }
+            if !self.try_reserve(size) {
+                continue;
+            }
+            match self.device.alloc_raw(size) {
+                Ok(ptr) => {
+                    self.global.raw_allocs.fetch_add(1, Ordering::Relaxed);
+                    return Ok(Block {
+                        ptr,
+                        size,
+                        class,
+                        stream,
+                        pending: Vec::new(),
+                    });
+                }
+                Err(e) => {
+                    self.unreserve(size);
+                    last_error = Some(e);
+                }
+            }
+        }
+        match last_error {
+            Some(e @ RuntimeError::Device(_)) => Err(e),
+            _ => {
+                let limit = self.limit.load(Ordering::Relaxed);
+                Err(RuntimeError::OutOfMemory {
+                    requested: size,
+                    limit: if limit == u64::MAX {
+                        "none (device memory)".into()
+                    } else {
+                        format!("{limit} bytes")
+                    },
+                    stats: Box::new(self.stats_snapshot()),
+                })
+            }
+        }
+    }
+
+    /// Adds `size` to the reserved bytes if that stays within the limit.
+    fn try_reserve(&self, size: usize) -> bool {
+        let limit = self.limit.load(Ordering::Relaxed);
+        // Relaxed: the counter is the only shared datum; the CAS makes concurrent reservations exact.
+        let reserved =
+            self.global
+                .reserved
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |r| {
+                    r.checked_add(size as u64).filter(|&n| n <= limit)
+                });
+        match reserved {
+            Ok(before) => {
+                self.global
+                    .peak_reserved
+                    .fetch_max(before + size as u64, Ordering::Relaxed);
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    fn unreserve(&self, size: usize) {
+        self.global
+            .reserved
+            .fetch_sub(size as u64, Ordering::Relaxed);
+    }
+
+    /// Frees a block's raw memory once its work is done.
+    fn free_raw_block(&self, block: Block<D>) {
+        if let Err(e) = block
+            .wait_idle()
+            .and_then(|()| match block.stream.synchronize() {
+                // A stream whose pool is gone was drained at shutdown.
+                Err(RuntimeError::Dropped { .. }) => Ok(()),
+                other => other,
+            })
+        {
+            tracing::warn!(error = %e, "stream failed before a block was freed; freeing it anyway");
+        }
+        // SAFETY: the block came from `alloc_raw(block.size)` on this device, is owned here (so freed
+        // once), and the waits above ensure no pending work uses it.
+        unsafe { self.device.free_raw(block.ptr, block.size) };
+        self.unreserve(block.size);
+        self.global.raw_frees.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn empty_cache(&'static self) -> Result<()> {
+        thread_cache::with_cache(self, |c| c.flush_all());
+        for block in self.pools.drain() {
+            self.free_raw_block(block);
+        }
+        Ok(())
+    }
+
+    /// Records a pooled event on `stream`, or `None` if the stream's pool is gone (its work was drained).
+    /// Falls back to synchronizing the stream if no event can be had.
+    fn record_event(&self, stream: Stream<D>) -> Option<Event<D>> {
+        let mut event = match self.events.event() {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::warn!(error = %e, "no event for a cross-stream free; synchronizing the stream instead");
+                let _ = stream.synchronize();
+                return None;
+            }
+        };
+        match event.record(&stream) {
+            Ok(()) => Some(event),
+            Err(RuntimeError::Dropped { .. }) => None,
+            Err(e) => {
+                tracing::warn!(error = %e, "recording an event failed; synchronizing the stream instead");
+                let _ = stream.synchronize();
+                None
+            }
+        }
+    }
+
+    /// A block enters the shared pools (or, after the allocator is dropped, goes back to the device).
+    fn release_to_pools(&'static self, block: Block<D>) {
+        // Acquire pairs with the Release in `CachingAllocator::drop`.
+        if self.closed.load(Ordering::Acquire) {
+            self.free_raw_block(block);
+        } else {
+            self.pools.push(block);
+        }
+    }
+
+    /// The free path of a buffer: thread cache when possible, else shared pools with events.
+    #[inline]
+    fn free(&'static self, block: Block<D>, used_on: &[Stream<D>]) {
+        let size = block.size as i64;
+        let count_free = |s: &ThreadStats, w: Writer| {
+            w.add_signed(&s.allocated, -size);
+            w.add(&s.frees, 1);
+        };
+        let block = if used_on.is_empty()
+            && block.class.is_some()
+            && !self.closed.load(Ordering::Acquire)
+        {
+            match thread_cache::try_push(self, block, count_free) {
+                Ok(()) => return,
+                Err(block) => block,
+            }
+        } else {
+            block
+        };
+        self.count(count_free);
+        self.free_shared(block, used_on);
+    }
+
+    /// Publishes a block to the shared pools behind one event per stream that used it.
+    #[cold]
+    fn free_shared(&'static self, mut block: Block<D>, used_on: &[Stream<D>]) {
+        for stream in std::iter::once(block.stream).chain(used_on.iter().copied()) {
+            if let Some(event) = self.record_event(stream) {
+                block.pending.push((stream.id(), Arc::new(event)));
+            }
+        }
+        self.release_to_pools(block);
+    }
+}
+
+/// A device buffer from a [`CachingAllocator`]. Dropping it returns its block to the allocator.
+pub struct Buffer<D: Device> {
+    block: Option<Block<D>>,
+    len: usize,
+    used_on: Vec<Stream<D>>,
+    owner: &'static AllocShared<D>,
+}
+
+impl<D: Device> Buffer<D> {
+    #[inline]
+    fn block(&self) -> &Block<D> {
+        self.block
+            .as_ref()
+            .expect("invariant violated: buffer used after free (this is a bug)")
+    }
+
+    /// The device address of the first byte.
+    #[inline]
+    pub fn ptr(&self) -> DevicePtr {
+        self.block().ptr
+    }
+
+    /// Bytes requested.
+    #[inline]
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether zero bytes were requested.
+    #[inline]
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Bytes the block really has (the rounded size).
+    pub fn capacity(&self) -> usize {
+        self.block().size
+    }
+
+    /// The stream the buffer was allocated for.
+    pub fn stream(&self) -> Stream<D> {
+        self.block().stream
+    }
+
+    /// Marks that `stream` uses this buffer too, so its block is not reused until `stream`'s work up to
+    /// the buffer's drop is done (PyTorch's `record_stream`).
+    pub fn record_stream(&mut self, stream: Stream<D>) {
+        if stream != self.block().stream && !self.used_on.contains(&stream) {
+            self.used_on.push(stream);
+        }
+    }
+}
+
+impl<D: Device> fmt::Debug for Buffer<D> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Buffer")
+            .field("ptr", &self.ptr())
+            .field("len", &self.len)
+            .finish()
+    }
+}
+
+impl<D: Device> Drop for Buffer<D> {
+    fn drop(&mut self) {
+        if let Some(block) = self.block.take() {
+            self.owner.free(block, &self.used_on);
+        }
+    }
+}

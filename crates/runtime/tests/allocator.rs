@@ -1,0 +1,268 @@
+//! Caching allocator: reuse, stream ordering, record_stream, limits and OOM recovery, stats, empty_cache.
+
+mod common;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use braid_runtime::cpu::CpuDevice;
+use braid_runtime::{
+    alloc::SMALL_LIMIT, AllocatorConfig, CachingAllocator, MemoryLimit, RuntimeError, StreamPool,
+    StreamPoolConfig,
+};
+use common::{check_bytes, fill_bytes, on_stream};
+
+fn setup(limit: MemoryLimit) -> (StreamPool<CpuDevice>, CachingAllocator<CpuDevice>) {
+    let device = CpuDevice::with_memory_capacity(1 << 30);
+    let pool = StreamPool::new(
+        device.clone(),
+        StreamPoolConfig {
+            worker_slots: 4,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let alloc = CachingAllocator::new(
+        device,
+        AllocatorConfig {
+            memory_limit: limit,
+            ..Default::default()
+        },
+    );
+    (pool, alloc)
+}
+
+#[test]
+fn same_stream_reuse_is_immediate_and_from_the_thread_cache() {
+    let (pool, alloc) = setup(MemoryLimit::None);
+    let s = pool.stream(1).unwrap();
+    let a = alloc.alloc(1000, s).unwrap();
+    let first = a.ptr();
+    assert_eq!(a.len(), 1000);
+    assert_eq!(a.capacity(), 1024);
+    assert_eq!(first.0 % 256, 0, "256-byte aligned");
+    drop(a);
+    let b = alloc.alloc(900, s).unwrap();
+    assert_eq!(b.ptr(), first, "freed on S, reused by S at once");
+    let stats = alloc.stats();
+    assert_eq!(stats.thread_cache_hits, 1);
+    assert_eq!(stats.small.misses, 1);
+    assert_eq!(stats.allocated_bytes, 1024);
+    assert_eq!(
+        alloc.event_pool().created(),
+        0,
+        "same-stream reuse needs no event"
+    );
+}
+
+#[test]
+fn another_stream_reuses_a_block_only_after_its_work_is_done() {
+    let (pool, alloc) = setup(MemoryLimit::None);
+    let (s1, s2) = (pool.stream(1).unwrap(), pool.stream(2).unwrap());
+    let big = 4 << 20; // large pool: no thread cache in the way
+    let a = alloc.alloc(big, s1).unwrap();
+    let ptr = a.ptr();
+    let gate = Arc::new(AtomicUsize::new(0));
+    let g = gate.clone();
+    on_stream(s1, move || {
+        while g.load(Ordering::SeqCst) == 0 {
+            std::thread::yield_now();
+        }
+    });
+    drop(a);
+    let b = alloc.alloc(big, s2).unwrap();
+    assert_ne!(
+        b.ptr(),
+        ptr,
+        "s1's work on the block is pending: s2 must not get it"
+    );
+    gate.store(1, Ordering::SeqCst);
+    s1.synchronize().unwrap();
+    drop(b);
+    let c = alloc.alloc(big, s2).unwrap();
+    assert!(
+        c.ptr() == ptr || alloc.stats().large.hits >= 1,
+        "after s1 finished the block is reusable"
+    );
+}
+
+#[test]
+fn record_stream_keeps_a_block_until_the_other_stream_is_done() {
+    let (pool, alloc) = setup(MemoryLimit::None);
+    let (s1, s2) = (pool.stream(1).unwrap(), pool.stream(2).unwrap());
+    let mut a = alloc.alloc(4096, s1).unwrap();
+    let (ptr, len) = (a.ptr(), a.len());
+    fill_bytes(s1, ptr, len, 0xAB);
+    s1.synchronize().unwrap();
+    let bad = Arc::new(AtomicUsize::new(0));
+    // s2 reads the buffer slowly.
+    on_stream(s2, || std::thread::sleep(Duration::from_millis(50)));
+    check_bytes(s2, ptr, len, 0xAB, bad.clone());
+    s2.commit().unwrap();
+    a.record_stream(s2);
+    drop(a);
+    // s1 allocates the same size at once and scribbles over what it gets.
+    let b = alloc.alloc(4096, s1).unwrap();
+    assert_ne!(b.ptr(), ptr, "the block is still in use by s2");
+    fill_bytes(s1, b.ptr(), b.len(), 0x00);
+    pool.synchronize_all().unwrap();
+    assert_eq!(bad.load(Ordering::SeqCst), 0);
+}
+
+#[test]
+fn oom_under_a_limit_then_recovery_after_buffers_drop() {
+    let (pool, alloc) = setup(MemoryLimit::Bytes(8 << 20));
+    let s = pool.stream(1).unwrap();
+    let a = alloc.alloc(3 << 20, s).unwrap();
+    let b = alloc.alloc(3 << 20, s).unwrap();
+    let err = alloc.alloc(3 << 20, s).unwrap_err();
+    let msg = err.to_string();
+    match &err {
+        RuntimeError::OutOfMemory {
+            requested, stats, ..
+        } => {
+            assert_eq!(*requested, 3 << 20);
+            assert_eq!(stats.reserved_bytes, 6 << 20);
+            assert_eq!(stats.limit_bytes, Some(8 << 20));
+        }
+        other => panic!("expected OutOfMemory, got {other}"),
+    }
+    assert!(
+        msg.contains("BRAID_MEMORY_LIMIT") && msg.contains("8388608 bytes"),
+        "{msg}"
+    );
+    drop(a);
+    // A different size: the cached 3 MiB block is freed by the retry path, making room.
+    let c = alloc.alloc(5 << 20, s).unwrap();
+    assert!(alloc.stats().reserved_bytes <= 8 << 20);
+    drop((b, c));
+    let d = alloc
+        .alloc(7 << 20, s)
+        .expect("after everything dropped, the whole limit is usable");
+    drop(d);
+}
+
+#[test]
+fn device_out_of_memory_is_reported_with_stats() {
+    let device = CpuDevice::with_memory_capacity(2 << 20);
+    let pool = StreamPool::new(device.clone(), StreamPoolConfig::default()).unwrap();
+    let alloc = CachingAllocator::new(device, AllocatorConfig::default());
+    let s = pool.stream(1).unwrap();
+    let _a = alloc.alloc(1500 << 10, s).unwrap();
+    let err = alloc.alloc(1500 << 10, s).unwrap_err();
+    assert!(matches!(err, RuntimeError::OutOfMemory { .. }), "{err}");
+    assert!(
+        err.to_string().contains("allocated"),
+        "carries the stats: {err}"
+    );
+}
+
+#[test]
+fn memory_limit_parses_bytes_and_fractions() {
+    assert_eq!(
+        "1048576".parse::<MemoryLimit>().unwrap(),
+        MemoryLimit::Bytes(1 << 20)
+    );
+    assert_eq!(
+        "0.5".parse::<MemoryLimit>().unwrap(),
+        MemoryLimit::Fraction(0.5)
+    );
+    assert_eq!("none".parse::<MemoryLimit>().unwrap(), MemoryLimit::None);
+    assert_eq!(
+        "0".parse::<MemoryLimit>().unwrap(),
+        MemoryLimit::Bytes(0),
+        "a byte count, not a fraction"
+    );
+    for bad in ["1.5", "-3", "lots"] {
+        let err = bad
+            .parse::<MemoryLimit>()
+            .map(|_| ())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("BRAID_MEMORY_LIMIT") && err.contains("fraction"),
+            "{err}"
+        );
+    }
+    let (pool, alloc) = setup(MemoryLimit::Fraction(0.001)); // ~1 MiB of 1 GiB
+    let s = pool.stream(1).unwrap();
+    assert!(alloc.alloc(2 << 20, s).is_err());
+    alloc.set_memory_limit(MemoryLimit::None);
+    assert!(alloc.alloc(2 << 20, s).is_ok());
+}
+
+#[test]
+fn empty_cache_returns_memory_and_stats_add_up() {
+    let (pool, alloc) = setup(MemoryLimit::None);
+    let s = pool.stream(1).unwrap();
+    let bufs: Vec<_> = [100, 5000, SMALL_LIMIT, SMALL_LIMIT + 1, 10 << 20]
+        .iter()
+        .map(|&n| alloc.alloc(n, s).unwrap())
+        .collect();
+    let reserved = alloc.stats().reserved_bytes;
+    assert!(reserved >= (10 << 20) + 2 * SMALL_LIMIT as u64);
+    assert_eq!(alloc.stats().allocated_bytes as u64, reserved);
+    drop(bufs);
+    let stats = alloc.stats();
+    assert_eq!(stats.allocated_bytes, 0);
+    assert_eq!(stats.reserved_bytes, reserved, "freed blocks stay cached");
+    assert_eq!(stats.allocs, 5);
+    assert_eq!(stats.frees, 5);
+    alloc.empty_cache().unwrap();
+    let stats = alloc.stats();
+    assert_eq!(stats.reserved_bytes, 0, "{stats}");
+    assert_eq!(stats.raw_allocs, stats.raw_frees);
+    assert_eq!(stats.peak_reserved_bytes, reserved);
+    assert_eq!(pool.device().raw_allocated(), 0);
+}
+
+#[test]
+fn thread_cache_flushes_past_its_cap_and_at_thread_exit() {
+    let device = CpuDevice::new();
+    let pool = StreamPool::new(device.clone(), StreamPoolConfig::default()).unwrap();
+    let alloc = Arc::new(CachingAllocator::new(
+        device,
+        AllocatorConfig {
+            thread_cache_bytes: 64 << 10,
+            ..Default::default()
+        },
+    ));
+    let s = pool.stream(1).unwrap();
+    let a2 = alloc.clone();
+    std::thread::spawn(move || {
+        let bufs: Vec<_> = (0..32).map(|_| a2.alloc(8 << 10, s).unwrap()).collect();
+        drop(bufs); // 256 KiB freed into a 64 KiB cache
+        assert!(a2.stats().thread_cached_bytes <= 64 << 10, "{}", a2.stats());
+    })
+    .join()
+    .unwrap();
+    assert_eq!(
+        alloc.stats().thread_cached_bytes,
+        0,
+        "the exiting thread flushed its cache"
+    );
+    // Another thread on another stream reuses the flushed blocks once the flush event completes.
+    let s2 = pool.stream(2).unwrap();
+    s.synchronize().unwrap();
+    let b = alloc.alloc(8 << 10, s2).unwrap();
+    drop(b);
+    assert!(alloc.stats().small.hits >= 1, "{}", alloc.stats());
+}
+
+#[test]
+fn buffers_outliving_their_allocator_are_freed_safely() {
+    let device = CpuDevice::new();
+    let pool = StreamPool::new(device.clone(), StreamPoolConfig::default()).unwrap();
+    let alloc = CachingAllocator::new(device.clone(), AllocatorConfig::default());
+    let s = pool.stream(1).unwrap();
+    let a = alloc.alloc(10 << 20, s).unwrap();
+    let b = alloc.alloc(100, s).unwrap();
+    drop(alloc);
+    drop((a, b));
+    assert_eq!(
+        device.raw_allocated(),
+        0,
+        "late frees went straight back to the device"
+    );
+}

@@ -1,0 +1,42 @@
+//! Helpers shared by the runtime's integration tests.
+#![allow(dead_code)]
+
+use braid_runtime::cpu::CpuDevice;
+use braid_runtime::{DevicePtr, Runtime, RuntimeConfig, Stream};
+
+/// A CPU runtime with the given config.
+pub fn cpu_runtime(config: RuntimeConfig) -> Runtime<CpuDevice> {
+    Runtime::new(CpuDevice::new(), config).expect("runtime")
+}
+
+/// Encodes a host function on `stream` (in stream order).
+pub fn on_stream(stream: Stream<CpuDevice>, f: impl FnOnce() + Send + 'static) {
+    stream
+        .device()
+        .launch(stream.raw().expect("stream"), f)
+        .expect("launch");
+}
+
+/// Writes `byte` over `len` bytes at `ptr`, in stream order.
+pub fn fill_bytes(stream: Stream<CpuDevice>, ptr: DevicePtr, len: usize, byte: u8) {
+    on_stream(stream, move || {
+        // SAFETY: ptr addresses len live bytes of a buffer that outlives this work by stream order.
+        unsafe { std::ptr::write_bytes(ptr.0 as *mut u8, byte, len) }
+    });
+}
+
+/// Counts bytes at `ptr` that differ from `byte`, in stream order, adding them to `bad`.
+pub fn check_bytes(
+    stream: Stream<CpuDevice>,
+    ptr: DevicePtr,
+    len: usize,
+    byte: u8,
+    bad: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    on_stream(stream, move || {
+        // SAFETY: as in `fill_bytes`.
+        let bytes = unsafe { std::slice::from_raw_parts(ptr.0 as *const u8, len) };
+        let wrong = bytes.iter().filter(|&&b| b != byte).count();
+        bad.fetch_add(wrong, std::sync::atomic::Ordering::Relaxed);
+    });
+}

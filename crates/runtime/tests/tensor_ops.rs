@@ -1,0 +1,213 @@
+//! The tensor layer on the CPU backend: each op against a host reference, and shape errors.
+
+mod common;
+
+use braid_runtime::ops::{GemmSpec, MatStrides};
+use braid_runtime::{DType, RuntimeConfig, RuntimeError};
+use common::cpu_runtime;
+
+fn close(a: &[f32], b: &[f32], tol: f32) {
+    assert_eq!(a.len(), b.len());
+    for (i, (x, y)) in a.iter().zip(b).enumerate() {
+        assert!(
+            (x - y).abs() <= tol * (1.0 + y.abs()),
+            "element {i}: {x} vs {y}"
+        );
+    }
+}
+
+#[test]
+fn linear_layer_norm_gelu_pool_normalize_match_host_reference() {
+    let rt = cpu_runtime(RuntimeConfig::default());
+    // x [2, 3, 4] (batch 2, seq 3, dim 4), weight [5, 4], bias [5].
+    let x: Vec<f32> = (0..24).map(|i| (i as f32 * 0.37).sin()).collect();
+    let w: Vec<f32> = (0..20).map(|i| (i as f32 * 0.11).cos()).collect();
+    let b: Vec<f32> = (0..5).map(|i| i as f32 * 0.1).collect();
+    let (tx, tw, tb) = (
+        rt.from_f32(&x, &[2, 3, 4]).unwrap(),
+        rt.from_f32(&w, &[5, 4]).unwrap(),
+        rt.from_f32(&b, &[5]).unwrap(),
+    );
+    let y = rt.linear(&tx, &tw, Some(&tb)).unwrap();
+    assert_eq!(y.shape(), [2, 3, 5]);
+    let mut want = vec![0f32; 30];
+    for r in 0..6 {
+        for o in 0..5 {
+            want[r * 5 + o] = b[o] + (0..4).map(|k| x[r * 4 + k] * w[o * 4 + k]).sum::<f32>();
+        }
+    }
+    close(&rt.to_vec_f32(&y).unwrap(), &want, 1e-5);
+
+    // Layer norm with residual, gamma = 1, beta = 0: each row has mean 0 and variance ~1.
+    let ones = rt.full(&[4], 1.0).unwrap();
+    let zeros = rt.full(&[4], 0.0).unwrap();
+    let n = rt.layer_norm(&tx, Some(&tx), &ones, &zeros, 1e-12).unwrap();
+    for row in rt.to_vec_f32(&n).unwrap().chunks(4) {
+        let mean = row.iter().sum::<f32>() / 4.0;
+        let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / 4.0;
+        assert!(mean.abs() < 1e-5 && (var - 1.0).abs() < 1e-3, "{row:?}");
+    }
+
+    // Mean pool with the last token of sequence 1 masked, then L2 normalise.
+    let mask = rt
+        .from_f32(&[1.0, 1.0, 1.0, 1.0, 1.0, 0.0], &[2, 3])
+        .unwrap();
+    let mut pooled = rt.mean_pool(&tx, &mask).unwrap();
+    rt.l2_normalize(&mut pooled).unwrap();
+    let got = rt.to_vec_f32(&pooled).unwrap();
+    let mut want = [0f32; 8];
+    for (bi, len) in [(0usize, 3usize), (1, 2)] {
+        for d in 0..4 {
+            want[bi * 4 + d] = (0..len).map(|s| x[(bi * 3 + s) * 4 + d]).sum::<f32>() / len as f32;
+        }
+        let norm = want[bi * 4..bi * 4 + 4]
+            .iter()
+            .map(|v| v * v)
+            .sum::<f32>()
+            .sqrt();
+        want[bi * 4..bi * 4 + 4].iter_mut().for_each(|v| *v /= norm);
+    }
+    close(&got, &want, 1e-5);
+
+    // Bias + GELU in place.
+    let mut g = rt.from_f32(&[-1.0, 0.0, 1.0, 2.0], &[1, 4]).unwrap();
+    rt.bias_gelu(&mut g, &zeros, false).unwrap();
+    close(
+        &rt.to_vec_f32(&g).unwrap(),
+        &[-0.158_655_25, 0.0, 0.841_344_7, 1.954_499_7],
+        1e-5,
+    );
+}
+
+#[test]
+fn gather_softmax_and_strided_batched_gemm() {
+    let rt = cpu_runtime(RuntimeConfig::default());
+    let table = rt
+        .from_f32(&(0..12).map(|i| i as f32).collect::<Vec<_>>(), &[4, 3])
+        .unwrap();
+    let ids = rt.from_u32(&[3, 0], &[2]).unwrap();
+    let mut rows = rt.gather_rows(&table, &ids, None).unwrap().unwrap();
+    rt.gather_rows(
+        &table,
+        &rt.from_u32(&[1, 1], &[2]).unwrap(),
+        Some(&mut rows),
+    )
+    .unwrap();
+    assert_eq!(
+        rt.to_vec_f32(&rows).unwrap(),
+        [12.0, 14.0, 16.0, 3.0, 5.0, 7.0]
+    );
+
+    let mut scores = rt
+        .from_f32(&[1.0, 2.0, 3.0, 1.0, 1.0, 1.0], &[1, 2, 1, 3])
+        .unwrap();
+    let mask = rt.from_f32(&[1.0, 1.0, 0.0], &[1, 3]).unwrap();
+    rt.masked_softmax(&mut scores, &mask, 1.0).unwrap();
+    let p = rt.to_vec_f32(&scores).unwrap();
+    let e = 1f32.exp();
+    close(
+        &p,
+        &[1.0 / (1.0 + e), e / (1.0 + e), 0.0, 0.5, 0.5, 0.0],
+        1e-6,
+    );
+
+    // Two heads of Q·Kᵀ read straight out of a fused [seq, 2 * 2 * head] buffer.
+    let (seq, heads, hd) = (2usize, 2usize, 2usize);
+    let qk: Vec<f32> = (0..seq * 2 * heads * hd).map(|i| i as f32 * 0.5).collect();
+    let t = rt.from_f32(&qk, &[seq, 2 * heads * hd]).unwrap();
+    let row = (2 * heads * hd) as isize;
+    let spec = GemmSpec {
+        m: seq,
+        n: seq,
+        k: hd,
+        batch: [1, heads],
+        a: MatStrides {
+            row_stride: row,
+            col_stride: 1,
+            batch_stride: [0, hd as isize],
+        },
+        b: MatStrides {
+            row_stride: 1,
+            col_stride: row,
+            batch_stride: [0, hd as isize],
+        }
+        .with_batch(0, hd as isize),
+        c: MatStrides::row_major(seq).with_batch(0, (seq * seq) as isize),
+        alpha: 1.0,
+        beta: 0.0,
+    };
+    // K starts heads*hd elements into each row: pass it as its own view by offsetting through B's data.
+    let k_part: Vec<f32> = qk
+        .chunks(2 * heads * hd)
+        .flat_map(|r| r[heads * hd..].to_vec())
+        .chain(std::iter::repeat_n(0.0, heads * hd))
+        .collect();
+    let k = rt
+        .from_f32(&k_part[..seq * heads * hd], &[seq, heads * hd])
+        .unwrap();
+    let spec_k = GemmSpec {
+        b: MatStrides {
+            row_stride: 1,
+            col_stride: (heads * hd) as isize,
+            batch_stride: [0, hd as isize],
+        },
+        ..spec
+    };
+    let s = rt.gemm(&spec_k, &t, &k, None, &[heads, seq, seq]).unwrap();
+    let got = rt.to_vec_f32(&s).unwrap();
+    for h in 0..heads {
+        for i in 0..seq {
+            for j in 0..seq {
+                let want: f32 = (0..hd)
+                    .map(|d| {
+                        qk[i * row as usize + h * hd + d]
+                            * qk[j * row as usize + heads * hd + h * hd + d]
+                    })
+                    .sum();
+                assert!((got[h * seq * seq + i * seq + j] - want).abs() < 1e-4);
+            }
+        }
+    }
+    // An operand whose strides run past its end is refused, not read out of bounds.
+    let err = rt
+        .gemm(&spec, &t, &k, None, &[heads, seq, seq])
+        .unwrap_err();
+    assert!(
+        matches!(err, RuntimeError::Shape { op: "gemm", .. }),
+        "{err}"
+    );
+}
+
+#[test]
+fn shape_and_dtype_errors_say_what_is_wrong() {
+    let rt = cpu_runtime(RuntimeConfig::default());
+    let x = rt.full(&[2, 3], 1.0).unwrap();
+    let w = rt.full(&[4, 5], 1.0).unwrap();
+    let err = rt.linear(&x, &w, None).unwrap_err().to_string();
+    assert!(
+        err.contains("3 features") && err.contains("expects 5"),
+        "{err}"
+    );
+    let err = rt.from_f32(&[1.0, 2.0], &[3]).unwrap_err().to_string();
+    assert!(err.contains("2 elements given for shape [3]"), "{err}");
+    let half = rt.empty(&[2, 3], DType::F16).unwrap();
+    let err = rt.l2_normalize(&mut { half }).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            RuntimeError::Unsupported {
+                op: "l2_normalize",
+                dtype: DType::F16,
+                backend: "cpu"
+            }
+        ),
+        "{err}"
+    );
+    let err = rt
+        .full(&[6], 0.0)
+        .unwrap()
+        .reshape(&[4])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("element counts differ"), "{err}");
+}

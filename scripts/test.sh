@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# The whole test suite, as CI runs it (README's second command). Needs: cargo, python3 with pip.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+echo "== model: fetch the default model (idempotent)"
+bash scripts/fetch-model.sh
+
+echo "== format and lints"
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets --release -- -D warnings
+
+echo "== tests (release: numeric tests are ~90x slower in debug)"
+cargo test --workspace --release
+
+echo "== loom models (slot bitmask; lazy stream creation racing synchronize_all)"
+RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom \
+    cargo test --release -p braid-runtime --lib loom
