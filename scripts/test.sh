@@ -14,6 +14,6 @@ echo "== tests (release: numeric tests are ~90x slower in debug)"
 cargo test --workspace --release
 
 echo "== loom models (slot bitmask; lazy stream creation racing synchronize_all)"
-# Bounded at 3 preemptions per execution (as tokio's CI does): ~5 s; unbounded runs for many minutes.
+# Bounded at 3 preemptions per execution (as tokio's CI does): ~5 s; unbounded it ran over a minute without finishing.
 LOOM_MAX_PREEMPTIONS="${LOOM_MAX_PREEMPTIONS:-3}" RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom \
     cargo test --release -p braid-runtime --lib loom

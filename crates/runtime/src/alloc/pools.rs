@@ -40,14 +40,14 @@ impl<D: Device> SharedPools<D> {
         }
     }
 
-    pub(crate) fn push_small(&self, block: Block<D>) {
+    fn push_small(&self, block: Block<D>) {
         let class = block
             .class
             .expect("invariant violated: large block in a small pool (this is a bug)");
         self.small[class.index()].lock().push(block);
     }
 
-    pub(crate) fn push_large(&self, block: Block<D>) {
+    fn push_large(&self, block: Block<D>) {
         self.large.lock().entry(block.size).or_default().push(block);
     }
 
