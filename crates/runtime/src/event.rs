@@ -84,7 +84,7 @@ impl<D: Device> Event<D> {
         }
         let done = self.pool.device.query_event(self.raw())?;
         if done {
-            self.known_complete.store(true, Ordering::Relaxed);
+            self.known_complete.store(true, Ordering::Release);
         }
         Ok(done)
     }
@@ -92,10 +92,9 @@ impl<D: Device> Event<D> {
     /// Whether a previous query or synchronize already saw completion (no device call).
     #[inline]
     pub fn is_known_complete(&self) -> bool {
-        // Relaxed: the flag is a hint that saves a device call; completion's happens-before comes from
-        // the device call that set it (on the thread that set it) and, for other threads, from the
-        // lock that published the block holding this event.
-        self.known_complete.load(Ordering::Relaxed)
+        // Acquire pairs with the Release stores below: a thread that trusts another thread's observation
+        // of completion also sees everything that observation saw (the device's finished work).
+        self.known_complete.load(Ordering::Acquire)
     }
 
     /// Blocks the host until the last record has completed.
@@ -104,7 +103,7 @@ impl<D: Device> Event<D> {
             return Ok(());
         }
         self.pool.device.event_synchronize(self.raw())?;
-        self.known_complete.store(true, Ordering::Relaxed);
+        self.known_complete.store(true, Ordering::Release);
         Ok(())
     }
 

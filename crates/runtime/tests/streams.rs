@@ -314,6 +314,46 @@ fn events_order_streams_without_blocking_the_host() {
     assert_eq!(events.created(), 1);
 }
 
+/// A pooled event is re-recorded on other streams while an earlier record may still be pending (the
+/// allocator and callers drop events right after a `wait`). A wait must keep waiting for the record it
+/// saw, however a later record on a faster stream completes. (The CI failure of the first runtime
+/// commit: completion was a shared "highest generation done" counter.)
+#[test]
+fn a_wait_is_not_released_by_a_later_record_on_another_stream() {
+    let pool = pool(3, ExhaustionPolicy::Error);
+    let events = EventPool::new(pool.device().clone());
+    let (slow, waiter, fast) = (
+        pool.stream(1).unwrap(),
+        pool.stream(2).unwrap(),
+        pool.stream(3).unwrap(),
+    );
+    let (open_gate, gate) = crossbeam_channel::bounded::<()>(0);
+    on_stream(slow, move || {
+        let _ = gate.recv();
+    });
+    let mut e = events.event().unwrap();
+    e.record(&slow).unwrap();
+    waiter.wait(&e).unwrap();
+    let ran = Arc::new(AtomicUsize::new(0));
+    let r = ran.clone();
+    on_stream(waiter, move || {
+        r.fetch_add(1, Ordering::SeqCst);
+    });
+    waiter.commit().unwrap();
+    // Re-record on an idle stream: this record completes at once.
+    e.record(&fast).unwrap();
+    e.synchronize().unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    assert_eq!(
+        ran.load(Ordering::SeqCst),
+        0,
+        "the wait was released by a later record"
+    );
+    open_gate.send(()).unwrap();
+    waiter.synchronize().unwrap();
+    assert_eq!(ran.load(Ordering::SeqCst), 1);
+}
+
 #[test]
 fn commit_policy_decides_when_the_device_starts() {
     let pool = pool(2, ExhaustionPolicy::Error);

@@ -14,10 +14,13 @@
 //!
 //! # Events
 //!
-//! A [`CpuEvent`] is a pair of generation counters. Recording bumps `recorded` and encodes a signal that
-//! raises `completed` to that generation; an event is complete when `completed >= recorded`. A stream
-//! waiting on an event encodes a command that blocks its executor (not the host) until the generation
-//! it saw at encode time completes.
+//! A [`CpuEvent`] holds the one-shot signal of its latest record. Recording makes a new signal and
+//! encodes a command that sets it; query and host synchronize look at the latest record's signal; a
+//! stream waiting on an event encodes a command that blocks its executor (not the host) on the signal
+//! it saw at encode time. Each record has its own signal because, as in CUDA, a pooled event is
+//! re-recorded on other streams while an earlier record may still be pending: a shared "highest
+//! generation done" counter let a later record on a fast stream release a wait on an earlier record on
+//! a slow one (found by the cross-stream stress test on CI).
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -201,64 +204,75 @@ fn run_executor(receiver: Receiver<Message>, progress: Arc<Progress>, busy: Arc<
     }
 }
 
-/// A CPU event: generation counters (module doc).
+/// A CPU event: the latest record's one-shot signal (module doc).
 pub struct CpuEvent {
-    state: Arc<EventState>,
+    /// The signal of the most recent `record`; `None` before the first (a never-recorded event is
+    /// complete, as in CUDA).
+    latest: Mutex<Option<Arc<RecordSignal>>>,
 }
 
-struct EventState {
-    /// Last generation recorded (written by `record`, any thread).
-    recorded: AtomicU64,
-    /// Highest generation signalled by an executor.
-    completed: Mutex<u64>,
+/// The completion of one `record`: set once by the recording stream's executor.
+struct RecordSignal {
+    done: Mutex<bool>,
     signalled: Condvar,
+}
+
+impl RecordSignal {
+    fn set(&self) {
+        *self.done.lock() = true;
+        self.signalled.notify_all();
+    }
+
+    fn is_set(&self) -> bool {
+        *self.done.lock()
+    }
+
+    fn wait(&self) {
+        let mut done = self.done.lock();
+        while !*done {
+            self.signalled.wait(&mut done);
+        }
+    }
 }
 
 impl CpuEvent {
     pub(crate) fn new() -> Self {
         Self {
-            state: Arc::new(EventState {
-                recorded: AtomicU64::new(0),
-                completed: Mutex::new(0),
-                signalled: Condvar::new(),
-            }),
+            latest: Mutex::new(None),
         }
     }
 
+    fn latest(&self) -> Option<Arc<RecordSignal>> {
+        self.latest.lock().clone()
+    }
+
     pub(crate) fn record(&self, stream: &CpuStream) -> Result<()> {
-        // AcqRel: generations are handed out in one order; the signal command carries its own copy.
-        let generation = self.state.recorded.fetch_add(1, Ordering::AcqRel) + 1;
-        let state = self.state.clone();
-        stream.encode(Command::Signal(Box::new(move || {
-            let mut completed = state.completed.lock();
-            *completed = (*completed).max(generation);
-            state.signalled.notify_all();
-        })))?;
+        let signal = Arc::new(RecordSignal {
+            done: Mutex::new(false),
+            signalled: Condvar::new(),
+        });
+        let on_executor = signal.clone();
+        stream.encode(Command::Signal(Box::new(move || on_executor.set())))?;
+        *self.latest.lock() = Some(signal);
         stream.commit()
     }
 
     pub(crate) fn query(&self) -> bool {
-        let target = self.state.recorded.load(Ordering::Acquire);
-        *self.state.completed.lock() >= target
+        self.latest().is_none_or(|s| s.is_set())
     }
 
     pub(crate) fn synchronize(&self) {
-        let target = self.state.recorded.load(Ordering::Acquire);
-        let mut completed = self.state.completed.lock();
-        while *completed < target {
-            self.state.signalled.wait(&mut completed);
+        if let Some(signal) = self.latest() {
+            signal.wait();
         }
     }
 
-    /// Makes `stream`'s later work wait (on its executor) for the generation recorded now.
+    /// Makes `stream`'s later work wait (on its executor) for the record made before this call; a later
+    /// re-record of the event does not change what this wait waits for.
     pub(crate) fn wait_on(&self, stream: &CpuStream) -> Result<()> {
-        let target = self.state.recorded.load(Ordering::Acquire);
-        let state = self.state.clone();
-        stream.encode(Command::Signal(Box::new(move || {
-            let mut completed = state.completed.lock();
-            while *completed < target {
-                state.signalled.wait(&mut completed);
-            }
-        })))
+        let Some(signal) = self.latest() else {
+            return Ok(());
+        };
+        stream.encode(Command::Signal(Box::new(move || signal.wait())))
     }
 }
