@@ -157,6 +157,26 @@ pub enum ModelError {
         message: String,
     },
 
+    /// The model loaded, but the forward pass cannot compute it (yet).
+    #[error("the forward pass does not support {what}; supported: {allowed}")]
+    UnsupportedForward {
+        /// What the model asks for.
+        what: String,
+        /// What is supported instead.
+        allowed: &'static str,
+    },
+
+    /// A padded batch handed to the forward is inconsistent with itself or with the model.
+    #[error("invalid batch: {detail}")]
+    InvalidBatch {
+        /// What is wrong and what is allowed.
+        detail: String,
+    },
+
+    /// The runtime failed: out of device memory, no stream slot, a failed stream, a device error.
+    #[error(transparent)]
+    Runtime(#[from] braid_runtime::RuntimeError),
+
     /// Tokenizing an input failed.
     #[error("tokenizing the input failed: {message}")]
     Encode {

@@ -1,6 +1,6 @@
-//! braid-model: loading BERT-family sentence-embedding models (all-MiniLM-L6-v2 first) into host
-//! memory, up to token ids and f32 weights. The forward pass lives above the runtime; this crate
-//! does not depend on it.
+//! braid-model: BERT-family sentence-embedding models (all-MiniLM-L6-v2 first) on the braid runtime:
+//! loading a model directory into host memory (token ids, f32 weights), then the forward pass on the
+//! calling thread's stream.
 //!
 //! Vocabulary:
 //! - **ModelDir**: a Hugging Face / sentence-transformers model directory whose required files
@@ -13,23 +13,25 @@
 //! - **Tokenizer** / **Encoding**: text to unpadded ids, truncated at `max_seq_length`.
 //! - **PaddedBatch**: encodings padded into one row-major rectangle with mask and positions.
 //! - **BertWeights**: the checkpoint's tensors as `HostTensor`s (f32), Q, K and V fused per layer.
-//! - **ModelError**: every loading failure, with the file and the fix in its message.
+//! - **BertModel**: the weights on a runtime's device and the forward pass (`embed`, `forward`).
+//! - **ModelError**: every loading failure, with the file and the fix in its message, and every
+//!   forward failure (unsupported model, invalid batch, runtime error).
 //!
 //! ```no_run
-//! use braid_model::{default_model_dir, pad_batch, ModelDir};
+//! use std::sync::Arc;
+//! use braid_model::{default_model_dir, BertModel, ModelDir};
+//! use braid_runtime::{cpu::CpuDevice, DType, Runtime, RuntimeConfig};
 //!
-//! let dir = ModelDir::open(default_model_dir())?;
-//! let spec = dir.load_spec()?;
-//! let weights = dir.load_weights(&spec.config)?;
-//! let encodings = spec.tokenizer.encode_batch(&["hello world", "A man is eating food."])?;
-//! let batch = pad_batch(&encodings, spec.config.pad_token_id);
-//! assert_eq!(weights.layers.len(), spec.config.num_hidden_layers);
-//! # let _ = batch;
+//! let runtime = Arc::new(Runtime::new(CpuDevice::new(), RuntimeConfig::from_env()?)?);
+//! let model = BertModel::load(runtime, &ModelDir::open(default_model_dir())?, DType::F32)?;
+//! let embeddings = model.embed(&["hello world", "A man is eating food."])?;
+//! assert_eq!(embeddings[0].len(), model.dim());
 //! # Ok::<(), braid_model::ModelError>(())
 //! ```
 
 mod batch;
 mod config;
+mod encoder;
 mod error;
 mod model_dir;
 mod pooling;
@@ -38,6 +40,7 @@ mod weights;
 
 pub use batch::{pad_batch, PaddedBatch};
 pub use config::{Activation, BertConfig};
+pub use encoder::BertModel;
 pub use error::{ModelError, Result};
 pub use model_dir::{
     default_model_dir, ModelDir, ModelSpec, DEFAULT_MODEL_NAME, MODELS_DIR_ENV, MODEL_ENV,

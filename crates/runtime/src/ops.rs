@@ -8,9 +8,10 @@
 
 use crate::{Device, DevicePtr, Result};
 
-/// Strides of one operand of a (batched) matrix product, in elements from the operand's start.
+/// Layout of one operand of a (batched) matrix product, in elements from the tensor's start.
 /// Element (batch `i0`, `i1`, row `r`, column `c`) is at
-/// `i0 * batch_stride[0] + i1 * batch_stride[1] + r * row_stride + c * col_stride`.
+/// `offset + i0 * batch_stride[0] + i1 * batch_stride[1] + r * row_stride + c * col_stride`
+/// (the offset lets an operand be a view into a fused tensor, e.g. K inside `[Q | K | V]`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MatStrides {
     /// Elements between rows.
@@ -19,6 +20,8 @@ pub struct MatStrides {
     pub col_stride: isize,
     /// Elements between outer and inner batch entries.
     pub batch_stride: [isize; 2],
+    /// Elements before the operand's first element.
+    pub offset: usize,
 }
 
 impl MatStrides {
@@ -28,6 +31,7 @@ impl MatStrides {
             row_stride: cols as isize,
             col_stride: 1,
             batch_stride: [0, 0],
+            offset: 0,
         }
     }
 
@@ -37,6 +41,7 @@ impl MatStrides {
             row_stride: 1,
             col_stride: cols as isize,
             batch_stride: [0, 0],
+            offset: 0,
         }
     }
 
@@ -48,10 +53,18 @@ impl MatStrides {
         }
     }
 
-    /// Elements an operand of `rows x cols` in `batch` spans (strides are non-negative).
+    /// The same strides starting `offset` elements into the tensor.
+    pub fn at(self, offset: usize) -> Self {
+        Self { offset, ..self }
+    }
+
+    /// Elements from the tensor's start that an operand of `rows x cols` in `batch` reaches, offset
+    /// included (strides are non-negative).
     pub fn extent(&self, rows: usize, cols: usize, batch: [usize; 2]) -> usize {
         let span = |n: usize, stride: isize| n.saturating_sub(1) * stride.unsigned_abs();
-        1 + span(rows, self.row_stride)
+        self.offset
+            + 1
+            + span(rows, self.row_stride)
             + span(cols, self.col_stride)
             + span(batch[0], self.batch_stride[0])
             + span(batch[1], self.batch_stride[1])

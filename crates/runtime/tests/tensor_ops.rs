@@ -125,35 +125,25 @@ fn gather_softmax_and_strided_batched_gemm() {
             row_stride: row,
             col_stride: 1,
             batch_stride: [0, hd as isize],
+            offset: 0,
         },
         b: MatStrides {
             row_stride: 1,
             col_stride: row,
             batch_stride: [0, hd as isize],
+            offset: 0,
         }
         .with_batch(0, hd as isize),
         c: MatStrides::row_major(seq).with_batch(0, (seq * seq) as isize),
         alpha: 1.0,
         beta: 0.0,
     };
-    // K starts heads*hd elements into each row: pass it as its own view by offsetting through B's data.
-    let k_part: Vec<f32> = qk
-        .chunks(2 * heads * hd)
-        .flat_map(|r| r[heads * hd..].to_vec())
-        .chain(std::iter::repeat_n(0.0, heads * hd))
-        .collect();
-    let k = rt
-        .from_f32(&k_part[..seq * heads * hd], &[seq, heads * hd])
-        .unwrap();
+    // K starts heads*hd elements into each row: a view of the same tensor at an offset.
     let spec_k = GemmSpec {
-        b: MatStrides {
-            row_stride: 1,
-            col_stride: (heads * hd) as isize,
-            batch_stride: [0, hd as isize],
-        },
+        b: spec.b.at(heads * hd),
         ..spec
     };
-    let s = rt.gemm(&spec_k, &t, &k, None, &[heads, seq, seq]).unwrap();
+    let s = rt.gemm(&spec_k, &t, &t, None, &[heads, seq, seq]).unwrap();
     let got = rt.to_vec_f32(&s).unwrap();
     for h in 0..heads {
         for i in 0..seq {
@@ -168,9 +158,13 @@ fn gather_softmax_and_strided_batched_gemm() {
             }
         }
     }
-    // An operand whose strides run past its end is refused, not read out of bounds.
+    // An operand whose offset and strides run past its end is refused, not read out of bounds.
+    let past_end = GemmSpec {
+        b: spec.b.at(heads * hd + 1),
+        ..spec
+    };
     let err = rt
-        .gemm(&spec, &t, &k, None, &[heads, seq, seq])
+        .gemm(&past_end, &t, &t, None, &[heads, seq, seq])
         .unwrap_err();
     assert!(
         matches!(err, RuntimeError::Shape { op: "gemm", .. }),

@@ -19,11 +19,12 @@ pub const GOLDEN: &str = concat!(
     "/../../../shared/fixtures/minilm-golden.json"
 );
 
-/// One fixture case; the reference embedding is not needed here.
+/// One fixture case: the text, its token ids and its float64 reference embedding.
 #[derive(Deserialize)]
 pub struct Case {
     pub text: String,
     pub ids: Vec<u32>,
+    pub embedding: Vec<f64>,
 }
 
 #[derive(Deserialize)]

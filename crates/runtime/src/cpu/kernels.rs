@@ -836,6 +836,7 @@ mod tests {
                     row_stride: cols as isize + 5,
                     col_stride: 1,
                     batch_stride: [0, 0],
+                    offset: 0,
                 };
                 (s, rows * (cols + 5))
             }
@@ -902,6 +903,7 @@ mod tests {
             row_stride: k as isize + 3,
             col_stride: 1,
             batch_stride: [0, 0],
+            offset: 0,
         };
         let a_block = m * (k + 3);
         let a_s = a_s.with_batch((inner * a_block) as isize, a_block as isize);
@@ -912,6 +914,7 @@ mod tests {
             row_stride: (inner * n) as isize,
             col_stride: 1,
             batch_stride: [0, 0],
+            offset: 0,
         }
         .with_batch((m * inner * n) as isize, n as isize);
         let a = rng.vec(outer * inner * a_block);
@@ -947,6 +950,7 @@ mod tests {
             row_stride: rs,
             col_stride: 1,
             batch_stride: [0, 0],
+            offset: 0,
         }
         .with_batch(seq as isize * rs, hd as isize);
         // K^T as a [hd x seq] view of the K columns.
@@ -954,6 +958,7 @@ mod tests {
             row_stride: 1,
             col_stride: rs,
             batch_stride: [0, 0],
+            offset: 0,
         }
         .with_batch(seq as isize * rs, hd as isize);
         let scores_s = MatStrides::row_major(seq)
@@ -976,6 +981,7 @@ mod tests {
             row_stride: rs,
             col_stride: 1,
             batch_stride: [0, 0],
+            offset: 0,
         }
         .with_batch(seq as isize * rs, hd as isize);
         let ctx_s = MatStrides::row_major(hidden).with_batch((seq * hidden) as isize, hd as isize);
@@ -1182,7 +1188,8 @@ mod tests {
             MatStrides {
                 row_stride: 5,
                 col_stride: 1,
-                batch_stride: [0, 0]
+                batch_stride: [0, 0],
+                offset: 0,
             }
         );
         let t = MatStrides::transposed(5);
@@ -1191,7 +1198,8 @@ mod tests {
             MatStrides {
                 row_stride: 1,
                 col_stride: 5,
-                batch_stride: [0, 0]
+                batch_stride: [0, 0],
+                offset: 0,
             }
         );
         assert_eq!(t.with_batch(10, 3).batch_stride, [10, 3]);

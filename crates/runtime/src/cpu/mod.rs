@@ -254,11 +254,15 @@ impl Ops for CpuDevice {
         c: DevicePtr,
         bias: Option<DevicePtr>,
     ) -> Result<()> {
-        let spec = *spec;
+        // The kernel sees each operand from its first element: fold the offsets into the pointers.
+        let mut spec = *spec;
+        let [a, b, c] = [(a, &mut spec.a), (b, &mut spec.b), (c, &mut spec.c)]
+            .map(|(ptr, s)| ptr.offset(std::mem::take(&mut s.offset) * std::mem::size_of::<f32>()));
         let (busy, cores) = (self.inner.busy.clone(), self.inner.cores);
         self.launch(stream, move || {
             let (a_len, b_len, c_len) = spec.extents();
-            // SAFETY: see `f32s`; the extents are what the strides address, and C does not overlap A or B.
+            // SAFETY: see `f32s`; the extents are what the strides address (from each operand's first
+            // element, checked by the tensor layer), and C does not overlap A or B.
             let (a, b, c) = unsafe { (f32s(a.0, a_len), f32s(b.0, b_len), f32s_mut(c.0, c_len)) };
             // SAFETY: as above; bias holds `n` f32.
             let bias = bias.map(|p| unsafe { f32s(p.0, spec.n) });

@@ -1,0 +1,391 @@
+//! [`BertModel`]: a BERT-family sentence-embedding model on a braid [`Runtime`] — weights on the
+//! device, and the forward pass from a [`PaddedBatch`] to one pooled vector per input.
+//!
+//! # What it promises
+//!
+//! - Every op runs on the calling thread's current stream (its leased slot), so many threads run
+//!   forwards at once with no lock between them; the weights are shared read-only.
+//! - Every intermediate comes from the runtime's caching allocator and is dropped as soon as it is
+//!   dead (each layer keeps at most the residual, the op's inputs and its output alive), so the next
+//!   op reuses its memory on the same stream without a host sync.
+//! - Padding never changes a sentence's embedding: attention masks padded keys out, positions restart
+//!   in every row, and pooling skips padded tokens.
+//! - The compute dtype is a parameter; a backend that lacks it for an op reports a clear
+//!   `Unsupported` error (the CPU backend computes in f32).
+//!
+//! # Layout of one encoder layer
+//!
+//! Tokens are the rows of a `[batch * seq, hidden]` matrix. Q, K and V come from one fused linear
+//! (`[tokens, 3 * hidden]`, Q | K | V); attention reads each head as a strided view of that matrix
+//! (a batched GEMM over `[batch, heads]`, K at an offset of `hidden` elements, V at `2 * hidden`), and
+//! writes the context straight back into `[tokens, hidden]` with heads interleaved — no transposes.
+//! Post-LayerNorm, as in BERT: `x = LN(x + Attn(x))`, `x = LN(x + FFN(x))`.
+
+use std::sync::Arc;
+
+use braid_runtime::ops::{GemmSpec, MatStrides, Ops};
+use braid_runtime::{DType, Runtime, RuntimeError, Tensor};
+
+use crate::batch::{pad_batch, PaddedBatch};
+use crate::config::{Activation, BertConfig};
+use crate::error::{ModelError, Result};
+use crate::model_dir::{ModelDir, ModelSpec};
+use crate::pooling::{Pooling, PoolingConfig};
+use crate::weights::{BertWeights, HostTensor, LayerWeights};
+
+/// One encoder layer's weights on the device.
+struct DeviceLayer<D: Ops> {
+    qkv_weight: Tensor<D>,
+    qkv_bias: Tensor<D>,
+    attn_out_weight: Tensor<D>,
+    attn_out_bias: Tensor<D>,
+    attn_ln_gamma: Tensor<D>,
+    attn_ln_beta: Tensor<D>,
+    ffn_in_weight: Tensor<D>,
+    ffn_in_bias: Tensor<D>,
+    ffn_out_weight: Tensor<D>,
+    ffn_out_bias: Tensor<D>,
+    ffn_ln_gamma: Tensor<D>,
+    ffn_ln_beta: Tensor<D>,
+}
+
+/// The embedding tables and their LayerNorm on the device.
+struct DeviceEmbeddings<D: Ops> {
+    word: Tensor<D>,
+    position: Tensor<D>,
+    token_type: Tensor<D>,
+    ln_gamma: Tensor<D>,
+    ln_beta: Tensor<D>,
+}
+
+/// A sentence-embedding model whose weights live on a runtime's device. `Sync`: share it (by
+/// reference or `Arc`) among every thread that embeds.
+pub struct BertModel<D: Ops> {
+    runtime: Arc<Runtime<D>>,
+    config: BertConfig,
+    pooling: PoolingConfig,
+    spec: ModelSpec,
+    dtype: DType,
+    embeddings: DeviceEmbeddings<D>,
+    layers: Vec<DeviceLayer<D>>,
+}
+
+impl<D: Ops> BertModel<D> {
+    /// Loads the model in `dir` (spec, tokenizer and weights) onto `runtime`'s device.
+    pub fn load(runtime: Arc<Runtime<D>>, dir: &ModelDir, dtype: DType) -> Result<Self> {
+        let spec = dir.load_spec()?;
+        let weights = dir.load_weights(&spec.config)?;
+        Self::new(runtime, spec, &weights, dtype)
+    }
+
+    /// Uploads `weights` (which must match `spec.config`) and checks that the forward supports the
+    /// model's activation, pooling and `dtype`.
+    pub fn new(
+        runtime: Arc<Runtime<D>>,
+        spec: ModelSpec,
+        weights: &BertWeights,
+        dtype: DType,
+    ) -> Result<Self> {
+        let config = spec.config.clone();
+        let pooling = spec.pooling;
+        check_supported(&config, pooling, dtype, runtime.device().backend())?;
+        // Uploaded on the default stream and synchronised: every worker stream then reads the weights
+        // with no event, and `Drop` synchronises all streams before the buffers go back.
+        let _on_default = runtime
+            .streams()
+            .set_current_stream(runtime.streams().default_stream());
+        let upload = |t: &HostTensor| runtime.from_f32(&t.data, &t.shape);
+        let e = &weights.embeddings;
+        let embeddings = DeviceEmbeddings {
+            word: upload(&e.word)?,
+            position: upload(&e.position)?,
+            token_type: upload(&e.token_type)?,
+            ln_gamma: upload(&e.ln_gamma)?,
+            ln_beta: upload(&e.ln_beta)?,
+        };
+        let layers = weights
+            .layers
+            .iter()
+            .map(|l: &LayerWeights| {
+                Ok(DeviceLayer {
+                    qkv_weight: upload(&l.qkv_weight)?,
+                    qkv_bias: upload(&l.qkv_bias)?,
+                    attn_out_weight: upload(&l.attn_out_weight)?,
+                    attn_out_bias: upload(&l.attn_out_bias)?,
+                    attn_ln_gamma: upload(&l.attn_ln_gamma)?,
+                    attn_ln_beta: upload(&l.attn_ln_beta)?,
+                    ffn_in_weight: upload(&l.ffn_in_weight)?,
+                    ffn_in_bias: upload(&l.ffn_in_bias)?,
+                    ffn_out_weight: upload(&l.ffn_out_weight)?,
+                    ffn_out_bias: upload(&l.ffn_out_bias)?,
+                    ffn_ln_gamma: upload(&l.ffn_ln_gamma)?,
+                    ffn_ln_beta: upload(&l.ffn_ln_beta)?,
+                })
+            })
+            .collect::<std::result::Result<Vec<_>, RuntimeError>>()?;
+        runtime.synchronize()?;
+        Ok(Self {
+            runtime,
+            config,
+            pooling,
+            spec,
+            dtype,
+            embeddings,
+            layers,
+        })
+    }
+
+    /// The runtime the model runs on.
+    pub fn runtime(&self) -> &Arc<Runtime<D>> {
+        &self.runtime
+    }
+
+    /// The model's config, pooling, sequence limit and tokenizer.
+    pub fn spec(&self) -> &ModelSpec {
+        &self.spec
+    }
+
+    /// Width of an embedding.
+    pub fn dim(&self) -> usize {
+        self.config.hidden_size
+    }
+
+    /// The compute dtype.
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// Embeddings of `texts`, one vector per input in input order, computed as one padded batch on
+    /// the calling thread's current stream.
+    pub fn embed(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
+        let encodings = self.spec.tokenizer.encode_batch(texts)?;
+        let batch = pad_batch(&encodings, self.config.pad_token_id);
+        self.embed_batch(&batch)
+    }
+
+    /// Embeddings of a padded batch, copied to the host (waits for the current stream).
+    pub fn embed_batch(&self, batch: &PaddedBatch) -> Result<Vec<Vec<f32>>> {
+        if batch.batch == 0 {
+            return Ok(Vec::new());
+        }
+        let pooled = self.forward(batch)?;
+        let flat = self.runtime.to_vec_f32(&pooled)?;
+        Ok(flat.chunks(self.dim()).map(<[f32]>::to_vec).collect())
+    }
+
+    /// The forward pass: `[batch, hidden]` pooled (and, if the model says so, L2-normalised)
+    /// embeddings on the device, encoded on the current stream. Does not wait for the device.
+    pub fn forward(&self, batch: &PaddedBatch) -> Result<Tensor<D>> {
+        self.check_batch(batch)?;
+        let rt = &*self.runtime;
+        let (b, s) = (batch.batch, batch.seq);
+        let tokens = b * s;
+        let mask = rt.from_f32(&batch.mask, &[b, s])?;
+        let mut x = self.embed_tokens(batch)?;
+        for layer in &self.layers {
+            x = self.encoder_layer(layer, x, &mask, b, s)?;
+        }
+        let mut pooled = match self.pooling.mode {
+            Pooling::Mean => rt.mean_pool(&x.reshape(&[b, s, self.dim()])?, &mask)?,
+            Pooling::Cls => {
+                let first_tokens: Vec<u32> = (0..tokens).step_by(s).map(|t| t as u32).collect();
+                let ids = rt.from_u32(&first_tokens, &[b])?;
+                rt.gather_rows(&x, &ids, None)?
+                    .expect("gather_rows without an accumulator returns a tensor")
+            }
+            Pooling::Max => unreachable!("refused by check_supported"),
+        };
+        if self.pooling.normalize {
+            rt.l2_normalize(&mut pooled)?;
+        }
+        Ok(pooled)
+    }
+
+    /// Word + position + token-type embeddings, then LayerNorm: `[tokens, hidden]`.
+    fn embed_tokens(&self, batch: &PaddedBatch) -> Result<Tensor<D>> {
+        let rt = &*self.runtime;
+        let e = &self.embeddings;
+        let tokens = batch.batch * batch.seq;
+        let ids = rt.from_u32(&batch.ids, &[tokens])?;
+        let mut x = rt
+            .gather_rows(&e.word, &ids, None)?
+            .expect("gather_rows without an accumulator returns a tensor");
+        drop(ids);
+        let positions = rt.from_u32(&batch.positions, &[tokens])?;
+        rt.gather_rows(&e.position, &positions, Some(&mut x))?;
+        drop(positions);
+        let type_ids = rt.from_u32(&batch.type_ids, &[tokens])?;
+        rt.gather_rows(&e.token_type, &type_ids, Some(&mut x))?;
+        drop(type_ids);
+        let eps = self.config.layer_norm_eps as f32;
+        Ok(rt.layer_norm(&x, None, &e.ln_gamma, &e.ln_beta, eps)?)
+    }
+
+    /// One post-LN encoder layer on `x [tokens, hidden]`; consumes `x` so it is freed once dead.
+    fn encoder_layer(
+        &self,
+        layer: &DeviceLayer<D>,
+        x: Tensor<D>,
+        mask: &Tensor<D>,
+        batch: usize,
+        seq: usize,
+    ) -> Result<Tensor<D>> {
+        let rt = &*self.runtime;
+        let eps = self.config.layer_norm_eps as f32;
+        let context = self.attention(layer, &x, mask, batch, seq)?;
+        let attn_out = rt.linear(&context, &layer.attn_out_weight, Some(&layer.attn_out_bias))?;
+        drop(context);
+        let x_attended = rt.layer_norm(
+            &attn_out,
+            Some(&x),
+            &layer.attn_ln_gamma,
+            &layer.attn_ln_beta,
+            eps,
+        )?;
+        drop((x, attn_out));
+        let x = x_attended;
+        let mut hidden = rt.linear(&x, &layer.ffn_in_weight, None)?;
+        let tanh = self.config.hidden_act == Activation::GeluTanh;
+        rt.bias_gelu(&mut hidden, &layer.ffn_in_bias, tanh)?;
+        let ffn_out = rt.linear(&hidden, &layer.ffn_out_weight, Some(&layer.ffn_out_bias))?;
+        drop(hidden);
+        Ok(rt.layer_norm(
+            &ffn_out,
+            Some(&x),
+            &layer.ffn_ln_gamma,
+            &layer.ffn_ln_beta,
+            eps,
+        )?)
+    }
+
+    /// Multi-head self-attention up to the context `[tokens, hidden]` (before the output projection).
+    fn attention(
+        &self,
+        layer: &DeviceLayer<D>,
+        x: &Tensor<D>,
+        mask: &Tensor<D>,
+        batch: usize,
+        seq: usize,
+    ) -> Result<Tensor<D>> {
+        let rt = &*self.runtime;
+        let hidden = self.config.hidden_size;
+        let heads = self.config.num_attention_heads;
+        let head_dim = self.config.head_dim();
+        let qkv = rt.linear(x, &layer.qkv_weight, Some(&layer.qkv_bias))?;
+        // Head `h` of sequence `b`, token `t`, feature `d` of Q sits at b*seq*3H + t*3H + h*hd + d.
+        let row = (3 * hidden) as isize;
+        let per_sequence = seq as isize * row;
+        let q = MatStrides::row_major(3 * hidden).with_batch(per_sequence, head_dim as isize);
+        let k_transposed = MatStrides {
+            row_stride: 1,
+            col_stride: row,
+            batch_stride: [per_sequence, head_dim as isize],
+            offset: hidden,
+        };
+        let v = q.at(2 * hidden);
+        let probs_layout = MatStrides::row_major(seq)
+            .with_batch((heads * seq * seq) as isize, (seq * seq) as isize);
+        let scores_spec = GemmSpec {
+            m: seq,
+            n: seq,
+            k: head_dim,
+            batch: [batch, heads],
+            a: q,
+            b: k_transposed,
+            c: probs_layout,
+            alpha: 1.0 / (head_dim as f32).sqrt(),
+            beta: 0.0,
+        };
+        let mut probs = rt.gemm(&scores_spec, &qkv, &qkv, None, &[batch, heads, seq, seq])?;
+        rt.masked_softmax(&mut probs, mask, 1.0)?;
+        let context_spec = GemmSpec {
+            m: seq,
+            n: head_dim,
+            k: seq,
+            batch: [batch, heads],
+            a: probs_layout,
+            b: v,
+            c: MatStrides::row_major(hidden).with_batch((seq * hidden) as isize, head_dim as isize),
+            alpha: 1.0,
+            beta: 0.0,
+        };
+        Ok(rt.gemm(&context_spec, &probs, &qkv, None, &[batch * seq, hidden])?)
+    }
+
+    /// A batch the model can run: consistent vectors, sequences within the position table, ids
+    /// within the vocabulary (a bad id would otherwise read outside the embedding table).
+    fn check_batch(&self, batch: &PaddedBatch) -> Result<()> {
+        let tokens = batch.batch * batch.seq;
+        let invalid = |detail: String| Err(ModelError::InvalidBatch { detail });
+        if [
+            batch.ids.len(),
+            batch.type_ids.len(),
+            batch.mask.len(),
+            batch.positions.len(),
+        ]
+        .iter()
+        .any(|&n| n != tokens)
+        {
+            return invalid(format!(
+                "a batch of {} x {} needs {tokens} ids, type ids, mask entries and positions",
+                batch.batch, batch.seq
+            ));
+        }
+        if batch.seq > self.config.max_position_embeddings {
+            return invalid(format!(
+                "sequence length {} exceeds the model's {} positions",
+                batch.seq, self.config.max_position_embeddings
+            ));
+        }
+        let in_range = |ids: &[u32], limit: usize| ids.iter().all(|&i| (i as usize) < limit);
+        if !in_range(&batch.ids, self.config.vocab_size)
+            || !in_range(&batch.type_ids, self.config.type_vocab_size)
+            || !in_range(&batch.positions, self.config.max_position_embeddings)
+        {
+            return invalid(format!(
+                "ids must be < vocab_size {}, type ids < {}, positions < {}",
+                self.config.vocab_size,
+                self.config.type_vocab_size,
+                self.config.max_position_embeddings
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl<D: Ops> Drop for BertModel<D> {
+    fn drop(&mut self) {
+        // Worker streams may still read the weights: wait for them before the buffers are reused.
+        if let Err(e) = self.runtime.streams().synchronize_all() {
+            tracing::warn!(error = %e, "a stream failed before the model's weights were freed");
+        }
+    }
+}
+
+/// Refuses, before any upload, what the forward cannot compute.
+fn check_supported(
+    config: &BertConfig,
+    pooling: PoolingConfig,
+    dtype: DType,
+    backend: &'static str,
+) -> Result<()> {
+    if config.hidden_act == Activation::Relu {
+        return Err(ModelError::UnsupportedForward {
+            what: "hidden_act = relu".into(),
+            allowed: "gelu, gelu_new, gelu_pytorch_tanh",
+        });
+    }
+    if pooling.mode == Pooling::Max {
+        return Err(ModelError::UnsupportedForward {
+            what: "max pooling (1_Pooling/config.json)".into(),
+            allowed: "mean or CLS pooling",
+        });
+    }
+    if dtype != DType::F32 {
+        return Err(ModelError::UnsupportedForward {
+            what: format!("compute dtype {dtype} on the {backend} backend"),
+            allowed: "f32",
+        });
+    }
+    Ok(())
+}

@@ -1,0 +1,186 @@
+//! The forward pass of all-MiniLM-L6-v2 on the CPU backend against the golden fixture's float64
+//! reference embeddings: one at a time, all in one padded batch, and from 16 threads at once.
+
+mod common;
+
+use std::sync::Arc;
+
+use braid_model::{pad_batch, BertModel, ModelError, PaddedBatch};
+use braid_runtime::cpu::CpuDevice;
+use braid_runtime::{DType, Runtime, RuntimeConfig, StreamPoolConfig};
+use common::{golden_cases, minilm_dir, Case};
+
+const MIN_COSINE: f64 = 0.99999;
+const MAX_ABS_DIFF: f64 = 1e-4;
+
+fn minilm(runtime: Arc<Runtime<CpuDevice>>) -> BertModel<CpuDevice> {
+    BertModel::load(runtime, &minilm_dir(), DType::F32).expect("all-MiniLM-L6-v2 loads")
+}
+
+fn cpu_runtime() -> Arc<Runtime<CpuDevice>> {
+    Arc::new(Runtime::new(CpuDevice::new(), RuntimeConfig::default()).unwrap())
+}
+
+/// Cosine similarity and largest absolute difference of `got` against the reference.
+fn compare(got: &[f32], want: &[f64]) -> (f64, f64) {
+    assert_eq!(got.len(), want.len(), "embedding width");
+    let (mut dot, mut gg, mut ww, mut max_abs) = (0f64, 0f64, 0f64, 0f64);
+    for (&g, &w) in got.iter().zip(want) {
+        let g = g as f64;
+        dot += g * w;
+        gg += g * g;
+        ww += w * w;
+        max_abs = max_abs.max((g - w).abs());
+    }
+    (dot / (gg.sqrt() * ww.sqrt()), max_abs)
+}
+
+fn assert_matches_reference(label: &str, case: &Case, got: &[f32]) {
+    let (cosine, max_abs) = compare(got, &case.embedding);
+    assert!(
+        cosine >= MIN_COSINE && max_abs <= MAX_ABS_DIFF,
+        "{label} {:?}: cosine {cosine:.8} (need >= {MIN_COSINE}), max abs diff {max_abs:.2e} \
+         (need <= {MAX_ABS_DIFF:e})",
+        case.text
+    );
+}
+
+fn texts(cases: &[Case]) -> Vec<&str> {
+    cases.iter().map(|c| c.text.as_str()).collect()
+}
+
+#[test]
+fn single_inputs_match_the_float64_reference() {
+    let model = minilm(cpu_runtime());
+    for case in &golden_cases() {
+        let got = model.embed(&[case.text.as_str()]).unwrap();
+        assert_eq!(got.len(), 1);
+        assert_matches_reference("single", case, &got[0]);
+    }
+}
+
+#[test]
+fn one_padded_batch_matches_the_reference_for_every_input() {
+    let model = minilm(cpu_runtime());
+    let cases = golden_cases();
+    let got = model.embed(&texts(&cases)).unwrap();
+    assert_eq!(got.len(), cases.len());
+    // The batch is padded to the 256-token case, so every shorter input carries padding.
+    for (case, embedding) in cases.iter().zip(&got) {
+        assert_matches_reference("batched", case, embedding);
+    }
+    // Intermediates go back to the cache as they die: the same forward again needs no new raw memory.
+    let before = model.runtime().allocator().stats();
+    let again = model.embed(&texts(&cases)).unwrap();
+    let after = model.runtime().allocator().stats();
+    assert_eq!(after.raw_allocs, before.raw_allocs, "{after}");
+    assert_eq!(again, got, "the same batch gives the same embeddings");
+    assert!(
+        after.peak_reserved_bytes < 2 * before.peak_reserved_bytes,
+        "{after}"
+    );
+}
+
+/// Every thread runs every case (starting at a different one), on its own leased stream, at the same
+/// time; each result must equal the single-thread run bit for bit.
+#[test]
+fn sixteen_threads_give_bit_identical_embeddings() {
+    const THREADS: usize = 16;
+    let runtime = Arc::new(
+        Runtime::new(
+            CpuDevice::new(),
+            RuntimeConfig {
+                // One more slot than threads: the test harness's own thread leases one too.
+                streams: StreamPoolConfig {
+                    worker_slots: THREADS + 1,
+                    ..Default::default()
+                },
+                ..Default::default()
+            },
+        )
+        .unwrap(),
+    );
+    let model = Arc::new(minilm(runtime));
+    let cases = Arc::new(golden_cases());
+    let single: Vec<Vec<f32>> = cases
+        .iter()
+        .map(|c| model.embed(&[c.text.as_str()]).unwrap().remove(0))
+        .collect();
+    let single = Arc::new(single);
+    let handles: Vec<_> = (0..THREADS)
+        .map(|t| {
+            let (model, cases, single) = (model.clone(), cases.clone(), single.clone());
+            std::thread::spawn(move || {
+                let stream = model.runtime().current_stream().unwrap();
+                assert_ne!(stream.index(), 0, "a worker thread runs on a leased slot");
+                let mut differing = 0;
+                for i in (0..cases.len()).map(|i| (i + t) % cases.len()) {
+                    let got = model.embed(&[cases[i].text.as_str()]).unwrap().remove(0);
+                    if got
+                        .iter()
+                        .map(|v| v.to_bits())
+                        .ne(single[i].iter().map(|v| v.to_bits()))
+                    {
+                        differing += 1;
+                    }
+                }
+                differing
+            })
+        })
+        .collect();
+    let differing: usize = handles.into_iter().map(|h| h.join().unwrap()).sum();
+    assert_eq!(
+        differing, 0,
+        "embeddings differing from the single-thread run"
+    );
+}
+
+#[test]
+fn an_empty_batch_gives_no_embeddings_and_bad_batches_are_refused() {
+    let model = minilm(cpu_runtime());
+    assert!(model.embed(&[]).unwrap().is_empty());
+    let spec = model.spec();
+    let encodings = spec.tokenizer.encode_batch(&["hello", "world"]).unwrap();
+    let good = pad_batch(&encodings, spec.config.pad_token_id);
+
+    let mut bad_id = good.clone();
+    bad_id.ids[1] = spec.config.vocab_size as u32;
+    let err = model.forward(&bad_id).unwrap_err();
+    assert!(
+        matches!(err, ModelError::InvalidBatch { .. }) && err.to_string().contains("vocab_size"),
+        "{err}"
+    );
+
+    let short = PaddedBatch {
+        mask: vec![1.0],
+        ..good.clone()
+    };
+    let err = model.forward(&short).unwrap_err().to_string();
+    assert!(err.contains("needs"), "{err}");
+
+    let too_long = {
+        let n = spec.config.max_position_embeddings + 1;
+        let encoding = braid_model::Encoding {
+            ids: vec![101; n],
+            type_ids: vec![0; n],
+        };
+        pad_batch(&[encoding], 0)
+    };
+    let err = model.forward(&too_long).unwrap_err().to_string();
+    assert!(err.contains("exceeds the model's 512 positions"), "{err}");
+}
+
+#[test]
+fn unsupported_dtype_is_refused_before_any_upload() {
+    let runtime = cpu_runtime();
+    let err = BertModel::load(runtime.clone(), &minilm_dir(), DType::F16)
+        .err()
+        .expect("f16 is refused on the CPU backend");
+    assert!(
+        matches!(err, ModelError::UnsupportedForward { .. })
+            && err.to_string().contains("f16")
+            && err.to_string().contains("cpu"),
+        "{err}"
+    );
+    assert_eq!(runtime.allocator().stats().allocated_bytes, 0);
+}
