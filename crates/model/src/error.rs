@@ -15,7 +15,7 @@ use serde::de::DeserializeOwned;
 pub type Result<T, E = ModelError> = std::result::Result<T, E>;
 
 /// How to get a usable model directory; appended to "not found" messages.
-pub(crate) const FETCH_HINT: &str = "fetch the default model with `scripts/fetch-model.sh` or \
+pub(crate) const FETCH_HINT: &str = "fetch the default model with `braid fetch-model` or \
      pass --model DIR / set BRAID_MODEL";
 
 /// An error while loading a model: its directory, config, pooling, tokenizer or weights.

@@ -29,7 +29,7 @@ pub const DEFAULT_MODEL_NAME: &str = "all-MiniLM-L6-v2";
 pub const MODEL_ENV: &str = "BRAID_MODEL";
 
 /// Environment variable naming the directory that holds `all-MiniLM-L6-v2/` (the same variable
-/// scripts/fetch-model.sh writes into).
+/// `braid fetch-model` writes into).
 pub const MODELS_DIR_ENV: &str = "BRAID_MODELS_DIR";
 
 /// The default model directory:

@@ -116,7 +116,7 @@ impl BertWeights {
         // SAFETY: the map is read-only and private to this call: every tensor is copied out of it
         // before `load` returns, and no reference into it escapes. Like every file-backed map it
         // assumes no other process truncates or rewrites the file meanwhile; model files are
-        // written once (by scripts/fetch-model.sh or a download) and only read afterwards.
+        // written once (by `braid fetch-model` or a download) and only read afterwards.
         let map = unsafe { Mmap::map(&file) }.map_err(io)?;
         let tensors = SafeTensors::deserialize(&map).map_err(|source| ModelError::Safetensors {
             path: path.to_owned(),

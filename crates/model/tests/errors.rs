@@ -55,7 +55,7 @@ fn missing_model_directory() {
         &err,
         &[
             "no-such-model",
-            "scripts/fetch-model.sh",
+            "braid fetch-model",
             "--model",
             "BRAID_MODEL",
         ],
@@ -82,7 +82,7 @@ fn missing_each_required_file() {
             ModelError::MissingFile { path, .. } => assert_eq!(*path, dir.join(file), "{file}"),
             other => panic!("{file}: expected MissingFile, got {other:?}"),
         }
-        assert_mentions(&err, &[file, "scripts/fetch-model.sh"]);
+        assert_mentions(&err, &[file, "braid fetch-model"]);
     }
 }
 

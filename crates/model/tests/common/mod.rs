@@ -51,7 +51,7 @@ pub fn minilm_dir() -> ModelDir {
     ModelDir::open(&path).unwrap_or_else(|e| {
         panic!(
             "these tests need all-MiniLM-L6-v2, looked for at {}: {e}\n\
-             run `scripts/fetch-model.sh` from the repository root first \
+             run `cargo run --release -p braid-cli -- fetch-model` from the repository root first \
              (or set BRAID_MODEL / BRAID_MODELS_DIR)",
             path.display()
         )

@@ -218,6 +218,15 @@ impl<D: Device> CachingAllocator<D> {
         self.shared.stats_snapshot()
     }
 
+    /// Restarts peak tracking from the memory reserved now (PyTorch's `reset_peak_memory_stats`), so a
+    /// benchmark can report the peak of one phase.
+    pub fn reset_peak_stats(&self) {
+        let global = &self.shared.global;
+        global
+            .peak_reserved
+            .store(global.reserved.load(Ordering::Relaxed), Ordering::Relaxed);
+    }
+
     /// Sets the memory limit; takes effect on the next raw allocation.
     pub fn set_memory_limit(&self, limit: MemoryLimit) {
         let bytes = limit.bytes(self.shared.device.memory_capacity());

@@ -1,0 +1,147 @@
+//! The `braid` binary end to end on the default model: embed (arguments, stdin, table), bench (JSON
+//! figures, no leaked slots) and the errors a user sees.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+
+fn braid(args: &[&str], stdin: Option<&str>) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_braid"))
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("braid starts");
+    let mut input = child.stdin.take().expect("stdin");
+    if let Some(text) = stdin {
+        input.write_all(text.as_bytes()).unwrap();
+    }
+    drop(input);
+    child.wait_with_output().unwrap()
+}
+
+fn stdout_of(output: &Output) -> String {
+    assert!(
+        output.status.success(),
+        "braid failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout.clone()).unwrap()
+}
+
+fn json_lines(text: &str) -> Vec<serde_json::Value> {
+    text.lines()
+        .map(|l| serde_json::from_str(l).expect("one JSON object per line"))
+        .collect()
+}
+
+#[test]
+fn embed_prints_one_normalised_embedding_per_input_in_order() {
+    let texts = ["A man is eating food.", "", "Ünïcödé and 中文 and 🙂"];
+    let from_args = json_lines(&stdout_of(&braid(
+        &["embed", "--batch", "2", texts[0], texts[1], texts[2]],
+        None,
+    )));
+    assert_eq!(from_args.len(), 3);
+    for (i, line) in from_args.iter().enumerate() {
+        assert_eq!(line["index"], i);
+        assert_eq!(line["text"], texts[i]);
+        let embedding: Vec<f64> = serde_json::from_value(line["embedding"].clone()).unwrap();
+        assert_eq!(embedding.len(), 384);
+        let norm = embedding.iter().map(|v| v * v).sum::<f64>().sqrt();
+        assert!((norm - 1.0).abs() < 1e-5, "norm {norm}");
+    }
+    // The same inputs as stdin lines give the same output.
+    let from_stdin = json_lines(&stdout_of(&braid(&["embed"], Some(&texts.join("\n")))));
+    assert_eq!(from_stdin, from_args);
+
+    let table = stdout_of(&braid(&["embed", "--format", "table", texts[0]], None));
+    let lines: Vec<&str> = table.lines().collect();
+    assert_eq!(lines.len(), 2, "{table}");
+    assert!(
+        lines[0].contains("tokens") && lines[1].contains(texts[0]),
+        "{table}"
+    );
+}
+
+#[test]
+fn bench_writes_figures_and_leaks_no_slot() {
+    let json = std::env::temp_dir().join(format!("braid-bench-{}.json", std::process::id()));
+    let out = stdout_of(&braid(
+        &[
+            "bench",
+            "--threads",
+            "1,2",
+            "--batch",
+            "2",
+            "--seconds",
+            "0.3",
+            "--json",
+            json.to_str().unwrap(),
+        ],
+        None,
+    ));
+    assert_eq!(out.lines().count(), 3, "a header and two rows: {out}");
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    std::fs::remove_file(&json).ok();
+    let points = report["points"].as_array().unwrap();
+    assert_eq!(points.len(), 2);
+    for (point, threads) in points.iter().zip([1, 2]) {
+        assert_eq!(point["threads"], threads);
+        assert_eq!(point["batch"], 2);
+        assert!(point["sequences"].as_u64().unwrap() >= 2, "{point}");
+        assert_eq!(point["leaked_slots"], 0, "{point}");
+        assert!(point["p99_ms"].as_f64().unwrap() >= point["p50_ms"].as_f64().unwrap());
+    }
+
+    // Synthetic inputs of a fixed length, as the PyTorch anchors use.
+    let out = stdout_of(&braid(
+        &[
+            "bench",
+            "--threads",
+            "1",
+            "--batch",
+            "1",
+            "--seconds",
+            "0.2",
+            "--seq",
+            "32",
+        ],
+        None,
+    ));
+    let row: Vec<&str> = out.lines().nth(1).unwrap().split_whitespace().collect();
+    assert_eq!(row[5], "32.0", "mean tokens per sequence: {out}");
+}
+
+#[test]
+fn user_errors_say_what_is_wrong() {
+    let missing = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("no-such-model");
+    let output = braid(&["embed", "--model", missing.to_str().unwrap(), "x"], None);
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("no-such-model") && stderr.contains("braid fetch-model"),
+        "{stderr}"
+    );
+
+    let output = braid(&["bench", "--threads", "0"], None);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("at least 1"),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+
+    let output = braid(&["bench", "--threads", "65"], None);
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("at most 64 worker slots"),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+
+    let output = braid(&["embed", "--batch", "0", "x"], None);
+    assert_eq!(output.status.code(), Some(2), "clap refuses the value");
+}
