@@ -11,7 +11,11 @@ cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --release -- -D warnings
 
 echo "== tests (release: numeric tests are ~90x slower in debug)"
-cargo test --workspace --release
+cargo test --workspace --release --exclude braid-cuda
+
+echo "== CUDA backend tests (each GPU test prints 'skipped: no CUDA driver (...)' on a machine without one)"
+cargo test --release -p braid-cuda -- --nocapture --test-threads 1 2>&1 | grep -E "skipped|test result|FAILED|panicked" | sort | uniq -c
+test "${PIPESTATUS[0]}" -eq 0
 
 echo "== loom models (slot bitmask; lazy stream creation racing synchronize_all)"
 # Bounded at 3 preemptions per execution (as tokio's CI does): ~5 s; unbounded it ran over a minute without finishing.

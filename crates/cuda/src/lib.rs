@@ -1,0 +1,37 @@
+//! braid's CUDA backend: [`CudaDevice`] implements [`braid_runtime::Device`] — raw device memory, streams,
+//! events and copies — on an NVIDIA GPU through the CUDA driver API (cudarc with dynamic loading).
+//!
+//! The crate builds with no CUDA installed; at run time, with no driver or no device,
+//! [`CudaDevice::new`] returns a clear error instead of panicking ([`CudaDevice::is_available`] asks
+//! without failing). The op set ([`braid_runtime::ops::Ops`]: NVRTC kernels, cuBLAS GEMM) is not
+//! implemented yet; the runtime's stream pool, event pool and caching allocator already run on it.
+//!
+//! # Modules, each owning one thing
+//!
+//! - [`device`] — [`CudaDevice`]: the primary context, the device facts, raw memory, and the
+//!   [`braid_runtime::Device`] impl that routes streams, events and copies.
+//! - [`stream`] — [`CudaStream`]: a slot's non-blocking `CUstream`, its lifetime (read-locked use,
+//!   write-locked destruction), host functions and their failures.
+//! - [`event`] — [`CudaEvent`]: a timing-free `CUevent`.
+//! - `staging` — the page-locked buffers that let `copy_from_host` return before the copy runs.
+//! - `context` — making the context current on a thread, once per thread.
+//! - `error` — `CUresult` → [`braid_runtime::RuntimeError`], the backend edge.
+//!
+//! # Level of cudarc used
+//!
+//! The driver's `result`/`sys` layer, wrapped here in types whose `Drop` releases in order (STYLE.md,
+//! habit 10): the safe layer's `CudaSlice` tracks every use with events and binds the context with a
+//! driver call per operation, both of which braid does itself, once (see [`device`]). cudarc's
+//! `CudaContext` is still the context's owner, so the safe API (modules, cuBLAS) can share it through
+//! [`CudaDevice::context`] and [`CudaStream::cu_stream`].
+
+mod context;
+pub mod device;
+mod error;
+pub mod event;
+mod staging;
+pub mod stream;
+
+pub use device::CudaDevice;
+pub use event::CudaEvent;
+pub use stream::CudaStream;

@@ -1,0 +1,120 @@
+//! The runtime's `CachingAllocator` and `StreamPool` over `CudaDevice` under 16 threads: every byte of
+//! every round trip checked, nothing allocated or leased at the end. Behaviour only, never timings.
+//! Skips without a driver (see `common`).
+
+mod common;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use braid_runtime::{AllocatorConfig, CachingAllocator, Device, StreamPool, StreamPoolConfig};
+use common::{device_or_skip, mismatches, Rng};
+
+/// 16 threads, each on its own leased stream, loop: allocate A and B, upload random bytes into A (and
+/// overwrite the host source at once), copy A → B on the device, free A and reallocate it as C (the same
+/// stream reuses the block at once), overwrite C, download B and check every byte. One round in four
+/// hands B to a neighbour's stream (event + `record_stream`) and downloads it there instead.
+#[test]
+fn sixteen_threads_round_trip_every_byte_and_leak_nothing() {
+    let Some(device) = device_or_skip() else {
+        return;
+    };
+    const THREADS: usize = 16;
+    const ROUNDS: usize = 150;
+    let pool = Arc::new(StreamPool::new(device.clone(), StreamPoolConfig::default()).unwrap());
+    // A small thread cache so blocks keep moving through the shared pools between streams.
+    let alloc = Arc::new(CachingAllocator::new(
+        device.clone(),
+        AllocatorConfig {
+            thread_cache_bytes: 512 << 10,
+            ..Default::default()
+        },
+    ));
+    let bad = Arc::new(AtomicUsize::new(0));
+    let checked = Arc::new(AtomicUsize::new(0));
+
+    let handles: Vec<_> = (0..THREADS)
+        .map(|t| {
+            let (pool, alloc, bad, checked) =
+                (pool.clone(), alloc.clone(), bad.clone(), checked.clone());
+            std::thread::spawn(move || {
+                let own = pool.current_stream().unwrap();
+                let neighbour = pool.stream((t + 1) % THREADS + 1).unwrap();
+                let device = own.device().clone();
+                let mut rng = Rng::new(t as u64 + 100);
+                for round in 0..ROUNDS {
+                    let r = rng.next_u64();
+                    // ~70% small (1 B - 64 KiB), the rest large (64 KiB - 2 MiB).
+                    let len = if r % 10 < 7 {
+                        1 + (r >> 8) as usize % (64 << 10)
+                    } else {
+                        (64 << 10) + (r >> 8) as usize % (2 << 20)
+                    };
+                    let want = rng.bytes(len);
+                    let raw = own.raw().unwrap();
+                    let a = alloc.alloc(len, own).unwrap();
+                    let mut b = alloc.alloc(len, own).unwrap();
+                    let mut src = want.clone();
+                    device.copy_from_host(raw, &src, a.ptr()).unwrap();
+                    src.fill(0xA5);
+                    device.copy_device(raw, a.ptr(), b.ptr(), len).unwrap();
+                    drop(a);
+                    let c = alloc.alloc(len, own).unwrap();
+                    device.copy_from_host(raw, &src, c.ptr()).unwrap();
+                    own.encoded().unwrap();
+
+                    let mut got = vec![0u8; len];
+                    if round % 4 == 0 {
+                        let mut written = alloc.event_pool().event().unwrap();
+                        written.record(&own).unwrap();
+                        neighbour.wait(&written).unwrap();
+                        b.record_stream(neighbour);
+                        device
+                            .copy_to_host(neighbour.raw().unwrap(), b.ptr(), &mut got)
+                            .unwrap();
+                    } else {
+                        device.copy_to_host(raw, b.ptr(), &mut got).unwrap();
+                    }
+                    bad.fetch_add(mismatches(&got, &want), Ordering::Relaxed);
+                    checked.fetch_add(len, Ordering::Relaxed);
+                    drop(b);
+                    drop(c);
+                }
+                own.synchronize().unwrap();
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap();
+    }
+    pool.synchronize_all().unwrap();
+
+    assert!(
+        checked.load(Ordering::Relaxed) > 100 << 20,
+        "the test checked real volume"
+    );
+    assert_eq!(
+        bad.load(Ordering::Relaxed),
+        0,
+        "bytes lost or overwritten by an early reuse"
+    );
+    assert_eq!(
+        pool.leased_slots(),
+        0,
+        "every lease returned at thread exit"
+    );
+    let stats = alloc.stats();
+    assert_eq!(stats.allocated_bytes, 0, "every buffer freed: {stats}");
+    assert_eq!(
+        stats.thread_cached_bytes, 0,
+        "exited threads flushed their caches: {stats}"
+    );
+    alloc.empty_cache().unwrap();
+    assert_eq!(alloc.stats().reserved_bytes, 0, "{}", alloc.stats());
+    assert_eq!(
+        device.raw_allocated(),
+        0,
+        "every raw allocation went back to the driver"
+    );
+    println!("{}\n{}", device.describe(), alloc.stats());
+}
