@@ -4,6 +4,7 @@
 //! - `braid embed [TEXT …]` — embeddings of the arguments, or of stdin's lines, as JSON lines or a table.
 //! - `braid bench` — the main job: caller threads × batch sizes, seq/s, latency, allocator figures.
 //!
+//! Model commands run on CUDA GPU 0 when a CUDA driver is found, else on the CPU (`--device` chooses).
 //! The model is found with `--model DIR`, else `BRAID_MODEL`, else `BRAID_MODELS_DIR` or a `models/`
 //! folder found from the current directory upwards (see `braid_model::default_model_dir`). Runtime
 //! settings come from the `BRAID_*` environment variables (`braid_runtime::RuntimeConfig::from_env`).
@@ -16,8 +17,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
+use braid_cuda::CudaDevice;
 use braid_model::{default_model_dir, BertModel, ModelDir, MODELS_DIR_ENV};
 use braid_runtime::cpu::CpuDevice;
+use braid_runtime::ops::Ops;
 use braid_runtime::{DType, Runtime, RuntimeConfig, MAX_WORKER_SLOTS};
 use clap::{Parser, Subcommand};
 
@@ -38,6 +41,17 @@ struct ModelArgs {
     /// models/all-MiniLM-L6-v2 under BRAID_MODELS_DIR or the nearest `models/` folder.
     #[arg(long, value_name = "DIR")]
     model: Option<PathBuf>,
+    /// Where the model runs: `auto` is CUDA GPU 0 when a CUDA driver is found, else the CPU.
+    #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
+    device: DeviceChoice,
+}
+
+/// The `--device` values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum DeviceChoice {
+    Auto,
+    Cpu,
+    Cuda,
 }
 
 impl ModelArgs {
@@ -107,22 +121,42 @@ fn main() {
 }
 
 fn run(cli: Cli) -> Result<()> {
-    match cli.command {
+    match &cli.command {
         Command::FetchModel { models_dir, python } => {
             let models_dir = models_dir
+                .clone()
                 .or_else(|| std::env::var_os(MODELS_DIR_ENV).map(PathBuf::from))
                 .unwrap_or_else(|| PathBuf::from("models"));
-            let dir = fetch::fetch_default_model(&models_dir, &python)?;
+            let dir = fetch::fetch_default_model(&models_dir, python)?;
             println!("{}", dir.display());
             Ok(())
         }
+        Command::Embed { model, .. } | Command::Bench { model, .. } => {
+            let use_cuda = match model.device {
+                DeviceChoice::Cpu => false,
+                DeviceChoice::Cuda => true,
+                DeviceChoice::Auto => CudaDevice::is_available(),
+            };
+            if use_cuda {
+                run_on(CudaDevice::new(0)?, cli.command)
+            } else {
+                run_on(CpuDevice::new(), cli.command)
+            }
+        }
+    }
+}
+
+/// Runs a model command on `device`.
+fn run_on<D: Ops>(device: D, command: Command) -> Result<()> {
+    match command {
+        Command::FetchModel { .. } => unreachable!("fetch-model needs no device"),
         Command::Embed {
             model,
             format,
             batch,
             texts,
         } => {
-            let model = load_model(&model, 1)?;
+            let model = load_model(device, &model, 1)?;
             embed::run(
                 &model,
                 texts,
@@ -142,7 +176,7 @@ fn run(cli: Cli) -> Result<()> {
             let threads = threads.unwrap_or_else(bench::default_thread_sweep);
             let most = threads.iter().copied().max().unwrap_or(1);
             let dir = model.dir();
-            let model = Arc::new(load_model(&model, most)?);
+            let model = Arc::new(load_model(device, &model, most)?);
             let name = dir.file_name().map_or_else(
                 || dir.display().to_string(),
                 |n| n.to_string_lossy().into_owned(),
@@ -159,15 +193,16 @@ fn run(cli: Cli) -> Result<()> {
     }
 }
 
-/// The CPU runtime (from the environment) with at least `callers` worker slots, and the model on it.
-fn load_model(args: &ModelArgs, callers: usize) -> Result<BertModel<CpuDevice>> {
+/// A runtime on `device` (settings from the environment) with at least `callers` worker slots, and the
+/// model on it.
+fn load_model<D: Ops>(device: D, args: &ModelArgs, callers: usize) -> Result<BertModel<D>> {
     let mut config = RuntimeConfig::from_env()?;
     anyhow::ensure!(
         callers <= MAX_WORKER_SLOTS,
         "{callers} caller threads asked for, but a stream pool has at most {MAX_WORKER_SLOTS} worker slots"
     );
     config.streams.worker_slots = config.streams.worker_slots.max(callers);
-    let runtime = Arc::new(Runtime::new(CpuDevice::new(), config)?);
+    let runtime = Arc::new(Runtime::new(device, config)?);
     let dir = args.dir();
     let dir = ModelDir::open(&dir)
         .with_context(|| format!("loading the model from {}", dir.display()))?;

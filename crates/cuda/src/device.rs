@@ -39,6 +39,7 @@ use cudarc::driver::{result, sys, CudaContext, DriverError};
 use crate::context::Context;
 use crate::error;
 use crate::event::CudaEvent;
+use crate::kernels::Kernels;
 use crate::stream::CudaStream;
 
 /// A CUDA GPU. Cheap to clone (an `Arc` inside); shared by every thread.
@@ -56,6 +57,9 @@ struct Inner {
     driver_version: i32,
     /// Raw bytes allocated now (alloc_raw/free_raw only; Relaxed: a statistic).
     raw_allocated: AtomicUsize,
+    /// braid's kernels, compiled on the first op (see the `kernels` module); a failure is kept and
+    /// reported by every op.
+    kernels: OnceLock<std::result::Result<Kernels, String>>,
 }
 
 impl std::fmt::Debug for CudaDevice {
@@ -150,6 +154,7 @@ impl CudaDevice {
                 compute_capability,
                 driver_version,
                 raw_allocated: AtomicUsize::new(0),
+                kernels: OnceLock::new(),
             }),
         })
     }
@@ -214,6 +219,22 @@ impl CudaDevice {
         f: impl FnOnce() + Send + 'static,
     ) -> Result<()> {
         stream.launch_host_fn(Box::new(f))
+    }
+}
+
+impl CudaDevice {
+    /// braid's kernels, compiled and loaded on first use.
+    pub(crate) fn kernels(&self) -> Result<&Kernels> {
+        let loaded = self.inner.kernels.get_or_init(|| {
+            self.inner
+                .context
+                .bind()
+                .and_then(|()| Kernels::compile_and_load(self.inner.compute_capability))
+                .map_err(|e| e.to_string())
+        });
+        loaded
+            .as_ref()
+            .map_err(|message| braid_runtime::RuntimeError::Device(message.clone()))
     }
 }
 

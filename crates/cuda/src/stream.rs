@@ -19,6 +19,9 @@
 //!   reported by every later synchronize as [`braid_runtime::RuntimeError::StreamFailed`].
 //! - Host-to-device copies are staged in page-locked memory (the `staging` module) so the caller's slice
 //!   is free on return and the copy does not wait for the stream.
+//! - One cuBLAS handle per stream, created on the stream's first GEMM and bound to it for its life
+//!   (cuBLAS handles are cheap to use but costly to create, and one per stream means no two threads ever
+//!   reconfigure a shared handle).
 
 use std::ffi::c_void;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -29,6 +32,7 @@ use braid_runtime::{Result, RuntimeError};
 use cudarc::driver::{result, sys};
 use parking_lot::{Mutex, RwLock};
 
+use crate::blas::Blas;
 use crate::context::Context;
 use crate::error;
 use crate::staging::Staging;
@@ -57,6 +61,8 @@ pub struct CudaStream {
     raw: RwLock<RawStream>,
     staging: Mutex<Staging>,
     host_failure: Arc<HostFailure>,
+    /// The stream's cuBLAS handle, created on first use.
+    blas: std::sync::OnceLock<Blas>,
 }
 
 impl CudaStream {
@@ -70,6 +76,7 @@ impl CudaStream {
             raw: RwLock::new(RawStream(raw)),
             staging: Mutex::new(Staging::new()),
             host_failure: Arc::new(HostFailure::default()),
+            blas: std::sync::OnceLock::new(),
         })
     }
 
@@ -98,6 +105,16 @@ impl CudaStream {
         }
         self.context.bind()?;
         f(raw.0)
+    }
+
+    /// This stream's cuBLAS handle, bound to `raw` (the caller holds the read lock, so `raw` is live).
+    pub(crate) fn blas(&self, raw: sys::CUstream) -> Result<&Blas> {
+        if let Some(blas) = self.blas.get() {
+            return Ok(blas);
+        }
+        let created = Blas::new(raw)?;
+        // Two threads may race to create it (a shared stream); the loser's handle is destroyed.
+        Ok(self.blas.get_or_init(|| created))
     }
 
     /// Waits for all work on the stream; reports a device fault or a host-function panic.
@@ -210,6 +227,12 @@ impl CudaStream {
 
 impl Drop for CudaStream {
     fn drop(&mut self) {
+        // The cuBLAS handle is bound to the stream: destroy it while the stream still exists. (After a
+        // `shutdown` alone it stays, unused: every use goes through `with_raw`, which refuses.)
+        if let Some(blas) = self.blas.take() {
+            let _ = self.context.bind();
+            drop(blas);
+        }
         self.shutdown();
     }
 }

@@ -1,0 +1,174 @@
+//! [`Blas`]: a stream's cuBLAS handle, and the GEMM of the op set mapped onto it.
+//!
+//! # Promises
+//!
+//! - A handle is created on its stream's first GEMM, bound to that stream with `cublasSetStream`, and
+//!   never re-bound; it is destroyed with the stream.
+//! - fp32 GEMMs use full fp32 by default (bit-reproducible run to run, as the model's 16-thread test
+//!   requires); `BRAID_CUDA_TF32=1` switches the handles to TF32 tensor-core math.
+//! - braid's row-major, strided view of `C = alpha·A·B + beta·C` becomes one column-major
+//!   `cublasSgemmStridedBatched` per outer batch entry: computing `Cᵀ = Bᵀ·Aᵀ` in column-major order reads
+//!   braid's row-major operands in place (no transposes). An operand must be contiguous along rows or
+//!   along columns, and C along rows; anything else is refused with `Unsupported` rather than computed
+//!   slowly.
+//!
+//! Not yet: cuBLASLt (bias epilogue fused into the GEMM; the bias is one extra kernel now), f16/bf16.
+
+use std::ffi::c_int;
+
+use braid_runtime::ops::{GemmSpec, MatStrides};
+use braid_runtime::{DType, Result, RuntimeError};
+use cudarc::cublas::sys as cublas;
+use cudarc::driver::sys;
+
+/// The environment variable that turns on TF32 math for fp32 GEMMs.
+pub const TF32_ENV: &str = "BRAID_CUDA_TF32";
+
+/// One stream's cuBLAS handle.
+pub(crate) struct Blas {
+    handle: cublas::cublasHandle_t,
+}
+
+// SAFETY: a cuBLAS handle may be used from any thread; it is bound to one stream at creation and never
+// reconfigured afterwards, so concurrent GEMMs through it (a stream shared under the `share` policy)
+// change no handle state.
+unsafe impl Send for Blas {}
+// SAFETY: as for `Send`.
+unsafe impl Sync for Blas {}
+
+fn blas_error(call: &str, status: cublas::cublasStatus_t) -> RuntimeError {
+    RuntimeError::Device(format!("{call} failed: {status:?}"))
+}
+
+fn check(call: &str, status: cublas::cublasStatus_t) -> Result<()> {
+    if status == cublas::cublasStatus_t::CUBLAS_STATUS_SUCCESS {
+        Ok(())
+    } else {
+        Err(blas_error(call, status))
+    }
+}
+
+/// Whether TF32 was asked for (read once).
+fn tf32() -> bool {
+    static TF32: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *TF32.get_or_init(|| std::env::var(TF32_ENV).is_ok_and(|v| v == "1"))
+}
+
+impl Blas {
+    /// A handle bound to `stream` (the caller has the context current and the stream live).
+    pub(crate) fn new(stream: sys::CUstream) -> Result<Self> {
+        let handle = std::panic::catch_unwind(cudarc::cublas::result::create_handle)
+            .map_err(|_| {
+                RuntimeError::Device(
+                    "cannot load cuBLAS (libcublas): put the CUDA toolkit's lib directory on \
+                     LD_LIBRARY_PATH"
+                        .into(),
+                )
+            })?
+            .map_err(|e| RuntimeError::Device(format!("cublasCreate failed: {e:?}")))?;
+        let blas = Self { handle };
+        // SAFETY: `handle` was just created; `stream` is live (caller's contract). cuBLAS's stream type is
+        // the driver's `CUstream` under another name.
+        check("cublasSetStream", unsafe {
+            cublas::cublasSetStream_v2(handle, stream as cublas::cudaStream_t)
+        })?;
+        let math = if tf32() {
+            cublas::cublasMath_t::CUBLAS_TF32_TENSOR_OP_MATH
+        } else {
+            cublas::cublasMath_t::CUBLAS_DEFAULT_MATH
+        };
+        // SAFETY: `handle` is live.
+        check("cublasSetMathMode", unsafe {
+            cublas::cublasSetMathMode(handle, math)
+        })?;
+        Ok(blas)
+    }
+
+    /// Encodes `spec` on the handle's stream. Pointers are f32 data at the operands' starts (offsets
+    /// already applied).
+    ///
+    /// # Safety
+    /// `a`, `b` and `c` address device memory holding every element `spec` reaches, valid until the work
+    /// has run; C does not overlap A or B.
+    pub(crate) unsafe fn gemm(&self, spec: &GemmSpec, a: u64, b: u64, c: u64) -> Result<()> {
+        let unsupported = || RuntimeError::Unsupported {
+            op: "gemm with an operand strided along both rows and columns",
+            dtype: DType::F32,
+            backend: "cuda",
+        };
+        if spec.c.col_stride != 1 {
+            return Err(unsupported());
+        }
+        // Column-major Cᵀ [n x m] = op(B-view) [n x k] · op(A-view) [k x m].
+        let (op_b, ld_b) = operand(&spec.b).ok_or_else(unsupported)?;
+        let (op_a, ld_a) = operand(&spec.a).ok_or_else(unsupported)?;
+        let dim = |v: usize| c_int::try_from(v).map_err(|_| dims_error(spec));
+        let stride = |v: isize| Ok::<_, RuntimeError>(v as i64);
+        let (m, n, k) = (dim(spec.m)?, dim(spec.n)?, dim(spec.k)?);
+        let ldc = dim(spec.c.row_stride as usize)?;
+        let (ld_a, ld_b) = (dim(ld_a)?, dim(ld_b)?);
+        let inner = dim(spec.batch[1])?;
+        let size = std::mem::size_of::<f32>() as u64;
+        for outer in 0..spec.batch[0] as u64 {
+            let at = |base: u64, s: &MatStrides| base + outer * s.batch_stride[0] as u64 * size;
+            // SAFETY: the caller guarantees every element of every batch entry is addressable; alpha and
+            // beta are host values that outlive the call (cuBLAS reads host scalars before returning).
+            check("cublasSgemmStridedBatched", unsafe {
+                cublas::cublasSgemmStridedBatched(
+                    self.handle,
+                    op_b,
+                    op_a,
+                    n,
+                    m,
+                    k,
+                    &spec.alpha,
+                    at(b, &spec.b) as *const f32,
+                    ld_b,
+                    stride(spec.b.batch_stride[1])?,
+                    at(a, &spec.a) as *const f32,
+                    ld_a,
+                    stride(spec.a.batch_stride[1])?,
+                    &spec.beta,
+                    at(c, &spec.c) as *mut f32,
+                    ldc,
+                    stride(spec.c.batch_stride[1])?,
+                    inner,
+                )
+            })?;
+        }
+        Ok(())
+    }
+}
+
+/// How cuBLAS (column-major) reads a braid operand so that it sees its transpose: row-major storage is
+/// already the transpose (`N`, leading dimension = row stride); column-major storage needs `T`.
+fn operand(s: &MatStrides) -> Option<(cublas::cublasOperation_t, usize)> {
+    if s.col_stride == 1 {
+        Some((
+            cublas::cublasOperation_t::CUBLAS_OP_N,
+            s.row_stride.max(1) as usize,
+        ))
+    } else if s.row_stride == 1 {
+        Some((
+            cublas::cublasOperation_t::CUBLAS_OP_T,
+            s.col_stride.max(1) as usize,
+        ))
+    } else {
+        None
+    }
+}
+
+fn dims_error(spec: &GemmSpec) -> RuntimeError {
+    RuntimeError::Shape {
+        op: "gemm",
+        detail: format!("dimensions or strides exceed cuBLAS's 32-bit range: {spec:?}"),
+    }
+}
+
+impl Drop for Blas {
+    fn drop(&mut self) {
+        // SAFETY: the handle was created by `Blas::new` and is destroyed once; the owner made the context
+        // current.
+        let _ = unsafe { cublas::cublasDestroy_v2(self.handle) };
+    }
+}

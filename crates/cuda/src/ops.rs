@@ -1,0 +1,293 @@
+//! The op set ([`Ops`]) on CUDA: GEMMs through the stream's cuBLAS handle ([`crate::blas`]), the rest
+//! through braid's NVRTC kernels ([`crate::kernels`]). Every op is encoded on the given stream and returns
+//! without waiting; arguments were validated by the tensor layer (`braid_runtime::tensor`), as the
+//! [`Ops`] contract says.
+
+use std::ffi::c_void;
+
+use braid_runtime::ops::{GemmSpec, Ops};
+use braid_runtime::{DevicePtr, Result};
+use cudarc::driver::sys;
+
+use crate::kernels::{arg, grid_for, launch, Kernels, BLOCK};
+use crate::{CudaDevice, CudaStream};
+
+impl CudaDevice {
+    /// Runs `f` with the live stream handle and the loaded kernels.
+    fn with_kernels(
+        &self,
+        stream: &CudaStream,
+        f: impl FnOnce(sys::CUstream, &Kernels) -> Result<()>,
+    ) -> Result<()> {
+        let kernels = self.kernels()?;
+        stream.with_raw(|raw| f(raw, kernels))
+    }
+}
+
+/// A kernel launch: `function` over `grid` blocks with `args` (addresses of the parameter values).
+fn go(
+    function: sys::CUfunction,
+    grid: u32,
+    raw: sys::CUstream,
+    args: &mut [*mut c_void],
+) -> Result<()> {
+    // SAFETY: every call site passes the kernel's parameters in order, as values alive for the call, and
+    // device pointers the tensor layer checked against the op's extents.
+    unsafe { launch(function, grid, raw, args) }
+}
+
+const F32: u64 = std::mem::size_of::<f32>() as u64;
+
+impl Ops for CudaDevice {
+    fn fill(&self, stream: &CudaStream, dst: DevicePtr, len: usize, value: f32) -> Result<()> {
+        let (x, n) = (dst.0, len as u64);
+        self.with_kernels(stream, |raw, k| {
+            go(
+                k.fill,
+                grid_for(n),
+                raw,
+                &mut [arg(&x), arg(&n), arg(&value)],
+            )
+        })
+    }
+
+    fn gemm(
+        &self,
+        stream: &CudaStream,
+        spec: &GemmSpec,
+        a: DevicePtr,
+        b: DevicePtr,
+        c: DevicePtr,
+        bias: Option<DevicePtr>,
+    ) -> Result<()> {
+        let at = |p: DevicePtr, offset: usize| p.0 + offset as u64 * F32;
+        let (a, b, c) = (
+            at(a, spec.a.offset),
+            at(b, spec.b.offset),
+            at(c, spec.c.offset),
+        );
+        let kernels = if bias.is_some() {
+            Some(self.kernels()?)
+        } else {
+            None
+        };
+        stream.with_raw(|raw| {
+            let blas = stream.blas(raw)?;
+            // SAFETY: the tensor layer checked that every element `spec` reaches lies inside A, B and C,
+            // and C is a fresh output; the buffers stay allocated until this work has run (allocator
+            // contract).
+            unsafe { blas.gemm(spec, a, b, c)? };
+            let (Some(bias), Some(k)) = (bias, kernels) else {
+                return Ok(());
+            };
+            // Bias per row of C, for every batch entry (outer entries one launch each).
+            let (rows, cols, ldc) = (spec.m as u64, spec.n as u64, spec.c.row_stride as i64);
+            let (batches, batch_stride) = (spec.batch[1] as u64, spec.c.batch_stride[1] as i64);
+            for outer in 0..spec.batch[0] as u64 {
+                let c = c + outer * spec.c.batch_stride[0] as u64 * F32;
+                let n = batches * rows * cols;
+                go(
+                    k.add_bias,
+                    grid_for(n),
+                    raw,
+                    &mut [
+                        arg(&c),
+                        arg(&bias.0),
+                        arg(&batches),
+                        arg(&batch_stride),
+                        arg(&rows),
+                        arg(&cols),
+                        arg(&ldc),
+                    ],
+                )?;
+            }
+            Ok(())
+        })
+    }
+
+    fn bias_gelu(
+        &self,
+        stream: &CudaStream,
+        x: DevicePtr,
+        bias: DevicePtr,
+        rows: usize,
+        cols: usize,
+        tanh: bool,
+    ) -> Result<()> {
+        let (rows, cols, tanh) = (rows as u64, cols as u64, tanh as i32);
+        self.with_kernels(stream, |raw, k| {
+            go(
+                k.bias_gelu,
+                grid_for(rows * cols),
+                raw,
+                &mut [arg(&x.0), arg(&bias.0), arg(&rows), arg(&cols), arg(&tanh)],
+            )
+        })
+    }
+
+    fn layer_norm(
+        &self,
+        stream: &CudaStream,
+        x: DevicePtr,
+        residual: Option<DevicePtr>,
+        gamma: DevicePtr,
+        beta: DevicePtr,
+        out: DevicePtr,
+        rows: usize,
+        cols: usize,
+        eps: f32,
+    ) -> Result<()> {
+        if rows == 0 {
+            return Ok(());
+        }
+        let residual = residual.map_or(0, |p| p.0);
+        let cols = cols as u64;
+        self.with_kernels(stream, |raw, k| {
+            go(
+                k.layer_norm,
+                rows as u32,
+                raw,
+                &mut [
+                    arg(&x.0),
+                    arg(&residual),
+                    arg(&gamma.0),
+                    arg(&beta.0),
+                    arg(&out.0),
+                    arg(&cols),
+                    arg(&eps),
+                ],
+            )
+        })
+    }
+
+    fn masked_softmax(
+        &self,
+        stream: &CudaStream,
+        scores: DevicePtr,
+        mask: DevicePtr,
+        batch: usize,
+        heads: usize,
+        q_len: usize,
+        k_len: usize,
+        scale: f32,
+    ) -> Result<()> {
+        let rows_per_batch = (heads * q_len) as u64;
+        let rows = batch as u64 * rows_per_batch;
+        if rows == 0 {
+            return Ok(());
+        }
+        let k_len = k_len as u64;
+        let rows_per_block = (BLOCK / 32) as u64;
+        self.with_kernels(stream, |raw, k| {
+            go(
+                k.masked_softmax,
+                rows.div_ceil(rows_per_block) as u32,
+                raw,
+                &mut [
+                    arg(&scores.0),
+                    arg(&mask.0),
+                    arg(&rows),
+                    arg(&rows_per_batch),
+                    arg(&k_len),
+                    arg(&scale),
+                ],
+            )
+        })
+    }
+
+    fn gather_rows(
+        &self,
+        stream: &CudaStream,
+        table: DevicePtr,
+        table_rows: usize,
+        ids: DevicePtr,
+        n_ids: usize,
+        dim: usize,
+        out: DevicePtr,
+        accumulate: bool,
+    ) -> Result<()> {
+        let (table_rows, n_ids, dim, accumulate) = (
+            table_rows as u64,
+            n_ids as u64,
+            dim as u64,
+            accumulate as i32,
+        );
+        self.with_kernels(stream, |raw, k| {
+            go(
+                k.gather_rows,
+                grid_for(n_ids * dim),
+                raw,
+                &mut [
+                    arg(&table.0),
+                    arg(&table_rows),
+                    arg(&ids.0),
+                    arg(&n_ids),
+                    arg(&dim),
+                    arg(&out.0),
+                    arg(&accumulate),
+                ],
+            )
+        })
+    }
+
+    fn mean_pool(
+        &self,
+        stream: &CudaStream,
+        x: DevicePtr,
+        mask: DevicePtr,
+        batch: usize,
+        seq: usize,
+        dim: usize,
+        out: DevicePtr,
+    ) -> Result<()> {
+        let (batch, seq, dim) = (batch as u64, seq as u64, dim as u64);
+        self.with_kernels(stream, |raw, k| {
+            go(
+                k.mean_pool,
+                grid_for(batch * dim),
+                raw,
+                &mut [
+                    arg(&x.0),
+                    arg(&mask.0),
+                    arg(&batch),
+                    arg(&seq),
+                    arg(&dim),
+                    arg(&out.0),
+                ],
+            )
+        })
+    }
+
+    fn l2_normalize(
+        &self,
+        stream: &CudaStream,
+        x: DevicePtr,
+        rows: usize,
+        dim: usize,
+    ) -> Result<()> {
+        if rows == 0 {
+            return Ok(());
+        }
+        let dim = dim as u64;
+        self.with_kernels(stream, |raw, k| {
+            go(
+                k.l2_normalize,
+                rows as u32,
+                raw,
+                &mut [arg(&x.0), arg(&dim)],
+            )
+        })
+    }
+
+    fn add(&self, stream: &CudaStream, x: DevicePtr, y: DevicePtr, len: usize) -> Result<()> {
+        let n = len as u64;
+        self.with_kernels(stream, |raw, k| {
+            go(
+                k.add,
+                grid_for(n),
+                raw,
+                &mut [arg(&x.0), arg(&y.0), arg(&n)],
+            )
+        })
+    }
+}

@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# The CUDA test suite and benchmark on a GPU machine from prebuilt release binaries (the GPU machine has no
+# Rust toolchain and no network). Two halves:
+#
+#   bash scripts/gpu-run.sh pack DIR     # here (with cargo): build, strip, copy binaries + model + fixture into DIR
+#   bash DIR/gpu-run.sh run              # there: CUDA tests (GPU required), braid bench on CUDA, PyTorch anchor
+#
+# `run` writes JSON figures under $OUT (or DIR). Set ANCHOR=0 to skip the PyTorch anchor.
+set -euo pipefail
+mode="${1:-}"
+case "$mode" in
+pack)
+    dir="${2:?usage: gpu-run.sh pack DIR}"
+    root="$(cd "$(dirname "$0")/.." && pwd)"
+    cd "$root"
+    cargo build --release -p braid-cli -p braid-cuda --tests --bins
+    mkdir -p "$dir/model"
+    for t in cuda_device cuda_events cuda_stress cuda_model; do
+        f=$(ls -t target/release/deps/$t-* | grep -v '\.d$' | head -1)
+        cp "$f" "$dir/$t" && strip "$dir/$t"
+    done
+    cp target/release/braid "$dir/braid" && strip "$dir/braid"
+    cp -r models/all-MiniLM-L6-v2/. "$dir/model/"
+    cp ../shared/fixtures/minilm-golden.json ../shared/anchors/torch_parallel_infer.py "$dir/"
+    cp "$0" "$dir/gpu-run.sh"
+    du -sh "$dir"
+    ;;
+run)
+    here="$(cd "$(dirname "$0")" && pwd)"
+    cd "$here"
+    out="${OUT:-$here}"
+    # NVRTC and cuBLAS come from the CUDA toolkit; cudarc loads them by name.
+    for d in /usr/local/cuda/lib64 /usr/local/cuda-13.0/targets/x86_64-linux/lib; do
+        [ -d "$d" ] && export LD_LIBRARY_PATH="$d:${LD_LIBRARY_PATH:-}"
+    done
+    export BRAID_MODEL="$here/model" BRAID_GOLDEN="$here/minilm-golden.json" BRAID_REQUIRE_CUDA=1
+    nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
+    echo "== CUDA tests"
+    for t in cuda_device cuda_events cuda_stress cuda_model; do
+        ./$t --nocapture --test-threads 1
+    done
+    echo "== braid bench on CUDA, 128-token inputs (as the anchor), then real sentences"
+    ./braid bench --device cuda --seq 128 --seconds 2 --json "$out/braid_cuda_seq128.json"
+    ./braid bench --device cuda --seconds 2 --json "$out/braid_cuda_sentences.json"
+    if [ "${ANCHOR:-1}" != 0 ]; then
+        echo "== PyTorch anchor (same machine, right after)"
+        OUT="$out" DUR=2 python3 torch_parallel_infer.py
+    fi
+    ;;
+*)
+    echo "usage: gpu-run.sh pack DIR | run" >&2
+    exit 2
+    ;;
+esac
