@@ -250,6 +250,37 @@ fn thread_cache_flushes_past_its_cap_and_at_thread_exit() {
     assert!(alloc.stats().small.hits >= 1, "{}", alloc.stats());
 }
 
+/// A trim that stops part-way through a size class keeps the rest of that class cached (a `break` out
+/// of a `drain` once dropped them, leaking their device memory): every raw byte comes back at the end.
+#[test]
+fn trimming_the_thread_cache_loses_no_block() {
+    let device = CpuDevice::new();
+    let pool = StreamPool::new(device.clone(), StreamPoolConfig::default()).unwrap();
+    let alloc = CachingAllocator::new(
+        device.clone(),
+        AllocatorConfig {
+            thread_cache_bytes: 1 << 20,
+            ..Default::default()
+        },
+    );
+    let s = pool.stream(1).unwrap();
+    let small: Vec<_> = (0..200).map(|_| alloc.alloc(4 << 10, s).unwrap()).collect();
+    let big = alloc.alloc(256 << 10, s).unwrap();
+    drop(small);
+    drop(big); // past the cap: the trim stops inside the 4 KiB class
+    let stats = alloc.stats();
+    assert!(stats.thread_cached_bytes <= 1 << 20, "{stats}");
+    assert_eq!(
+        stats.reserved_bytes as usize,
+        device.raw_allocated(),
+        "every raw byte is accounted for: {stats}"
+    );
+    alloc.empty_cache().unwrap();
+    pool.synchronize_all().unwrap();
+    drop(alloc);
+    assert_eq!(device.raw_allocated(), 0, "no block was lost");
+}
+
 #[test]
 fn buffers_outliving_their_allocator_are_freed_safely() {
     let device = CpuDevice::new();

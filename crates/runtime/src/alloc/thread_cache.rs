@@ -180,14 +180,17 @@ impl<D: Device> ThreadCache<D> {
         let target = self.owner.thread_cache_bytes / 2;
         let mut flushed = Vec::new();
         let mut freed = 0usize;
-        'outer: for list in self.lists.iter_mut().rev() {
-            let take = list.len().div_ceil(2);
-            for block in list.drain(..take) {
-                freed += block.size;
-                flushed.push(block);
-                if self.bytes - freed <= target {
-                    break 'outer;
-                }
+        for list in self.lists.iter_mut().rev() {
+            // Count first, then drain exactly that many: breaking out of a `drain` would drop the rest
+            // of its range, and a dropped `Block` is leaked device memory.
+            let mut take = 0;
+            while take < list.len().div_ceil(2) && self.bytes - freed > target {
+                freed += list[take].size;
+                take += 1;
+            }
+            flushed.extend(list.drain(..take));
+            if self.bytes - freed <= target {
+                break;
             }
         }
         self.account(-(freed as i64));
