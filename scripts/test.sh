@@ -17,6 +17,9 @@ echo "== CUDA backend tests (each GPU test prints 'skipped: no CUDA driver (...)
 cargo test --release -p braid-cuda -- --nocapture --test-threads 1 2>&1 | grep -E "skipped|test result|FAILED|panicked" | sort | uniq -c
 test "${PIPESTATUS[0]}" -eq 0
 
+echo "== braid-bench --quick: every before/after scenario briefly; fails if an invariant breaks (timings are not checked)"
+cargo run --quiet --release -p braid-bench -- --quick > /dev/null
+
 echo "== loom models (slot bitmask; lazy stream creation racing synchronize_all)"
 # Bounded at 3 preemptions per execution (as tokio's CI does): ~5 s; unbounded it ran over a minute without finishing.
 LOOM_MAX_PREEMPTIONS="${LOOM_MAX_PREEMPTIONS:-3}" RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom \
