@@ -90,7 +90,7 @@ impl SlotBitmask {
     }
 
     /// Whether slot `index` is leased now (a snapshot).
-    #[cfg(test)]
+    #[cfg(all(test, not(loom)))]
     pub(crate) fn is_leased(&self, index: usize) -> bool {
         self.leased.load(Ordering::SeqCst) & (1 << index) != 0
     }
