@@ -297,6 +297,7 @@ impl<D: Device> StreamPool<D> {
 
     #[cold]
     fn current_stream_slow(&self) -> Result<Stream<D>> {
+        write_back_last_current();
         let index = with_thread_entry(self.shared.id, |entry| -> Result<u32> {
             if let Some(index) = entry.current {
                 return Ok(index);
@@ -327,8 +328,15 @@ impl<D: Device> StreamPool<D> {
             stream.pool.id, self.shared.id,
             "invariant violated: stream belongs to another pool"
         );
-        let previous =
-            with_thread_entry(self.shared.id, |entry| entry.current.replace(stream.index));
+        // Fast path: this pool is the one `LAST_CURRENT` names, so it holds the current index (the
+        // thread entry may be stale; see `LAST_CURRENT`). Otherwise the entry is authoritative.
+        let (last_pool, last_index) = LAST_CURRENT.with(Cell::get);
+        let previous = if last_pool == self.shared.id {
+            Some(last_index)
+        } else {
+            write_back_last_current();
+            with_thread_entry(self.shared.id, |entry| entry.current)
+        };
         LAST_CURRENT.with(|c| c.set((self.shared.id, stream.index)));
         CurrentStreamGuard {
             pool_id: self.shared.id,
@@ -554,8 +562,19 @@ pub struct CurrentStreamGuard {
 
 impl Drop for CurrentStreamGuard {
     fn drop(&mut self) {
-        with_thread_entry(self.pool_id, |entry| entry.current = self.previous);
-        LAST_CURRENT.with(|c| c.set(self.previous.map_or((0, 0), |i| (self.pool_id, i))));
+        let (last_pool, _) = LAST_CURRENT.with(Cell::get);
+        match self.previous {
+            // This pool is the named one: restoring is one thread-local write (the fast path).
+            Some(index) if last_pool == self.pool_id => {
+                LAST_CURRENT.with(|c| c.set((self.pool_id, index)))
+            }
+            previous => {
+                if last_pool == self.pool_id {
+                    LAST_CURRENT.with(|c| c.set((0, 0)));
+                }
+                with_thread_entry(self.pool_id, |entry| entry.current = previous);
+            }
+        }
     }
 }
 
@@ -567,11 +586,23 @@ struct ThreadEntry {
 }
 
 thread_local! {
-    /// (pool id, current index) of the pool this thread asked about last: the fast path of
-    /// `current_stream`. (0, _) means "look in THREAD_ENTRIES".
+    /// (pool id, current index) of the pool this thread used last: the fast path of `current_stream`
+    /// and `set_current_stream`. For the pool it names it is authoritative — that pool's entry in
+    /// `THREAD_ENTRIES` may be stale until `write_back_last_current` runs, which every switch to another
+    /// pool does first. (0, _) names no pool: look in `THREAD_ENTRIES`.
     static LAST_CURRENT: Cell<(u64, u32)> = const { Cell::new((0, 0)) };
     /// One entry per pool this thread used. Dropped at thread exit, which returns the leases.
     static THREAD_ENTRIES: RefCell<Vec<ThreadEntry>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Stores the current index that `LAST_CURRENT` holds into its pool's thread entry, before
+/// `LAST_CURRENT` is pointed at another pool.
+#[cold]
+fn write_back_last_current() {
+    let (pool, index) = LAST_CURRENT.with(Cell::get);
+    if pool != 0 {
+        with_thread_entry(pool, |entry| entry.current = Some(index));
+    }
 }
 
 fn with_thread_entry<R>(pool_id: u64, f: impl FnOnce(&mut ThreadEntry) -> R) -> R {

@@ -190,6 +190,37 @@ fn two_pools_on_one_thread_keep_separate_current_streams() {
     });
 }
 
+/// Guards of two pools nested and interleaved on one thread restore each pool's own current stream
+/// (the fast path keeps one pool's current index in a single thread-local; switching pools writes it
+/// back).
+#[test]
+fn interleaved_guards_of_two_pools_restore_each_pools_stream() {
+    let (p1, p2) = (
+        pool(3, ExhaustionPolicy::Error),
+        pool(3, ExhaustionPolicy::Error),
+    );
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let leased1 = p1.current_stream().unwrap();
+            let g1 = p1.set_current_stream(p1.stream(3).unwrap());
+            let g2 = p2.set_current_stream(p2.stream(2).unwrap());
+            let g1b = p1.set_current_stream(p1.default_stream());
+            assert_eq!(p1.current_stream().unwrap().index(), 0);
+            assert_eq!(p2.current_stream().unwrap().index(), 2);
+            drop(g1b);
+            assert_eq!(p1.current_stream().unwrap().index(), 3);
+            drop(g2);
+            // p2 had no current stream before its guard: it leases one now.
+            let leased2 = p2.current_stream().unwrap();
+            assert_ne!(leased2.index(), 0);
+            assert_eq!(p1.current_stream().unwrap().index(), 3);
+            drop(g1);
+            assert_eq!(p1.current_stream().unwrap(), leased1);
+            assert_eq!(p2.current_stream().unwrap(), leased2);
+        });
+    });
+}
+
 #[test]
 fn stream_index_out_of_range_is_an_error() {
     let pool = pool(3, ExhaustionPolicy::Error);
