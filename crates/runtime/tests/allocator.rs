@@ -56,35 +56,44 @@ fn same_stream_reuse_is_immediate_and_from_the_thread_cache() {
     );
 }
 
+/// A block freed on s1 (no event recorded at the free) is handed to s2 at once, and s2's work on it
+/// waits, device-side, for s1's work: nothing s2 encodes touches the block before s1 is done.
 #[test]
-fn another_stream_reuses_a_block_only_after_its_work_is_done() {
+fn another_stream_reuses_a_freed_block_at_once_and_its_work_waits_for_the_first() {
     let (pool, alloc) = setup(MemoryLimit::None);
     let (s1, s2) = (pool.stream(1).unwrap(), pool.stream(2).unwrap());
     let big = 4 << 20; // large pool: no thread cache in the way
     let a = alloc.alloc(big, s1).unwrap();
     let ptr = a.ptr();
-    let gate = Arc::new(AtomicUsize::new(0));
-    let g = gate.clone();
+    let (open_gate, gate) = crossbeam_channel::bounded::<()>(0);
+    let log = Arc::new(parking_lot::Mutex::new(Vec::new()));
+    let l = log.clone();
     on_stream(s1, move || {
-        while g.load(Ordering::SeqCst) == 0 {
-            std::thread::yield_now();
-        }
+        let _ = gate.recv();
+        l.lock().push("s1 done with the block");
     });
     drop(a);
+    let events_before = alloc.event_pool().created();
+    let raw_before = alloc.stats().raw_allocs;
     let b = alloc.alloc(big, s2).unwrap();
-    assert_ne!(
-        b.ptr(),
-        ptr,
-        "s1's work on the block is pending: s2 must not get it"
+    assert_eq!(b.ptr(), ptr, "the freed block is reused at once");
+    assert_eq!(alloc.stats().raw_allocs, raw_before, "no new raw memory");
+    let l = log.clone();
+    on_stream(s2, move || l.lock().push("s2 writes the block"));
+    s2.commit().unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    assert!(log.lock().is_empty(), "s2 waits for s1's work on the block");
+    open_gate.send(()).unwrap();
+    s2.synchronize().unwrap();
+    assert_eq!(
+        *log.lock(),
+        ["s1 done with the block", "s2 writes the block"]
     );
-    gate.store(1, Ordering::SeqCst);
-    s1.synchronize().unwrap();
-    drop(b);
-    let c = alloc.alloc(big, s2).unwrap();
     assert!(
-        c.ptr() == ptr || alloc.stats().large.hits >= 1,
-        "after s1 finished the block is reusable"
+        alloc.event_pool().created() <= events_before + 1,
+        "one event, at the stream change"
     );
+    drop(b);
 }
 
 #[test]

@@ -5,10 +5,18 @@
 //!
 //! # Stream-ordered reuse
 //!
-//! A block freed on stream S is reusable at once by later work on S (stream order protects it). It is
-//! reusable by another stream T only when every `(stream, event)` in `pending` either is on T or has
-//! completed. Blocks in a thread cache have no pending events: they are on the cache's home stream.
-//! Blocks enter a shared pool with one event per stream that used them (recorded at that moment).
+//! A block freed on stream S is reusable at once by later work on S (stream order protects it). Another
+//! stream T may take it in one of two ways:
+//!
+//! - The block carries events (`pending`): T takes it only when every `(stream, event)` either is on T
+//!   or has completed. Thread-cache flushes and buffers marked with `record_stream` publish blocks this
+//!   way (one event per stream that used them, recorded at that moment).
+//! - The block carries no event (a plain free on S, the common case): T takes it at once and makes its
+//!   own work wait, device-side, for an event recorded on S at that moment ([`Block::adopt`] says so).
+//!   That event covers S's work up to the free and possibly a little more — safe, and it costs an
+//!   event only when a block really changes streams, never on the free itself.
+//!
+//! Blocks in a thread cache have no pending events: they are on the cache's home stream.
 
 use std::sync::Arc;
 
@@ -55,10 +63,21 @@ impl<D: Device> Block<D> {
         Ok(())
     }
 
-    /// Hands the block to `stream`: pending events no longer matter once work on it is ordered after them.
+    /// Hands the block to `stream`. Pending events no longer matter (the caller checked them); a block
+    /// freed without an event on another stream comes back with that stream in `after`: the caller must
+    /// order `stream` after it before using the block (module doc).
     #[inline]
-    pub(crate) fn take_for(&mut self, stream: Stream<D>) {
+    pub(crate) fn adopt(mut self, stream: Stream<D>) -> Adopted<D> {
+        let after = (self.pending.is_empty() && self.stream != stream).then_some(self.stream);
         self.pending.clear();
         self.stream = stream;
+        Adopted { block: self, after }
     }
+}
+
+/// A block taken from a shared pool for a new stream (see [`Block::adopt`]).
+pub(crate) struct Adopted<D: Device> {
+    pub(crate) block: Block<D>,
+    /// The stream whose work the new stream must wait for before touching the block.
+    pub(crate) after: Option<Stream<D>>,
 }

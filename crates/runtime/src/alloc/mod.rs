@@ -288,17 +288,20 @@ impl<D: Device> AllocShared<D> {
         class: Option<SizeClass>,
         stream: Stream<D>,
     ) -> Result<Block<D>> {
-        let (block, hit) = match class {
-            Some(class) => match self.pools.take_small(class, stream) {
-                Some(block) => (block, true),
-                None => (self.alloc_block(class.size(), Some(class), stream)?, false),
-            },
-            None => {
-                let size = large_size(bytes);
-                match self.pools.take_large(size, stream) {
-                    Some(block) => (block, true),
-                    None => (self.alloc_block(size, None, stream)?, false),
+        let taken = match class {
+            Some(class) => self.pools.take_small(class, stream),
+            None => self.pools.take_large(large_size(bytes), stream),
+        };
+        let (block, hit) = match taken {
+            Some(adopted) => {
+                if let Some(previous) = adopted.after {
+                    self.order_after(previous, stream);
                 }
+                (adopted.block, true)
+            }
+            None => {
+                let size = class.map_or_else(|| large_size(bytes), |c| c.size());
+                (self.alloc_block(size, class, stream)?, false)
             }
         };
         let size = block.size;
@@ -475,9 +478,27 @@ impl<D: Device> AllocShared<D> {
         self.free_shared(block, used_on);
     }
 
-    /// Publishes a block to the shared pools behind one event per stream that used it.
+    /// Makes `stream`'s later work wait (device-side) for `previous`'s work so far: a block freed on
+    /// `previous` without an event changes streams (see [`block`]).
+    #[cold]
+    fn order_after(&self, previous: Stream<D>, stream: Stream<D>) {
+        if let Some(event) = self.record_event(previous) {
+            if let Err(e) = stream.wait(&event) {
+                tracing::warn!(error = %e, "a cross-stream wait failed; synchronizing the previous stream instead");
+                let _ = event.synchronize();
+            }
+        }
+    }
+
+    /// Publishes a block to the shared pools: with no event when only its own stream used it (another
+    /// stream that takes it orders itself after this one then), else behind one event per stream that
+    /// used it.
     #[cold]
     fn free_shared(&'static self, mut block: Block<D>, used_on: &[Stream<D>]) {
+        if used_on.is_empty() {
+            self.release_to_pools(block);
+            return;
+        }
         for stream in std::iter::once(block.stream).chain(used_on.iter().copied()) {
             if let Some(event) = self.record_event(stream) {
                 block.pending.push((stream.id(), Arc::new(event)));

@@ -6,15 +6,15 @@
 //! across a device call: events are recorded before a block is pushed, and a block whose events are not
 //! yet known to be complete is popped, queried outside the lock, and pushed back if still busy.
 //!
-//! Blocks are taken most-recently-freed first (LIFO), which keeps reuse cache-warm and lets the same
-//! stream pick up its own blocks at once.
+//! Blocks are taken most-recently-freed first (LIFO), which keeps reuse cache-warm; a block last used on
+//! the asking stream is preferred to one of another stream, so steady-state reuse needs no event.
 
 use std::collections::BTreeMap;
 
 use crossbeam_utils::CachePadded;
 use parking_lot::Mutex;
 
-use super::block::Block;
+use super::block::{Adopted, Block};
 use super::size_class::{SizeClass, SMALL_CLASSES};
 use crate::{Device, Stream};
 
@@ -60,15 +60,14 @@ impl<D: Device> SharedPools<D> {
     }
 
     /// A cached block of `class` reusable by `stream`, if any.
-    pub(crate) fn take_small(&self, class: SizeClass, stream: Stream<D>) -> Option<Block<D>> {
+    pub(crate) fn take_small(&self, class: SizeClass, stream: Stream<D>) -> Option<Adopted<D>> {
         let pool = &self.small[class.index()];
         let candidate = {
             let mut list = pool.lock();
-            if let Some(pos) = list.iter().rposition(|b| b.ready_known(stream.id())) {
-                let mut block = list.swap_remove(pos);
+            if let Some(pos) = ready_position(&list, stream) {
+                let block = list.swap_remove(pos);
                 drop(list);
-                block.take_for(stream);
-                return Some(block);
+                return Some(block.adopt(stream));
             }
             list.pop()?
         };
@@ -76,13 +75,13 @@ impl<D: Device> SharedPools<D> {
     }
 
     /// A cached large block of at least `size` (and at most a quarter more) reusable by `stream`.
-    pub(crate) fn take_large(&self, size: usize, stream: Stream<D>) -> Option<Block<D>> {
+    pub(crate) fn take_large(&self, size: usize, stream: Stream<D>) -> Option<Adopted<D>> {
         let candidate = {
             let mut map = self.large.lock();
             let mut found = None;
             let mut busy = None;
             for (&key, list) in map.range(size..=size + size / LARGE_REUSE_SLACK) {
-                if let Some(pos) = list.iter().rposition(|b| b.ready_known(stream.id())) {
+                if let Some(pos) = ready_position(list, stream) {
                     found = Some((key, pos));
                     break;
                 }
@@ -94,14 +93,13 @@ impl<D: Device> SharedPools<D> {
             let list = map
                 .get_mut(&key)
                 .expect("invariant violated: key vanished under the lock (this is a bug)");
-            let mut block = list.swap_remove(pos);
+            let block = list.swap_remove(pos);
             if list.is_empty() {
                 map.remove(&key);
             }
             if found.is_some() {
                 drop(map);
-                block.take_for(stream);
-                return Some(block);
+                return Some(block.adopt(stream));
             }
             block
         };
@@ -109,10 +107,9 @@ impl<D: Device> SharedPools<D> {
     }
 
     /// Outside any lock: ask the device whether a busy-looking block is in fact free for `stream`.
-    fn check_candidate(&self, mut block: Block<D>, stream: Stream<D>) -> Option<Block<D>> {
+    fn check_candidate(&self, block: Block<D>, stream: Stream<D>) -> Option<Adopted<D>> {
         if block.ready_query(stream.id()) {
-            block.take_for(stream);
-            Some(block)
+            Some(block.adopt(stream))
         } else {
             self.push(block);
             None
@@ -130,4 +127,13 @@ impl<D: Device> SharedPools<D> {
         }
         all
     }
+}
+
+/// The newest block reusable by `stream` without a device call, preferring one last used on `stream`
+/// itself (no cross-stream ordering needed).
+fn ready_position<D: Device>(list: &[Block<D>], stream: Stream<D>) -> Option<usize> {
+    let id = stream.id();
+    list.iter()
+        .rposition(|b| b.stream == stream && b.ready_known(id))
+        .or_else(|| list.iter().rposition(|b| b.ready_known(id)))
 }
