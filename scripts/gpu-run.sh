@@ -13,13 +13,15 @@ pack)
     dir="${2:?usage: gpu-run.sh pack DIR}"
     root="$(cd "$(dirname "$0")/.." && pwd)"
     cd "$root"
-    cargo build --release -p braid-cli -p braid-cuda --tests --bins
+    target="${CARGO_TARGET_DIR:-target}"
+    cargo build --release -p braid-cli -p braid-cuda --tests --bins --examples
     mkdir -p "$dir/model"
-    for t in cuda_device cuda_events cuda_stress cuda_model; do
-        f=$(ls -t target/release/deps/$t-* | grep -v '\.d$' | head -1)
+    for t in cuda_device cuda_events cuda_stress cuda_ops cuda_model; do
+        f=$(ls -t "$target"/release/deps/$t-* | grep -v '\.d$' | head -1)
         cp "$f" "$dir/$t" && strip "$dir/$t"
     done
-    cp target/release/braid "$dir/braid" && strip "$dir/braid"
+    cp "$target/release/braid" "$dir/braid" && strip "$dir/braid"
+    cp "$target/release/examples/alloc_throughput" "$dir/alloc_throughput" && strip "$dir/alloc_throughput"
     cp -r models/all-MiniLM-L6-v2/. "$dir/model/"
     cp ../shared/fixtures/minilm-golden.json ../shared/anchors/torch_parallel_infer.py "$dir/"
     cp "$0" "$dir/gpu-run.sh"
@@ -36,11 +38,15 @@ run)
     export BRAID_MODEL="$here/model" BRAID_GOLDEN="$here/minilm-golden.json" BRAID_REQUIRE_CUDA=1
     nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
     echo "== CUDA tests"
-    for t in cuda_device cuda_events cuda_stress cuda_model; do
+    for t in cuda_device cuda_events cuda_stress cuda_ops cuda_model; do
         ./$t --nocapture --test-threads 1
     done
+    echo "== caching allocator on CUDA, driven as the PyTorch runtime anchor drives PyTorch's"
+    ./alloc_throughput
     echo "== braid bench on CUDA, 128-token inputs (as the anchor), then real sentences"
-    ./braid bench --device cuda --seq 128 --seconds 2 --json "$out/braid_cuda_seq128.json"
+    for dtype in f32 f16 bf16; do
+        ./braid bench --device cuda --dtype $dtype --seq 128 --seconds 2 --json "$out/braid_cuda_seq128_$dtype.json"
+    done
     ./braid bench --device cuda --seconds 2 --json "$out/braid_cuda_sentences.json"
     if [ "${ANCHOR:-1}" != 0 ]; then
         echo "== PyTorch anchor (same machine, right after)"

@@ -66,6 +66,7 @@ struct Report<'a> {
     tool: &'static str,
     device: String,
     model: String,
+    dtype: String,
     inputs: String,
     cores: usize,
     points: &'a [BenchPoint],
@@ -105,8 +106,9 @@ pub fn run<D: Ops>(
         None => "sentence corpus (data/sentences.txt)".to_string(),
     };
     let device = model.runtime().device().describe();
+    let dtype = model.dtype();
     eprintln!(
-        "braid bench: {model_name} on {device}; inputs: {inputs}; {} s per point",
+        "braid bench: {model_name} ({dtype}) on {device}; inputs: {inputs}; {} s per point",
         options.seconds
     );
 
@@ -135,6 +137,7 @@ pub fn run<D: Ops>(
             tool: concat!("braid ", env!("CARGO_PKG_VERSION")),
             device,
             model: model_name.to_string(),
+            dtype: dtype.to_string(),
             inputs,
             cores: cores(),
             points: &points,

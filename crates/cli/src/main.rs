@@ -44,6 +44,28 @@ struct ModelArgs {
     /// Where the model runs: `auto` is CUDA GPU 0 when a CUDA driver is found, else the CPU.
     #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
     device: DeviceChoice,
+    /// The compute dtype: f32 everywhere; f16 and bf16 on CUDA (weights converted at load, every op
+    /// accumulating in f32).
+    #[arg(long, value_enum, default_value_t = DTypeChoice::F32)]
+    dtype: DTypeChoice,
+}
+
+/// The `--dtype` values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum DTypeChoice {
+    F32,
+    F16,
+    Bf16,
+}
+
+impl From<DTypeChoice> for DType {
+    fn from(choice: DTypeChoice) -> Self {
+        match choice {
+            DTypeChoice::F32 => DType::F32,
+            DTypeChoice::F16 => DType::F16,
+            DTypeChoice::Bf16 => DType::BF16,
+        }
+    }
 }
 
 /// The `--device` values.
@@ -206,5 +228,5 @@ fn load_model<D: Ops>(device: D, args: &ModelArgs, callers: usize) -> Result<Ber
     let dir = args.dir();
     let dir = ModelDir::open(&dir)
         .with_context(|| format!("loading the model from {}", dir.display()))?;
-    Ok(BertModel::load(runtime, &dir, DType::F32)?)
+    Ok(BertModel::load(runtime, &dir, args.dtype.into())?)
 }

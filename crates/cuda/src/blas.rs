@@ -4,17 +4,19 @@
 //!
 //! - A handle is created on its stream's first GEMM, bound to that stream with `cublasSetStream`, and
 //!   never re-bound; it is destroyed with the stream.
-//! - fp32 GEMMs use full fp32 by default (bit-reproducible run to run, as the model's 16-thread test
-//!   requires); `BRAID_CUDA_TF32=1` switches the handles to TF32 tensor-core math.
+//! - Every GEMM accumulates in fp32 (`CUBLAS_COMPUTE_32F`; alpha and beta are f32) whatever the storage
+//!   dtype (f32, f16 or bf16; f16/bf16 run on tensor cores). fp32 GEMMs use full fp32 by default
+//!   (bit-reproducible run to run, as the model's 16-thread test requires); `BRAID_CUDA_TF32=1` makes
+//!   them TF32 tensor-core GEMMs (`CUBLAS_COMPUTE_32F_FAST_TF32`).
 //! - braid's row-major, strided view of `C = alpha·A·B + beta·C` becomes one column-major
-//!   `cublasSgemmStridedBatched` per outer batch entry: computing `Cᵀ = Bᵀ·Aᵀ` in column-major order reads
+//!   `cublasGemmStridedBatchedEx` per outer batch entry: computing `Cᵀ = Bᵀ·Aᵀ` in column-major order reads
 //!   braid's row-major operands in place (no transposes). An operand must be contiguous along rows or
 //!   along columns, and C along rows; anything else is refused with `Unsupported` rather than computed
 //!   slowly.
 //!
-//! Not yet: cuBLASLt (bias epilogue fused into the GEMM; the bias is one extra kernel now), f16/bf16.
+//! Not yet: cuBLASLt (bias epilogue fused into the GEMM; the bias is one extra kernel now).
 
-use std::ffi::c_int;
+use std::ffi::{c_int, c_void};
 
 use braid_runtime::ops::{GemmSpec, MatStrides};
 use braid_runtime::{DType, Result, RuntimeError};
@@ -72,67 +74,91 @@ impl Blas {
         check("cublasSetStream", unsafe {
             cublas::cublasSetStream_v2(handle, stream as cublas::cudaStream_t)
         })?;
-        let math = if tf32() {
-            cublas::cublasMath_t::CUBLAS_TF32_TENSOR_OP_MATH
-        } else {
-            cublas::cublasMath_t::CUBLAS_DEFAULT_MATH
-        };
-        // SAFETY: `handle` is live.
-        check("cublasSetMathMode", unsafe {
-            cublas::cublasSetMathMode(handle, math)
-        })?;
+        // The math mode stays the default: each GEMM names its compute type (see `gemm`).
         Ok(blas)
     }
 
-    /// Encodes `spec` on the handle's stream. Pointers are f32 data at the operands' starts (offsets
-    /// already applied).
+    /// Encodes `spec` on the handle's stream, every operand of `dtype` (f32, f16 or bf16). Pointers
+    /// are at the operands' starts (offsets already applied).
     ///
     /// # Safety
     /// `a`, `b` and `c` address device memory holding every element `spec` reaches, valid until the work
     /// has run; C does not overlap A or B.
-    pub(crate) unsafe fn gemm(&self, spec: &GemmSpec, a: u64, b: u64, c: u64) -> Result<()> {
-        let unsupported = || RuntimeError::Unsupported {
-            op: "gemm with an operand strided along both rows and columns",
-            dtype: DType::F32,
+    pub(crate) unsafe fn gemm(
+        &self,
+        dtype: DType,
+        spec: &GemmSpec,
+        a: u64,
+        b: u64,
+        c: u64,
+    ) -> Result<()> {
+        let unsupported = |op| RuntimeError::Unsupported {
+            op,
+            dtype,
             backend: "cuda",
         };
+        let (data_type, compute) = match dtype {
+            DType::F32 if tf32() => (
+                cublas::cudaDataType::CUDA_R_32F,
+                cublas::cublasComputeType_t::CUBLAS_COMPUTE_32F_FAST_TF32,
+            ),
+            DType::F32 => (
+                cublas::cudaDataType::CUDA_R_32F,
+                cublas::cublasComputeType_t::CUBLAS_COMPUTE_32F,
+            ),
+            DType::F16 => (
+                cublas::cudaDataType::CUDA_R_16F,
+                cublas::cublasComputeType_t::CUBLAS_COMPUTE_32F,
+            ),
+            DType::BF16 => (
+                cublas::cudaDataType::CUDA_R_16BF,
+                cublas::cublasComputeType_t::CUBLAS_COMPUTE_32F,
+            ),
+            DType::U32 => return Err(unsupported("gemm")),
+        };
+        let strided_both_ways = "gemm with an operand strided along both rows and columns";
         if spec.c.col_stride != 1 {
-            return Err(unsupported());
+            return Err(unsupported(strided_both_ways));
         }
         // Column-major Cᵀ [n x m] = op(B-view) [n x k] · op(A-view) [k x m].
-        let (op_b, ld_b) = operand(&spec.b).ok_or_else(unsupported)?;
-        let (op_a, ld_a) = operand(&spec.a).ok_or_else(unsupported)?;
+        let (op_b, ld_b) = operand(&spec.b).ok_or_else(|| unsupported(strided_both_ways))?;
+        let (op_a, ld_a) = operand(&spec.a).ok_or_else(|| unsupported(strided_both_ways))?;
         let dim = |v: usize| c_int::try_from(v).map_err(|_| dims_error(spec));
-        let stride = |v: isize| Ok::<_, RuntimeError>(v as i64);
         let (m, n, k) = (dim(spec.m)?, dim(spec.n)?, dim(spec.k)?);
         let ldc = dim(spec.c.row_stride as usize)?;
         let (ld_a, ld_b) = (dim(ld_a)?, dim(ld_b)?);
         let inner = dim(spec.batch[1])?;
-        let size = std::mem::size_of::<f32>() as u64;
+        let size = dtype.size() as u64;
         for outer in 0..spec.batch[0] as u64 {
             let at = |base: u64, s: &MatStrides| base + outer * s.batch_stride[0] as u64 * size;
             // SAFETY: the caller guarantees every element of every batch entry is addressable; alpha and
-            // beta are host values that outlive the call (cuBLAS reads host scalars before returning).
-            check("cublasSgemmStridedBatched", unsafe {
-                cublas::cublasSgemmStridedBatched(
+            // beta are f32 host values (the compute type is 32F) that outlive the call (cuBLAS reads
+            // host scalars before returning).
+            check("cublasGemmStridedBatchedEx", unsafe {
+                cublas::cublasGemmStridedBatchedEx(
                     self.handle,
                     op_b,
                     op_a,
                     n,
                     m,
                     k,
-                    &spec.alpha,
-                    at(b, &spec.b) as *const f32,
+                    (&spec.alpha as *const f32).cast(),
+                    at(b, &spec.b) as *const c_void,
+                    data_type,
                     ld_b,
-                    stride(spec.b.batch_stride[1])?,
-                    at(a, &spec.a) as *const f32,
+                    spec.b.batch_stride[1] as i64,
+                    at(a, &spec.a) as *const c_void,
+                    data_type,
                     ld_a,
-                    stride(spec.a.batch_stride[1])?,
-                    &spec.beta,
-                    at(c, &spec.c) as *mut f32,
+                    spec.a.batch_stride[1] as i64,
+                    (&spec.beta as *const f32).cast(),
+                    at(c, &spec.c) as *mut c_void,
+                    data_type,
                     ldc,
-                    stride(spec.c.batch_stride[1])?,
+                    spec.c.batch_stride[1] as i64,
                     inner,
+                    compute,
+                    cublas::cublasGemmAlgo_t::CUBLAS_GEMM_DFALT,
                 )
             })?;
         }

@@ -14,12 +14,15 @@
 //!   probability 0 and a fully masked row is all zeros; mean pooling divides by `max(Σ mask, 1e-9)`;
 //!   L2 normalisation divides by `max(‖x‖, 1e-12)`; GELU is the exact erf form unless `tanh` is asked.
 //!
-//! Not yet: an on-disk cache of the compiled PTX (compilation takes ~0.3 s once per process), fusion of
-//! the attention softmax with its GEMMs, f16/bf16 variants.
+//! - Every op exists for f32, f16 and bf16 storage (`braid_<op>_<dtype>`); f16/bf16 values are widened
+//!   to f32 on load and rounded to nearest even on store, so all arithmetic is f32.
+//! - Attention is one fused kernel (scores, masked online softmax and the weighted sum of V, for heads
+//!   of up to 128 features); the PTX is cached on disk by [`crate::ptx_cache`], so a process after the
+//!   first skips NVRTC's ~0.3 s compile.
 
 use std::ffi::{c_void, CString};
 
-use braid_runtime::{Result, RuntimeError};
+use braid_runtime::{DType, Result, RuntimeError};
 use cudarc::driver::{result, sys};
 
 /// The kernels' source. Grid-stride loops for elementwise ops; one block per row for row reductions;
@@ -28,6 +31,29 @@ const SOURCE: &str = r#"
 #define WARP 32
 typedef unsigned long long u64;
 typedef long long i64;
+
+// Storage types: f32 as float; f16 and bf16 as 16-bit patterns converted to and from f32 around every
+// computation (no cuda_fp16.h, so the source needs no include path under NVRTC).
+struct h16 { unsigned short bits; };
+struct b16 { unsigned short bits; };
+__device__ __forceinline__ float load(const float* p) { return *p; }
+__device__ __forceinline__ float load(const h16* p) {
+    float f;
+    asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(p->bits));
+    return f;
+}
+__device__ __forceinline__ float load(const b16* p) { return __uint_as_float(((unsigned)p->bits) << 16); }
+__device__ __forceinline__ void store(float* p, float v) { *p = v; }
+__device__ __forceinline__ void store(h16* p, float v) {
+    unsigned short b;
+    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(b) : "f"(v));
+    p->bits = b;
+}
+__device__ __forceinline__ void store(b16* p, float v) {  // round to nearest even; NaN stays NaN
+    const unsigned u = __float_as_uint(v);
+    p->bits = (u & 0x7fffffffu) > 0x7f800000u ? (unsigned short)0x7fc0
+                                              : (unsigned short)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+}
 
 __device__ __forceinline__ float warp_sum(float v) {
     for (int o = WARP / 2; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
@@ -53,133 +79,253 @@ __device__ __forceinline__ float gelu_erf(float x) {
 __device__ __forceinline__ float gelu_tanh(float x) {
     return 0.5f * x * (1.0f + tanhf(0.7978845608028654f * (x + 0.044715f * x * x * x)));
 }
+#define GRID_STRIDE(i, n) \
+    for (u64 i = blockIdx.x * (u64)blockDim.x + threadIdx.x; i < (n); i += (u64)gridDim.x * blockDim.x)
 
 extern "C" __global__ void braid_fill(float* x, u64 n, float value) {
-    for (u64 i = blockIdx.x * (u64)blockDim.x + threadIdx.x; i < n; i += (u64)gridDim.x * blockDim.x)
-        x[i] = value;
+    GRID_STRIDE(i, n) x[i] = value;
 }
 
-extern "C" __global__ void braid_add(float* x, const float* y, u64 n) {
-    for (u64 i = blockIdx.x * (u64)blockDim.x + threadIdx.x; i < n; i += (u64)gridDim.x * blockDim.x)
-        x[i] += y[i];
+template <typename T> __device__ void add(T* x, const T* y, u64 n) {
+    GRID_STRIDE(i, n) store(x + i, load(x + i) + load(y + i));
 }
 
-extern "C" __global__ void braid_bias_gelu(float* x, const float* bias, u64 rows, u64 cols, int use_tanh) {
-    const u64 n = rows * cols;
-    for (u64 i = blockIdx.x * (u64)blockDim.x + threadIdx.x; i < n; i += (u64)gridDim.x * blockDim.x) {
-        const float v = x[i] + bias[i % cols];
-        x[i] = use_tanh ? gelu_tanh(v) : gelu_erf(v);
+template <typename T>
+__device__ void bias_gelu(T* x, const T* bias, u64 rows, u64 cols, int use_tanh) {
+    GRID_STRIDE(i, rows * cols) {
+        const float v = load(x + i) + load(bias + i % cols);
+        store(x + i, use_tanh ? gelu_tanh(v) : gelu_erf(v));
     }
 }
 
 // c[r * ldc + j] += bias[j] for batches of rows x cols at batch stride `batch_stride`.
-extern "C" __global__ void braid_add_bias(float* c, const float* bias, u64 batches, i64 batch_stride,
-                                          u64 rows, u64 cols, i64 ldc) {
-    const u64 n = batches * rows * cols;
-    for (u64 i = blockIdx.x * (u64)blockDim.x + threadIdx.x; i < n; i += (u64)gridDim.x * blockDim.x) {
+template <typename T>
+__device__ void add_bias(T* c, const T* bias, u64 batches, i64 batch_stride, u64 rows, u64 cols, i64 ldc) {
+    GRID_STRIDE(i, batches * rows * cols) {
         const u64 j = i % cols, r = (i / cols) % rows, b = i / (cols * rows);
-        c[b * batch_stride + r * ldc + j] += bias[j];
+        T* p = c + b * batch_stride + r * ldc + j;
+        store(p, load(p) + load(bias + j));
     }
 }
 
-// One block per row: out = LayerNorm(x + residual) * gamma + beta.
-extern "C" __global__ void braid_layer_norm(const float* x, const float* residual, const float* gamma,
-                                            const float* beta, float* out, u64 cols, float eps) {
+// One block per row: out = LayerNorm(x + bias + residual) * gamma + beta (bias, residual optional).
+template <typename T>
+__device__ void layer_norm(const T* x, const T* bias, const T* residual, const T* gamma, const T* beta,
+                           T* out, u64 cols, float eps) {
     __shared__ float partials[WARP];
     const u64 row = blockIdx.x;
-    const float* xr = x + row * cols;
-    const float* rr = residual ? residual + row * cols : 0;
-    float* o = out + row * cols;
+    const T* xr = x + row * cols;
+    const T* rr = residual ? residual + row * cols : 0;
+    T* o = out + row * cols;
+    #define LN_INPUT(c) (load(xr + c) + (bias ? load(bias + c) : 0.0f) + (rr ? load(rr + c) : 0.0f))
     float s = 0.0f;
-    for (u64 c = threadIdx.x; c < cols; c += blockDim.x) s += xr[c] + (rr ? rr[c] : 0.0f);
+    for (u64 c = threadIdx.x; c < cols; c += blockDim.x) s += LN_INPUT(c);
     const float mean = block_sum(s, partials) / (float)cols;
     float q = 0.0f;
     for (u64 c = threadIdx.x; c < cols; c += blockDim.x) {
-        const float d = xr[c] + (rr ? rr[c] : 0.0f) - mean;
+        const float d = LN_INPUT(c) - mean;
         q += d * d;
     }
     const float inv = rsqrtf(block_sum(q, partials) / (float)cols + eps);
     for (u64 c = threadIdx.x; c < cols; c += blockDim.x)
-        o[c] = (xr[c] + (rr ? rr[c] : 0.0f) - mean) * inv * gamma[c] + beta[c];
+        store(o + c, (LN_INPUT(c) - mean) * inv * load(gamma + c) + load(beta + c));
+    #undef LN_INPUT
 }
 
 // One warp per row of `scores [batch, heads, q, k]`; keys with mask[b, j] == 0 get probability 0.
-extern "C" __global__ void braid_masked_softmax(float* scores, const float* mask, u64 rows,
-                                                u64 rows_per_batch, u64 k, float scale) {
+template <typename T>
+__device__ void masked_softmax(T* scores, const float* mask, u64 rows, u64 rows_per_batch, u64 k, float scale) {
     const u64 row = blockIdx.x * (u64)(blockDim.x / WARP) + threadIdx.x / WARP;
     if (row >= rows) return;
     const int lane = threadIdx.x & (WARP - 1);
-    float* r = scores + row * k;
+    T* r = scores + row * k;
     const float* m = mask + (row / rows_per_batch) * k;
     float top = __int_as_float(0xff800000);  // -infinity (NVRTC has no math.h)
-    for (u64 j = lane; j < k; j += WARP) if (m[j] != 0.0f) top = fmaxf(top, r[j] * scale);
+    for (u64 j = lane; j < k; j += WARP) if (m[j] != 0.0f) top = fmaxf(top, load(r + j) * scale);
     top = warp_max(top);
     float sum = 0.0f;
     for (u64 j = lane; j < k; j += WARP) {
-        const float e = m[j] != 0.0f ? expf(r[j] * scale - top) : 0.0f;
-        r[j] = e;
+        const float e = m[j] != 0.0f ? expf(load(r + j) * scale - top) : 0.0f;
         sum += e;
     }
     sum = warp_sum(sum);
     const float inv = sum > 0.0f ? 1.0f / sum : 0.0f;
-    for (u64 j = lane; j < k; j += WARP) r[j] *= inv;
+    for (u64 j = lane; j < k; j += WARP)
+        store(r + j, m[j] != 0.0f ? expf(load(r + j) * scale - top) * inv : 0.0f);
+}
+
+// Fused multi-head attention over qkv [batch, seq, 3 * hidden] (Q | K | V, heads side by side) into
+// out [batch, seq, hidden]. Grid (ceil(seq / ATT_QUERIES), heads, batch), ATT_WARPS warps per block; each
+// warp owns ATT_QUERIES / ATT_WARPS queries. Keys stream through shared memory ATT_KEYS at a time with an
+// online softmax (running max and sum in f32, fixed order: deterministic). head_dim <= ATT_MAX_HD.
+#define ATT_WARPS 4
+#define ATT_QUERIES 16
+#define ATT_PER_WARP (ATT_QUERIES / ATT_WARPS)
+#define ATT_KEYS 32
+#define ATT_MAX_HD 128
+template <typename T>
+__device__ void attention(const T* qkv, const float* mask, T* out, u64 seq, u64 heads, u64 hd, float scale) {
+    __shared__ float ks[ATT_KEYS][ATT_MAX_HD + 1];
+    __shared__ float vs[ATT_KEYS][ATT_MAX_HD];
+    __shared__ float qs[ATT_WARPS][ATT_PER_WARP][ATT_MAX_HD];
+    __shared__ float keep[ATT_KEYS];
+    const u64 b = blockIdx.z, h = blockIdx.y, hidden = heads * hd, row = 3 * hidden;
+    const int warp = threadIdx.x / WARP, lane = threadIdx.x & (WARP - 1);
+    const u64 q0 = blockIdx.x * (u64)ATT_QUERIES + warp * ATT_PER_WARP;
+    const T* base = qkv + b * seq * row + h * hd;
+    for (int i = 0; i < ATT_PER_WARP; ++i)
+        for (u64 d = lane; d < hd; d += WARP)
+            qs[warp][i][d] = q0 + i < seq ? load(base + (q0 + i) * row + d) * scale : 0.0f;
+    const float neg_inf = __int_as_float(0xff800000);
+    float top[ATT_PER_WARP], total[ATT_PER_WARP], acc[ATT_PER_WARP][ATT_MAX_HD / WARP];
+    #pragma unroll
+    for (int i = 0; i < ATT_PER_WARP; ++i) {
+        top[i] = neg_inf;
+        total[i] = 0.0f;
+        for (int c = 0; c < ATT_MAX_HD / WARP; ++c) acc[i][c] = 0.0f;
+    }
+    for (u64 k0 = 0; k0 < seq; k0 += ATT_KEYS) {
+        __syncthreads();  // the previous tile is no longer read (and qs is written, on the first pass)
+        for (u64 e = threadIdx.x; e < ATT_KEYS * hd; e += blockDim.x) {
+            const u64 j = e / hd, d = e % hd, key = k0 + j;
+            const bool in = key < seq;
+            ks[j][d] = in ? load(base + key * row + hidden + d) : 0.0f;
+            vs[j][d] = in ? load(base + key * row + 2 * hidden + d) : 0.0f;
+        }
+        if (threadIdx.x < ATT_KEYS) {
+            const u64 key = k0 + threadIdx.x;
+            keep[threadIdx.x] = key < seq && mask[b * seq + key] != 0.0f ? 1.0f : 0.0f;
+        }
+        __syncthreads();
+        #pragma unroll
+        for (int i = 0; i < ATT_PER_WARP; ++i) {
+            if (q0 + i >= seq) break;  // warp-uniform
+            float s = 0.0f;
+            for (u64 d = 0; d < hd; ++d) s += qs[warp][i][d] * ks[lane][d];
+            s = keep[lane] != 0.0f ? s : neg_inf;
+            const float new_top = fmaxf(top[i], warp_max(s));
+            if (new_top == neg_inf) continue;  // every key so far masked (warp-uniform)
+            const float p = keep[lane] != 0.0f ? expf(s - new_top) : 0.0f;
+            const float rescale = expf(top[i] - new_top);  // 0 on the first unmasked tile
+            top[i] = new_top;
+            total[i] = total[i] * rescale + warp_sum(p);
+            #pragma unroll
+            for (int c = 0; c < ATT_MAX_HD / WARP; ++c) {
+                if (c * WARP >= hd) break;  // warp-uniform: every lane shuffles below
+                const u64 d = lane + c * WARP;
+                float a = acc[i][c] * rescale;
+                for (int j = 0; j < ATT_KEYS; ++j) {
+                    const float pj = __shfl_sync(0xffffffffu, p, j);
+                    if (d < hd) a += pj * vs[j][d];
+                }
+                acc[i][c] = a;
+            }
+        }
+    }
+    #pragma unroll
+    for (int i = 0; i < ATT_PER_WARP; ++i) {
+        if (q0 + i >= seq) break;
+        const float inv = total[i] > 0.0f ? 1.0f / total[i] : 0.0f;
+        #pragma unroll
+        for (int c = 0; c < ATT_MAX_HD / WARP; ++c) {
+            const u64 d = lane + c * WARP;
+            if (d < hd) store(out + (b * seq + q0 + i) * hidden + h * hd + d, acc[i][c] * inv);
+        }
+    }
 }
 
 // out[i, :] (+)= table[ids[i], :]; an id out of range writes NaN (the tensor layer checks ids first).
-extern "C" __global__ void braid_gather_rows(const float* table, u64 table_rows, const unsigned* ids,
-                                             u64 n_ids, u64 dim, float* out, int accumulate) {
-    const u64 n = n_ids * dim;
-    for (u64 i = blockIdx.x * (u64)blockDim.x + threadIdx.x; i < n; i += (u64)gridDim.x * blockDim.x) {
+template <typename T>
+__device__ void gather_rows(const T* table, u64 table_rows, const unsigned* ids, u64 n_ids, u64 dim, T* out,
+                            int accumulate) {
+    GRID_STRIDE(i, n_ids * dim) {
         const u64 id = ids[i / dim];
-        const float v = id < table_rows ? table[id * dim + i % dim] : __int_as_float(0x7fc00000);
-        out[i] = accumulate ? out[i] + v : v;
+        const float v = id < table_rows ? load(table + id * dim + i % dim) : __int_as_float(0x7fc00000);
+        store(out + i, accumulate ? load(out + i) + v : v);
     }
 }
 
 // out[b, d] = Σ_s x[b, s, d] * mask[b, s] / max(Σ_s mask[b, s], 1e-9); one thread per (b, d).
-extern "C" __global__ void braid_mean_pool(const float* x, const float* mask, u64 batch, u64 seq,
-                                           u64 dim, float* out) {
-    const u64 n = batch * dim;
-    for (u64 i = blockIdx.x * (u64)blockDim.x + threadIdx.x; i < n; i += (u64)gridDim.x * blockDim.x) {
+template <typename T>
+__device__ void mean_pool(const T* x, const float* mask, u64 batch, u64 seq, u64 dim, T* out) {
+    GRID_STRIDE(i, batch * dim) {
         const u64 b = i / dim, d = i % dim;
         float acc = 0.0f, count = 0.0f;
         for (u64 s = 0; s < seq; ++s) {
             const float m = mask[b * seq + s];
-            if (m != 0.0f) acc += m * x[(b * seq + s) * dim + d];
+            if (m != 0.0f) acc += m * load(x + (b * seq + s) * dim + d);
             count += m;
         }
-        out[i] = acc / fmaxf(count, 1e-9f);
+        store(out + i, acc / fmaxf(count, 1e-9f));
     }
 }
 
 // One block per row: x /= max(|x|, 1e-12).
-extern "C" __global__ void braid_l2_normalize(float* x, u64 dim) {
+template <typename T> __device__ void l2_normalize(T* x, u64 dim) {
     __shared__ float partials[WARP];
-    float* r = x + blockIdx.x * dim;
+    T* r = x + blockIdx.x * dim;
     float s = 0.0f;
-    for (u64 c = threadIdx.x; c < dim; c += blockDim.x) s += r[c] * r[c];
+    for (u64 c = threadIdx.x; c < dim; c += blockDim.x) s += load(r + c) * load(r + c);
     const float inv = 1.0f / fmaxf(sqrtf(block_sum(s, partials)), 1e-12f);
-    for (u64 c = threadIdx.x; c < dim; c += blockDim.x) r[c] *= inv;
+    for (u64 c = threadIdx.x; c < dim; c += blockDim.x) store(r + c, load(r + c) * inv);
 }
+
+// One set of entry points per storage type: braid_<op>_<dtype>.
+#define BRAID_KERNELS(S, T) \
+extern "C" __global__ void braid_add_##S(T* x, const T* y, u64 n) { add(x, y, n); } \
+extern "C" __global__ void braid_bias_gelu_##S(T* x, const T* bias, u64 rows, u64 cols, int use_tanh) { \
+    bias_gelu(x, bias, rows, cols, use_tanh); } \
+extern "C" __global__ void braid_add_bias_##S(T* c, const T* bias, u64 batches, i64 batch_stride, u64 rows, \
+    u64 cols, i64 ldc) { add_bias(c, bias, batches, batch_stride, rows, cols, ldc); } \
+extern "C" __global__ void braid_layer_norm_##S(const T* x, const T* bias, const T* residual, \
+    const T* gamma, const T* beta, T* out, u64 cols, float eps) { \
+    layer_norm(x, bias, residual, gamma, beta, out, cols, eps); } \
+extern "C" __global__ void braid_masked_softmax_##S(T* scores, const float* mask, u64 rows, \
+    u64 rows_per_batch, u64 k, float scale) { masked_softmax(scores, mask, rows, rows_per_batch, k, scale); } \
+extern "C" __global__ void braid_attention_##S(const T* qkv, const float* mask, T* out, u64 seq, u64 heads, \
+    u64 hd, float scale) { attention(qkv, mask, out, seq, heads, hd, scale); } \
+extern "C" __global__ void braid_gather_rows_##S(const T* table, u64 table_rows, const unsigned* ids, \
+    u64 n_ids, u64 dim, T* out, int accumulate) { gather_rows(table, table_rows, ids, n_ids, dim, out, accumulate); } \
+extern "C" __global__ void braid_mean_pool_##S(const T* x, const float* mask, u64 batch, u64 seq, u64 dim, \
+    T* out) { mean_pool(x, mask, batch, seq, dim, out); } \
+extern "C" __global__ void braid_l2_normalize_##S(T* x, u64 dim) { l2_normalize(x, dim); }
+
+BRAID_KERNELS(f32, float)
+BRAID_KERNELS(f16, h16)
+BRAID_KERNELS(bf16, b16)
 "#;
 
-/// Threads per block for every kernel (a multiple of the warp size, at most 32 warps).
+/// Threads per block for the row and grid-stride kernels (a multiple of the warp size, at most 32
+/// warps).
 pub(crate) const BLOCK: u32 = 256;
 /// Grid-stride kernels launch at most this many blocks (enough to fill an H100's 132 SMs many times).
 const MAX_GRID: u64 = 132 * 32;
+/// The fused attention kernel: threads per block, queries per block and the largest head it takes
+/// (`ATT_WARPS * 32`, `ATT_QUERIES`, `ATT_MAX_HD` in the source).
+pub(crate) const ATTENTION_BLOCK: u32 = 4 * 32;
+pub(crate) const ATTENTION_QUERIES: usize = 16;
+pub(crate) const ATTENTION_MAX_HEAD_DIM: usize = 128;
 
-/// The loaded module and one function handle per kernel.
-pub(crate) struct Kernels {
-    module: sys::CUmodule,
-    pub(crate) fill: sys::CUfunction,
+/// The kernels of one storage dtype (`braid_<op>_<dtype>` in the source).
+pub(crate) struct KernelSet {
     pub(crate) add: sys::CUfunction,
     pub(crate) bias_gelu: sys::CUfunction,
     pub(crate) add_bias: sys::CUfunction,
     pub(crate) layer_norm: sys::CUfunction,
     pub(crate) masked_softmax: sys::CUfunction,
+    pub(crate) attention: sys::CUfunction,
     pub(crate) gather_rows: sys::CUfunction,
     pub(crate) mean_pool: sys::CUfunction,
     pub(crate) l2_normalize: sys::CUfunction,
+}
+
+/// The loaded module and its function handles: `fill` (f32) and one [`KernelSet`] per float dtype.
+pub(crate) struct Kernels {
+    module: sys::CUmodule,
+    pub(crate) fill: sys::CUfunction,
+    f32: KernelSet,
+    f16: KernelSet,
+    bf16: KernelSet,
 }
 
 // SAFETY: module and function handles are driver objects usable from any thread (the driver API is
@@ -189,28 +335,26 @@ unsafe impl Send for Kernels {}
 unsafe impl Sync for Kernels {}
 
 impl Kernels {
-    /// Compiles the source for compute capability `(major, minor)` and loads it into the current context.
+    /// The kernels that compute on `dtype` data.
+    pub(crate) fn of(&self, dtype: DType, op: &'static str) -> Result<&KernelSet> {
+        match dtype {
+            DType::F32 => Ok(&self.f32),
+            DType::F16 => Ok(&self.f16),
+            DType::BF16 => Ok(&self.bf16),
+            DType::U32 => Err(RuntimeError::Unsupported {
+                op,
+                dtype,
+                backend: "cuda",
+            }),
+        }
+    }
+
+    /// Compiles the source for compute capability `(major, minor)` (or takes the PTX from the on-disk
+    /// cache, see [`crate::ptx_cache`]) and loads it into the current context.
     pub(crate) fn compile_and_load(capability: (i32, i32)) -> Result<Self> {
-        let arch: &'static str =
-            Box::leak(format!("sm_{}{}", capability.0, capability.1).into_boxed_str());
-        let options = cudarc::nvrtc::CompileOptions {
-            arch: Some(arch),
-            name: Some("braid_kernels.cu".into()),
-            ..Default::default()
-        };
-        let ptx =
-            std::panic::catch_unwind(|| cudarc::nvrtc::compile_ptx_with_opts(SOURCE, options))
-                .map_err(|_| {
-                    RuntimeError::Device(
-                    "cannot load NVRTC (libnvrtc): the CUDA ops compile their kernels at run time; \
-                     put the CUDA toolkit's lib directory on LD_LIBRARY_PATH"
-                        .into(),
-                )
-                })?
-                .map_err(|e| {
-                    RuntimeError::Device(format!("NVRTC could not compile braid's kernels: {e}"))
-                })?;
-        let image = CString::new(ptx.to_src())
+        let arch = format!("sm_{}{}", capability.0, capability.1);
+        let ptx = crate::ptx_cache::load_or_compile(SOURCE, &arch, || compile(&arch))?;
+        let image = CString::new(ptx)
             .map_err(|_| RuntimeError::Device("NVRTC returned PTX with a NUL byte".into()))?;
         // SAFETY: `image` is a NUL-terminated PTX image that outlives the call; the caller made the
         // device's context current.
@@ -230,19 +374,49 @@ impl Kernels {
                 RuntimeError::Device(format!("kernel {name} missing from the module: {e:?}"))
             })
         };
+        let set = |dtype: &str| -> Result<KernelSet> {
+            let f = |op: &str| function(&format!("braid_{op}_{dtype}"));
+            Ok(KernelSet {
+                add: f("add")?,
+                bias_gelu: f("bias_gelu")?,
+                add_bias: f("add_bias")?,
+                layer_norm: f("layer_norm")?,
+                masked_softmax: f("masked_softmax")?,
+                attention: f("attention")?,
+                gather_rows: f("gather_rows")?,
+                mean_pool: f("mean_pool")?,
+                l2_normalize: f("l2_normalize")?,
+            })
+        };
         Ok(Self {
             fill: function("braid_fill")?,
-            add: function("braid_add")?,
-            bias_gelu: function("braid_bias_gelu")?,
-            add_bias: function("braid_add_bias")?,
-            layer_norm: function("braid_layer_norm")?,
-            masked_softmax: function("braid_masked_softmax")?,
-            gather_rows: function("braid_gather_rows")?,
-            mean_pool: function("braid_mean_pool")?,
-            l2_normalize: function("braid_l2_normalize")?,
+            f32: set("f32")?,
+            f16: set("f16")?,
+            bf16: set("bf16")?,
             module,
         })
     }
+}
+
+/// NVRTC: the source to PTX for `arch`.
+fn compile(arch: &str) -> Result<String> {
+    let options = cudarc::nvrtc::CompileOptions {
+        arch: Some(Box::leak(arch.to_owned().into_boxed_str())),
+        name: Some("braid_kernels.cu".into()),
+        ..Default::default()
+    };
+    let ptx = std::panic::catch_unwind(|| cudarc::nvrtc::compile_ptx_with_opts(SOURCE, options))
+        .map_err(|_| {
+            RuntimeError::Device(
+                "cannot load NVRTC (libnvrtc): the CUDA ops compile their kernels at run time; \
+                 put the CUDA toolkit's lib directory on LD_LIBRARY_PATH"
+                    .into(),
+            )
+        })?
+        .map_err(|e| {
+            RuntimeError::Device(format!("NVRTC could not compile braid's kernels: {e}"))
+        })?;
+    Ok(ptx.to_src())
 }
 
 impl Drop for Kernels {
@@ -263,18 +437,19 @@ pub(crate) fn arg<T>(value: &T) -> *mut c_void {
     (value as *const T).cast_mut().cast::<c_void>()
 }
 
-/// Launches `function` on `stream` with `grid` blocks of [`BLOCK`] threads.
+/// Launches `function` on `stream` with `grid` blocks of `block` threads.
 ///
 /// # Safety
 /// `args` point at values matching the kernel's parameters in order, alive for the call; every device
 /// pointer among them addresses memory the kernel may read or write, valid until the work runs.
 pub(crate) unsafe fn launch(
     function: sys::CUfunction,
-    grid: u32,
+    grid: (u32, u32, u32),
+    block: u32,
     stream: sys::CUstream,
     args: &mut [*mut c_void],
 ) -> Result<()> {
     // SAFETY: forwarded from the caller.
-    unsafe { result::launch_kernel(function, (grid, 1, 1), (BLOCK, 1, 1), 0, stream, args) }
+    unsafe { result::launch_kernel(function, grid, (block, 1, 1), 0, stream, args) }
         .map_err(|e| RuntimeError::Device(format!("cuLaunchKernel: {e:?}")))
 }

@@ -35,10 +35,12 @@ mod error;
 pub mod event;
 mod kernels;
 mod ops;
+mod ptx_cache;
 mod staging;
 pub mod stream;
 
 pub use blas::TF32_ENV;
 pub use device::CudaDevice;
 pub use event::CudaEvent;
+pub use ptx_cache::CACHE_DIR_ENV;
 pub use stream::CudaStream;

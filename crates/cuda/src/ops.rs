@@ -1,30 +1,39 @@
 //! The op set ([`Ops`]) on CUDA: GEMMs through the stream's cuBLAS handle ([`crate::blas`]), the rest
-//! through braid's NVRTC kernels ([`crate::kernels`]). Every op is encoded on the given stream and returns
-//! without waiting; arguments were validated by the tensor layer (`braid_runtime::tensor`), as the
-//! [`Ops`] contract says.
+//! through braid's NVRTC kernels ([`crate::kernels`]), each in f32, f16 or bf16. Every op is encoded on
+//! the given stream and returns without waiting; arguments were validated by the tensor layer
+//! (`braid_runtime::tensor`), as the [`Ops`] contract says.
+//!
+//! Attention is the fused kernel (no scratch) for heads of up to
+//! [`ATTENTION_MAX_HEAD_DIM`] features, and the unfused GEMM–softmax–GEMM path above that.
 
 use std::ffi::c_void;
 
-use braid_runtime::ops::{GemmSpec, Ops};
-use braid_runtime::{DevicePtr, Result};
+use braid_runtime::ops::{unfused_attention, AttentionShape, GemmSpec, Ops};
+use braid_runtime::{DType, DevicePtr, Result};
 use cudarc::driver::sys;
 
-use crate::kernels::{arg, grid_for, launch, Kernels, BLOCK};
+use crate::kernels::{
+    arg, grid_for, launch, KernelSet, ATTENTION_BLOCK, ATTENTION_MAX_HEAD_DIM, ATTENTION_QUERIES,
+    BLOCK,
+};
 use crate::{CudaDevice, CudaStream};
 
 impl CudaDevice {
-    /// Runs `f` with the live stream handle and the loaded kernels.
+    /// Runs `f` with the live stream handle and the kernels for `dtype`.
     fn with_kernels(
         &self,
         stream: &CudaStream,
-        f: impl FnOnce(sys::CUstream, &Kernels) -> Result<()>,
+        dtype: DType,
+        op: &'static str,
+        f: impl FnOnce(sys::CUstream, &KernelSet) -> Result<()>,
     ) -> Result<()> {
-        let kernels = self.kernels()?;
+        let kernels = self.kernels()?.of(dtype, op)?;
         stream.with_raw(|raw| f(raw, kernels))
     }
 }
 
-/// A kernel launch: `function` over `grid` blocks with `args` (addresses of the parameter values).
+/// A launch of `function` over `grid` blocks of [`BLOCK`] threads with `args` (addresses of the
+/// parameter values).
 fn go(
     function: sys::CUfunction,
     grid: u32,
@@ -33,50 +42,52 @@ fn go(
 ) -> Result<()> {
     // SAFETY: every call site passes the kernel's parameters in order, as values alive for the call, and
     // device pointers the tensor layer checked against the op's extents.
-    unsafe { launch(function, grid, raw, args) }
+    unsafe { launch(function, (grid, 1, 1), BLOCK, raw, args) }
 }
 
-const F32: u64 = std::mem::size_of::<f32>() as u64;
+/// Whether the fused attention kernel takes `shape`.
+fn fused_attention(shape: &AttentionShape) -> bool {
+    shape.head_dim <= ATTENTION_MAX_HEAD_DIM
+}
 
 impl Ops for CudaDevice {
+    fn compute_dtypes(&self) -> &'static [DType] {
+        &[DType::F32, DType::F16, DType::BF16]
+    }
+
     fn fill(&self, stream: &CudaStream, dst: DevicePtr, len: usize, value: f32) -> Result<()> {
         let (x, n) = (dst.0, len as u64);
-        self.with_kernels(stream, |raw, k| {
-            go(
-                k.fill,
-                grid_for(n),
-                raw,
-                &mut [arg(&x), arg(&n), arg(&value)],
-            )
-        })
+        let fill = self.kernels()?.fill;
+        stream.with_raw(|raw| go(fill, grid_for(n), raw, &mut [arg(&x), arg(&n), arg(&value)]))
     }
 
     fn gemm(
         &self,
         stream: &CudaStream,
+        dtype: DType,
         spec: &GemmSpec,
         a: DevicePtr,
         b: DevicePtr,
         c: DevicePtr,
         bias: Option<DevicePtr>,
     ) -> Result<()> {
-        let at = |p: DevicePtr, offset: usize| p.0 + offset as u64 * F32;
+        let size = dtype.size() as u64;
+        let at = |p: DevicePtr, offset: usize| p.0 + offset as u64 * size;
         let (a, b, c) = (
             at(a, spec.a.offset),
             at(b, spec.b.offset),
             at(c, spec.c.offset),
         );
-        let kernels = if bias.is_some() {
-            Some(self.kernels()?)
-        } else {
-            None
+        let kernels = match bias {
+            Some(_) => Some(self.kernels()?.of(dtype, "gemm")?),
+            None => None,
         };
         stream.with_raw(|raw| {
             let blas = stream.blas(raw)?;
             // SAFETY: the tensor layer checked that every element `spec` reaches lies inside A, B and C,
             // and C is a fresh output; the buffers stay allocated until this work has run (allocator
             // contract).
-            unsafe { blas.gemm(spec, a, b, c)? };
+            unsafe { blas.gemm(dtype, spec, a, b, c)? };
             let (Some(bias), Some(k)) = (bias, kernels) else {
                 return Ok(());
             };
@@ -84,11 +95,10 @@ impl Ops for CudaDevice {
             let (rows, cols, ldc) = (spec.m as u64, spec.n as u64, spec.c.row_stride as i64);
             let (batches, batch_stride) = (spec.batch[1] as u64, spec.c.batch_stride[1] as i64);
             for outer in 0..spec.batch[0] as u64 {
-                let c = c + outer * spec.c.batch_stride[0] as u64 * F32;
-                let n = batches * rows * cols;
+                let c = c + outer * spec.c.batch_stride[0] as u64 * size;
                 go(
                     k.add_bias,
-                    grid_for(n),
+                    grid_for(batches * rows * cols),
                     raw,
                     &mut [
                         arg(&c),
@@ -108,6 +118,7 @@ impl Ops for CudaDevice {
     fn bias_gelu(
         &self,
         stream: &CudaStream,
+        dtype: DType,
         x: DevicePtr,
         bias: DevicePtr,
         rows: usize,
@@ -115,7 +126,7 @@ impl Ops for CudaDevice {
         tanh: bool,
     ) -> Result<()> {
         let (rows, cols, tanh) = (rows as u64, cols as u64, tanh as i32);
-        self.with_kernels(stream, |raw, k| {
+        self.with_kernels(stream, dtype, "bias_gelu", |raw, k| {
             go(
                 k.bias_gelu,
                 grid_for(rows * cols),
@@ -128,7 +139,9 @@ impl Ops for CudaDevice {
     fn layer_norm(
         &self,
         stream: &CudaStream,
+        dtype: DType,
         x: DevicePtr,
+        bias: Option<DevicePtr>,
         residual: Option<DevicePtr>,
         gamma: DevicePtr,
         beta: DevicePtr,
@@ -140,15 +153,17 @@ impl Ops for CudaDevice {
         if rows == 0 {
             return Ok(());
         }
+        let bias = bias.map_or(0, |p| p.0);
         let residual = residual.map_or(0, |p| p.0);
         let cols = cols as u64;
-        self.with_kernels(stream, |raw, k| {
+        self.with_kernels(stream, dtype, "layer_norm", |raw, k| {
             go(
                 k.layer_norm,
                 rows as u32,
                 raw,
                 &mut [
                     arg(&x.0),
+                    arg(&bias),
                     arg(&residual),
                     arg(&gamma.0),
                     arg(&beta.0),
@@ -163,6 +178,7 @@ impl Ops for CudaDevice {
     fn masked_softmax(
         &self,
         stream: &CudaStream,
+        dtype: DType,
         scores: DevicePtr,
         mask: DevicePtr,
         batch: usize,
@@ -178,7 +194,7 @@ impl Ops for CudaDevice {
         }
         let k_len = k_len as u64;
         let rows_per_block = (BLOCK / 32) as u64;
-        self.with_kernels(stream, |raw, k| {
+        self.with_kernels(stream, dtype, "masked_softmax", |raw, k| {
             go(
                 k.masked_softmax,
                 rows.div_ceil(rows_per_block) as u32,
@@ -195,9 +211,56 @@ impl Ops for CudaDevice {
         })
     }
 
+    fn attention_scratch(&self, shape: &AttentionShape) -> usize {
+        if fused_attention(shape) {
+            0
+        } else {
+            shape.probabilities()
+        }
+    }
+
+    fn attention(
+        &self,
+        stream: &CudaStream,
+        dtype: DType,
+        shape: &AttentionShape,
+        qkv: DevicePtr,
+        mask: DevicePtr,
+        out: DevicePtr,
+        scratch: Option<DevicePtr>,
+    ) -> Result<()> {
+        if !fused_attention(shape) {
+            return unfused_attention(self, stream, dtype, shape, qkv, mask, out, scratch);
+        }
+        if shape.batch == 0 || shape.seq == 0 {
+            return Ok(());
+        }
+        let grid = (
+            shape.seq.div_ceil(ATTENTION_QUERIES) as u32,
+            shape.heads as u32,
+            shape.batch as u32,
+        );
+        let (seq, heads, head_dim) = (shape.seq as u64, shape.heads as u64, shape.head_dim as u64);
+        self.with_kernels(stream, dtype, "attention", |raw, k| {
+            let args = &mut [
+                arg(&qkv.0),
+                arg(&mask.0),
+                arg(&out.0),
+                arg(&seq),
+                arg(&heads),
+                arg(&head_dim),
+                arg(&shape.scale),
+            ];
+            // SAFETY: the parameters in the kernel's order, alive for the call; the tensor layer checked
+            // qkv [batch * seq, 3 * heads * head_dim], mask [batch, seq] and out [batch * seq, hidden].
+            unsafe { launch(k.attention, grid, ATTENTION_BLOCK, raw, args) }
+        })
+    }
+
     fn gather_rows(
         &self,
         stream: &CudaStream,
+        dtype: DType,
         table: DevicePtr,
         table_rows: usize,
         ids: DevicePtr,
@@ -212,7 +275,7 @@ impl Ops for CudaDevice {
             dim as u64,
             accumulate as i32,
         );
-        self.with_kernels(stream, |raw, k| {
+        self.with_kernels(stream, dtype, "gather_rows", |raw, k| {
             go(
                 k.gather_rows,
                 grid_for(n_ids * dim),
@@ -233,6 +296,7 @@ impl Ops for CudaDevice {
     fn mean_pool(
         &self,
         stream: &CudaStream,
+        dtype: DType,
         x: DevicePtr,
         mask: DevicePtr,
         batch: usize,
@@ -241,7 +305,7 @@ impl Ops for CudaDevice {
         out: DevicePtr,
     ) -> Result<()> {
         let (batch, seq, dim) = (batch as u64, seq as u64, dim as u64);
-        self.with_kernels(stream, |raw, k| {
+        self.with_kernels(stream, dtype, "mean_pool", |raw, k| {
             go(
                 k.mean_pool,
                 grid_for(batch * dim),
@@ -261,6 +325,7 @@ impl Ops for CudaDevice {
     fn l2_normalize(
         &self,
         stream: &CudaStream,
+        dtype: DType,
         x: DevicePtr,
         rows: usize,
         dim: usize,
@@ -269,7 +334,7 @@ impl Ops for CudaDevice {
             return Ok(());
         }
         let dim = dim as u64;
-        self.with_kernels(stream, |raw, k| {
+        self.with_kernels(stream, dtype, "l2_normalize", |raw, k| {
             go(
                 k.l2_normalize,
                 rows as u32,
@@ -279,9 +344,16 @@ impl Ops for CudaDevice {
         })
     }
 
-    fn add(&self, stream: &CudaStream, x: DevicePtr, y: DevicePtr, len: usize) -> Result<()> {
+    fn add(
+        &self,
+        stream: &CudaStream,
+        dtype: DType,
+        x: DevicePtr,
+        y: DevicePtr,
+        len: usize,
+    ) -> Result<()> {
         let n = len as u64;
-        self.with_kernels(stream, |raw, k| {
+        self.with_kernels(stream, dtype, "add", |raw, k| {
             go(
                 k.add,
                 grid_for(n),

@@ -1,6 +1,7 @@
-//! all-MiniLM-L6-v2 on the GPU against the golden fixture's float64 reference: fp32 single and batched,
-//! and 16 threads at once bit-identical to one thread (fp32 without TF32). Skips with a line saying so
-//! on a machine without a CUDA driver.
+//! all-MiniLM-L6-v2 on the GPU against the golden fixture's float64 reference: fp32 single and batched
+//! (cosine ≥ 0.99999, max abs ≤ 1e-4), 16 threads at once bit-identical to one thread (fp32 without
+//! TF32), and fp16 / bf16 single and batched (cosine ≥ 0.999). Skips with a line saying so on a machine
+//! without a CUDA driver.
 //!
 //! On a GPU machine without the repository around it, `BRAID_GOLDEN` names the fixture file and
 //! `BRAID_MODEL` the model directory.
@@ -16,6 +17,7 @@ use serde::Deserialize;
 
 const MIN_COSINE: f64 = 0.99999;
 const MAX_ABS_DIFF: f64 = 1e-4;
+const MIN_COSINE_HALF: f64 = 0.999;
 const THREADS: usize = 16;
 
 #[derive(Deserialize)]
@@ -42,7 +44,7 @@ fn golden() -> Vec<Case> {
     serde_json::from_str::<Golden>(&text).unwrap().cases
 }
 
-fn minilm(device: CudaDevice) -> BertModel<CudaDevice> {
+fn minilm(device: CudaDevice, dtype: DType) -> BertModel<CudaDevice> {
     let config = RuntimeConfig {
         streams: StreamPoolConfig {
             worker_slots: THREADS + 1,
@@ -52,7 +54,7 @@ fn minilm(device: CudaDevice) -> BertModel<CudaDevice> {
     };
     let runtime = Arc::new(Runtime::new(device, config).unwrap());
     let dir = ModelDir::open(default_model_dir()).expect("the model (set BRAID_MODEL)");
-    BertModel::load(runtime, &dir, DType::F32).unwrap()
+    BertModel::load(runtime, &dir, dtype).unwrap()
 }
 
 /// Cosine and largest absolute difference against the reference.
@@ -73,7 +75,7 @@ fn golden_embeddings_single_and_batched_and_sixteen_threads() {
     let Some(device) = common::device_or_skip() else {
         return;
     };
-    let model = Arc::new(minilm(device));
+    let model = Arc::new(minilm(device, DType::F32));
     let cases = Arc::new(golden());
     let single: Vec<Vec<f32>> = cases
         .iter()
@@ -125,4 +127,33 @@ fn golden_embeddings_single_and_batched_and_sixteen_threads() {
         leased_before,
         "every thread's slot came back"
     );
+}
+
+#[test]
+fn golden_embeddings_in_fp16_and_bf16() {
+    let Some(device) = common::device_or_skip() else {
+        return;
+    };
+    let cases = golden();
+    let texts: Vec<&str> = cases.iter().map(|c| c.text.as_str()).collect();
+    for dtype in [DType::F16, DType::BF16] {
+        let model = minilm(device.clone(), dtype);
+        assert_eq!(model.dtype(), dtype);
+        let batched = model.embed(&texts).unwrap();
+        let (mut worst_cos, mut worst_abs) = (1f64, 0f64);
+        for (case, many) in cases.iter().zip(&batched) {
+            let one = model.embed(&[case.text.as_str()]).unwrap().remove(0);
+            for (label, got) in [("single", &one), ("batched", many)] {
+                let (cos, abs) = compare(got, &case.embedding);
+                assert!(
+                    cos >= MIN_COSINE_HALF,
+                    "{dtype} {label} {:?}: cosine {cos:.6}, max abs {abs:.2e}",
+                    case.text
+                );
+                worst_cos = worst_cos.min(cos);
+                worst_abs = worst_abs.max(abs);
+            }
+        }
+        println!("{dtype} on CUDA: min cosine {worst_cos:.6}, max abs diff {worst_abs:.2e} over 34 cases, single and batched");
+    }
 }

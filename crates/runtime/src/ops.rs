@@ -2,11 +2,17 @@
 //! backend-neutral argument types ([`GemmSpec`], [`MatStrides`]).
 //!
 //! Ops are encoded on a native stream and run in stream order; none blocks the host. Arguments are raw
-//! device addresses and element counts of f32 data: the tensor layer ([`crate::Runtime`]) has already
-//! checked shapes, dtypes and sizes, so a backend may trust them (wgpu-hal's rule: validation is the
-//! caller's job). f16/bf16 variants come with the CUDA backend.
+//! device addresses and element counts: the tensor layer ([`crate::Runtime`]) has already checked
+//! shapes, dtypes and sizes, so a backend may trust them (wgpu-hal's rule: validation is the caller's
+//! job). Every float operand of one op has the op's `dtype` (f32, f16 or bf16; masks are always f32,
+//! ids u32); a backend that lacks a dtype for an op returns [`RuntimeError::Unsupported`] — the CPU
+//! backend computes in f32 only, the CUDA backend in all three (accumulating in f32).
+//!
+//! [`Ops::attention`] has a provided implementation (two batched GEMMs around a masked softmax, through
+//! a scratch tensor of probabilities); a backend with a fused kernel overrides it and asks for no
+//! scratch ([`Ops::attention_scratch`]).
 
-use crate::{Device, DevicePtr, Result};
+use crate::{DType, Device, DevicePtr, Result, RuntimeError};
 
 /// Layout of one operand of a (batched) matrix product, in elements from the tensor's start.
 /// Element (batch `i0`, `i1`, row `r`, column `c`) is at
@@ -107,14 +113,90 @@ impl GemmSpec {
     }
 }
 
-/// The op set, encoded on `stream`; all data f32 (module doc).
+/// The shape of one [`Ops::attention`]: `qkv [batch, seq, 3 * heads * head_dim]` (Q | K | V per token,
+/// heads side by side within each), `mask [batch, seq]`, `out [batch, seq, heads * head_dim]`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AttentionShape {
+    /// Sequences.
+    pub batch: usize,
+    /// Tokens per sequence (queries and keys).
+    pub seq: usize,
+    /// Heads.
+    pub heads: usize,
+    /// Features per head.
+    pub head_dim: usize,
+    /// Scale of the scores `q·k` before the softmax (usually `1 / sqrt(head_dim)`).
+    pub scale: f32,
+}
+
+impl AttentionShape {
+    /// `heads * head_dim`.
+    pub fn hidden(&self) -> usize {
+        self.heads * self.head_dim
+    }
+
+    /// Elements of the `[batch, heads, seq, seq]` probabilities of unfused attention.
+    pub fn probabilities(&self) -> usize {
+        self.batch * self.heads * self.seq * self.seq
+    }
+
+    /// The two products of unfused attention over the fused `qkv` matrix, reading every head as a
+    /// strided view (K at an offset of `hidden` elements, V at `2 * hidden`) and writing the context
+    /// with heads interleaved: `(scores = scale·Q·Kᵀ into [batch, heads, seq, seq], context = P·V)`.
+    pub fn gemm_specs(&self) -> (GemmSpec, GemmSpec) {
+        let (seq, heads, head_dim, hidden) = (self.seq, self.heads, self.head_dim, self.hidden());
+        // Head `h` of sequence `b`, token `t`, feature `d` of Q sits at b*seq*3H + t*3H + h*hd + d.
+        let row = (3 * hidden) as isize;
+        let per_sequence = seq as isize * row;
+        let q = MatStrides::row_major(3 * hidden).with_batch(per_sequence, head_dim as isize);
+        let k_transposed = MatStrides {
+            row_stride: 1,
+            col_stride: row,
+            batch_stride: [per_sequence, head_dim as isize],
+            offset: hidden,
+        };
+        let probs = MatStrides::row_major(seq)
+            .with_batch((heads * seq * seq) as isize, (seq * seq) as isize);
+        let scores = GemmSpec {
+            m: seq,
+            n: seq,
+            k: head_dim,
+            batch: [self.batch, heads],
+            a: q,
+            b: k_transposed,
+            c: probs,
+            alpha: self.scale,
+            beta: 0.0,
+        };
+        let context = GemmSpec {
+            m: seq,
+            n: head_dim,
+            k: seq,
+            batch: [self.batch, heads],
+            a: probs,
+            b: q.at(2 * hidden),
+            c: MatStrides::row_major(hidden).with_batch((seq * hidden) as isize, head_dim as isize),
+            alpha: 1.0,
+            beta: 0.0,
+        };
+        (scores, context)
+    }
+}
+
+/// The op set, encoded on `stream` (module doc).
 pub trait Ops: Device {
-    /// `dst[..len] = value`.
+    /// The float dtypes every op computes in on this backend (f32 at least).
+    fn compute_dtypes(&self) -> &'static [DType] {
+        &[DType::F32]
+    }
+    /// `dst[..len] = value` (f32).
     fn fill(&self, stream: &Self::Stream, dst: DevicePtr, len: usize, value: f32) -> Result<()>;
     /// The product described by `spec`, plus `bias[n]` added to every row of C when given.
+    #[allow(clippy::too_many_arguments)]
     fn gemm(
         &self,
         stream: &Self::Stream,
+        dtype: DType,
         spec: &GemmSpec,
         a: DevicePtr,
         b: DevicePtr,
@@ -122,21 +204,27 @@ pub trait Ops: Device {
         bias: Option<DevicePtr>,
     ) -> Result<()>;
     /// `x[r, c] = gelu(x[r, c] + bias[c])` over `rows x cols` (exact erf GELU, or tanh when `tanh`).
+    #[allow(clippy::too_many_arguments)]
     fn bias_gelu(
         &self,
         stream: &Self::Stream,
+        dtype: DType,
         x: DevicePtr,
         bias: DevicePtr,
         rows: usize,
         cols: usize,
         tanh: bool,
     ) -> Result<()>;
-    /// `out[r] = LayerNorm(x[r] + residual[r]) * gamma + beta` over `rows x cols`.
+    /// `out[r] = LayerNorm(x[r] + bias + residual[r]) * gamma + beta` over `rows x cols` (bias `[cols]`
+    /// and residual `[rows x cols]` optional): the bias of the linear before it and the residual
+    /// connection after it, in one pass.
     #[allow(clippy::too_many_arguments)]
     fn layer_norm(
         &self,
         stream: &Self::Stream,
+        dtype: DType,
         x: DevicePtr,
+        bias: Option<DevicePtr>,
         residual: Option<DevicePtr>,
         gamma: DevicePtr,
         beta: DevicePtr,
@@ -146,11 +234,12 @@ pub trait Ops: Device {
         eps: f32,
     ) -> Result<()>;
     /// In-place `softmax(scale * scores)` over the last axis of `[batch, heads, q_len, k_len]`, where
-    /// keys with `mask[b, j] == 0` get probability 0 (`mask` is `[batch, k_len]`).
+    /// keys with `mask[b, j] == 0` get probability 0 (`mask` is `[batch, k_len]`, f32).
     #[allow(clippy::too_many_arguments)]
     fn masked_softmax(
         &self,
         stream: &Self::Stream,
+        dtype: DType,
         scores: DevicePtr,
         mask: DevicePtr,
         batch: usize,
@@ -159,11 +248,35 @@ pub trait Ops: Device {
         k_len: usize,
         scale: f32,
     ) -> Result<()>;
+    /// Elements of scratch (of `dtype`) that [`Ops::attention`] needs for `shape`; 0 for a fused
+    /// kernel.
+    fn attention_scratch(&self, shape: &AttentionShape) -> usize {
+        shape.probabilities()
+    }
+    /// Multi-head self-attention (see [`AttentionShape`]): for every sequence, head and query,
+    /// `out = Σ_j p_j v_j` with `p = softmax(scale · q·k_j)` over the keys whose `mask` entry is nonzero
+    /// (a query with no such key gets zeros). `scratch` holds [`Ops::attention_scratch`] elements.
+    ///
+    /// Provided: scores GEMM, masked softmax, context GEMM (the probabilities live in `scratch`).
+    #[allow(clippy::too_many_arguments)]
+    fn attention(
+        &self,
+        stream: &Self::Stream,
+        dtype: DType,
+        shape: &AttentionShape,
+        qkv: DevicePtr,
+        mask: DevicePtr,
+        out: DevicePtr,
+        scratch: Option<DevicePtr>,
+    ) -> Result<()> {
+        unfused_attention(self, stream, dtype, shape, qkv, mask, out, scratch)
+    }
     /// `out[i] (+)= table[ids[i]]` for `n_ids` rows of `dim`; ids are u32 and `< table_rows`.
     #[allow(clippy::too_many_arguments)]
     fn gather_rows(
         &self,
         stream: &Self::Stream,
+        dtype: DType,
         table: DevicePtr,
         table_rows: usize,
         ids: DevicePtr,
@@ -172,11 +285,12 @@ pub trait Ops: Device {
         out: DevicePtr,
         accumulate: bool,
     ) -> Result<()>;
-    /// Masked mean over `seq` of `x [batch, seq, dim]` into `out [batch, dim]`.
+    /// Masked mean over `seq` of `x [batch, seq, dim]` into `out [batch, dim]` (mask f32).
     #[allow(clippy::too_many_arguments)]
     fn mean_pool(
         &self,
         stream: &Self::Stream,
+        dtype: DType,
         x: DevicePtr,
         mask: DevicePtr,
         batch: usize,
@@ -188,10 +302,52 @@ pub trait Ops: Device {
     fn l2_normalize(
         &self,
         stream: &Self::Stream,
+        dtype: DType,
         x: DevicePtr,
         rows: usize,
         dim: usize,
     ) -> Result<()>;
     /// `x[..len] += y[..len]`.
-    fn add(&self, stream: &Self::Stream, x: DevicePtr, y: DevicePtr, len: usize) -> Result<()>;
+    fn add(
+        &self,
+        stream: &Self::Stream,
+        dtype: DType,
+        x: DevicePtr,
+        y: DevicePtr,
+        len: usize,
+    ) -> Result<()>;
+}
+
+/// [`Ops::attention`] from the other ops: the scores GEMM into `scratch` (`[batch, heads, seq, seq]`),
+/// the masked softmax in place, the context GEMM into `out`. The provided implementation, and the
+/// fallback of a fused kernel for shapes it does not take.
+#[allow(clippy::too_many_arguments)]
+pub fn unfused_attention<D: Ops>(
+    device: &D,
+    stream: &D::Stream,
+    dtype: DType,
+    shape: &AttentionShape,
+    qkv: DevicePtr,
+    mask: DevicePtr,
+    out: DevicePtr,
+    scratch: Option<DevicePtr>,
+) -> Result<()> {
+    let probs = scratch.ok_or_else(|| RuntimeError::Shape {
+        op: "attention",
+        detail: "the unfused attention needs a scratch tensor of probabilities".into(),
+    })?;
+    let (scores, context) = shape.gemm_specs();
+    device.gemm(stream, dtype, &scores, qkv, qkv, probs, None)?;
+    device.masked_softmax(
+        stream,
+        dtype,
+        probs,
+        mask,
+        shape.batch,
+        shape.heads,
+        shape.seq,
+        shape.seq,
+        1.0,
+    )?;
+    device.gemm(stream, dtype, &context, probs, qkv, out, None)
 }

@@ -7,7 +7,7 @@
 //! used on another stream must be marked with [`Tensor::record_stream`] first (the allocator's
 //! stream-ordered contract).
 
-use crate::ops::{GemmSpec, MatStrides, Ops};
+use crate::ops::{AttentionShape, GemmSpec, MatStrides, Ops};
 use crate::{Buffer, DType, Device, Result, Runtime, RuntimeError, Stream};
 
 /// A dense tensor on a device.
@@ -75,18 +75,37 @@ fn shape_error(op: &'static str, detail: String) -> RuntimeError {
     RuntimeError::Shape { op, detail }
 }
 
-fn expect_f32<D: Device>(
-    op: &'static str,
-    backend: &'static str,
-    tensors: &[&Tensor<D>],
-) -> Result<()> {
-    match tensors.iter().find(|t| t.dtype != DType::F32) {
-        Some(t) => Err(RuntimeError::Unsupported {
+/// The one float dtype that every tensor of an op has (f32, f16 or bf16); whether the backend computes
+/// in it is the backend's answer (`Unsupported`).
+fn float_dtype<D: Device>(op: &'static str, tensors: &[&Tensor<D>]) -> Result<DType> {
+    let dtype = tensors[0].dtype;
+    if dtype == DType::U32 {
+        return Err(shape_error(op, "u32 tensors hold ids, not values".into()));
+    }
+    match tensors.iter().find(|t| t.dtype != dtype) {
+        Some(t) => Err(shape_error(
             op,
-            dtype: t.dtype,
-            backend,
-        }),
-        None => Ok(()),
+            format!(
+                "operands are {dtype} and {}: an op takes one float dtype (masks f32)",
+                t.dtype
+            ),
+        )),
+        None => Ok(dtype),
+    }
+}
+
+/// A mask must be f32 (1.0 keep, 0.0 masked) whatever the compute dtype.
+fn expect_f32_mask<D: Device>(op: &'static str, mask: &Tensor<D>) -> Result<()> {
+    if mask.dtype == DType::F32 {
+        Ok(())
+    } else {
+        Err(shape_error(
+            op,
+            format!(
+                "the mask is {}; masks are f32 (1.0 keep, 0.0 masked)",
+                mask.dtype
+            ),
+        ))
     }
 }
 
@@ -126,6 +145,26 @@ impl<D: Ops> Runtime<D> {
         self.upload(bytes_of(data), data.len(), shape, DType::F32)
     }
 
+    /// A tensor of `dtype` (f32, f16 or bf16) holding `data` converted on the host (round to
+    /// nearest even), of `shape`: how f32 weights become f16 or bf16 ones.
+    pub fn from_f32_as(&self, data: &[f32], shape: &[usize], dtype: DType) -> Result<Tensor<D>> {
+        match dtype {
+            DType::F32 => self.from_f32(data, shape),
+            DType::F16 => {
+                let half: Vec<half::f16> = data.iter().map(|&v| half::f16::from_f32(v)).collect();
+                self.upload(bytes_of(&half), data.len(), shape, dtype)
+            }
+            DType::BF16 => {
+                let half: Vec<half::bf16> = data.iter().map(|&v| half::bf16::from_f32(v)).collect();
+                self.upload(bytes_of(&half), data.len(), shape, dtype)
+            }
+            DType::U32 => Err(shape_error(
+                "from_f32_as",
+                "u32 tensors hold ids: use from_u32".into(),
+            )),
+        }
+    }
+
     /// A tensor holding a copy of `data` (u32: token ids), of `shape`.
     pub fn from_u32(&self, data: &[u32], shape: &[usize]) -> Result<Tensor<D>> {
         self.upload(bytes_of(data), data.len(), shape, DType::U32)
@@ -143,14 +182,31 @@ impl<D: Ops> Runtime<D> {
         Ok(t)
     }
 
-    /// Copies an f32 tensor to the host, after the current stream's work so far.
+    /// Copies a float tensor to the host as f32 (f16 and bf16 widened exactly), after the current
+    /// stream's work so far.
     pub fn to_vec_f32(&self, t: &Tensor<D>) -> Result<Vec<f32>> {
-        expect_f32("download", self.device().backend(), &[t])?;
-        let mut out = vec![0f32; t.numel()];
+        let dtype = float_dtype("download", &[t])?;
         let stream = self.current_stream()?;
+        let raw = stream.raw()?;
+        if dtype == DType::F32 {
+            let mut out = vec![0f32; t.numel()];
+            self.device()
+                .copy_to_host(raw, t.ptr(), bytes_of_mut(&mut out))?;
+            return Ok(out);
+        }
+        let mut bits = vec![0u16; t.numel()];
         self.device()
-            .copy_to_host(stream.raw()?, t.ptr(), bytes_of_mut(&mut out))?;
-        Ok(out)
+            .copy_to_host(raw, t.ptr(), bytes_of_mut(&mut bits))?;
+        Ok(match dtype {
+            DType::F16 => bits
+                .iter()
+                .map(|&b| half::f16::from_bits(b).to_f32())
+                .collect(),
+            _ => bits
+                .iter()
+                .map(|&b| half::bf16::from_bits(b).to_f32())
+                .collect(),
+        })
     }
 
     /// The (batched) product described by `spec` into a new tensor of `out_shape`, plus `bias[n]` per
@@ -163,7 +219,7 @@ impl<D: Ops> Runtime<D> {
         bias: Option<&Tensor<D>>,
         out_shape: &[usize],
     ) -> Result<Tensor<D>> {
-        expect_f32("gemm", self.device().backend(), &[a, b])?;
+        let dtype = float_dtype("gemm", &[&[a, b][..], bias.as_slice()].concat())?;
         let (a_len, b_len, c_len) = spec.extents();
         let out_len: usize = out_shape.iter().product();
         for (name, need, have) in [
@@ -186,8 +242,18 @@ impl<D: Ops> Runtime<D> {
                 ));
             }
         }
-        let out = self.empty(out_shape, DType::F32)?;
-        self.encode(|d, s| d.gemm(s, spec, a.ptr(), b.ptr(), out.ptr(), bias.map(Tensor::ptr)))?;
+        let out = self.empty(out_shape, dtype)?;
+        self.encode(|d, s| {
+            d.gemm(
+                s,
+                dtype,
+                spec,
+                a.ptr(),
+                b.ptr(),
+                out.ptr(),
+                bias.map(Tensor::ptr),
+            )
+        })?;
         Ok(out)
     }
 
@@ -234,7 +300,7 @@ impl<D: Ops> Runtime<D> {
 
     /// `x = gelu(x + bias)` in place over the last dimension (`tanh` selects the tanh approximation).
     pub fn bias_gelu(&self, x: &mut Tensor<D>, bias: &Tensor<D>, tanh: bool) -> Result<()> {
-        expect_f32("bias_gelu", self.device().backend(), &[x, bias])?;
+        let dtype = float_dtype("bias_gelu", &[x, bias])?;
         let (rows, cols) = rows_cols(&x.shape);
         if bias.numel() != cols {
             return Err(shape_error(
@@ -242,19 +308,22 @@ impl<D: Ops> Runtime<D> {
                 format!("bias has {} elements, rows have {cols}", bias.numel()),
             ));
         }
-        self.encode(|d, s| d.bias_gelu(s, x.ptr(), bias.ptr(), rows, cols, tanh))
+        self.encode(|d, s| d.bias_gelu(s, dtype, x.ptr(), bias.ptr(), rows, cols, tanh))
     }
 
-    /// `LayerNorm(x + residual) * gamma + beta` over the last dimension, into a new tensor.
+    /// `LayerNorm(x + bias + residual) * gamma + beta` over the last dimension, into a new tensor
+    /// (`bias [cols]`, e.g. the bias of the linear that made `x`, and `residual` are optional).
     pub fn layer_norm(
         &self,
         x: &Tensor<D>,
+        bias: Option<&Tensor<D>>,
         residual: Option<&Tensor<D>>,
         gamma: &Tensor<D>,
         beta: &Tensor<D>,
         eps: f32,
     ) -> Result<Tensor<D>> {
-        expect_f32("layer_norm", self.device().backend(), &[x, gamma, beta])?;
+        let operands = [&[x, gamma, beta][..], bias.as_slice(), residual.as_slice()].concat();
+        let dtype = float_dtype("layer_norm", &operands)?;
         let (rows, cols) = rows_cols(&x.shape);
         if let Some(r) = residual {
             if r.shape != x.shape {
@@ -264,17 +333,20 @@ impl<D: Ops> Runtime<D> {
                 ));
             }
         }
-        if gamma.numel() != cols || beta.numel() != cols {
+        if gamma.numel() != cols || beta.numel() != cols || bias.is_some_and(|b| b.numel() != cols)
+        {
             return Err(shape_error(
                 "layer_norm",
-                format!("gamma/beta must have {cols} elements"),
+                format!("gamma, beta and bias must have {cols} elements"),
             ));
         }
-        let out = self.empty(&x.shape, DType::F32)?;
+        let out = self.empty(&x.shape, dtype)?;
         self.encode(|d, s| {
             d.layer_norm(
                 s,
+                dtype,
                 x.ptr(),
+                bias.map(Tensor::ptr),
                 residual.map(Tensor::ptr),
                 gamma.ptr(),
                 beta.ptr(),
@@ -294,7 +366,8 @@ impl<D: Ops> Runtime<D> {
         mask: &Tensor<D>,
         scale: f32,
     ) -> Result<()> {
-        expect_f32("masked_softmax", self.device().backend(), &[scores, mask])?;
+        let dtype = float_dtype("masked_softmax", &[scores])?;
+        expect_f32_mask("masked_softmax", mask)?;
         let [batch, heads, q, k] = scores.shape[..] else {
             return Err(shape_error(
                 "masked_softmax",
@@ -310,7 +383,69 @@ impl<D: Ops> Runtime<D> {
                 format!("mask must be [{batch}, {k}], got {:?}", mask.shape),
             ));
         }
-        self.encode(|d, s| d.masked_softmax(s, scores.ptr(), mask.ptr(), batch, heads, q, k, scale))
+        self.encode(|d, s| {
+            d.masked_softmax(
+                s,
+                dtype,
+                scores.ptr(),
+                mask.ptr(),
+                batch,
+                heads,
+                q,
+                k,
+                scale,
+            )
+        })
+    }
+
+    /// Multi-head self-attention of `qkv [batch * seq, 3 * hidden]` (Q | K | V per token, as one fused
+    /// linear makes it) with `mask [batch, seq]`, into the context `[batch * seq, hidden]` (heads side
+    /// by side), scores scaled by `1 / sqrt(head_dim)`. See [`Ops::attention`].
+    pub fn attention(&self, qkv: &Tensor<D>, mask: &Tensor<D>, heads: usize) -> Result<Tensor<D>> {
+        let dtype = float_dtype("attention", &[qkv])?;
+        expect_f32_mask("attention", mask)?;
+        let [batch, seq] = mask.shape[..] else {
+            return Err(shape_error(
+                "attention",
+                format!("mask must be [batch, seq], got {:?}", mask.shape),
+            ));
+        };
+        let (tokens, width) = rows_cols(&qkv.shape);
+        if tokens != batch * seq || heads == 0 || width % (3 * heads) != 0 {
+            return Err(shape_error(
+                "attention",
+                format!(
+                    "qkv must be [{batch} * {seq}, 3 * hidden] with hidden a multiple of {heads} \
+                     heads, got {:?}",
+                    qkv.shape
+                ),
+            ));
+        }
+        let head_dim = width / (3 * heads);
+        let shape = AttentionShape {
+            batch,
+            seq,
+            heads,
+            head_dim,
+            scale: 1.0 / (head_dim as f32).sqrt(),
+        };
+        let out = self.empty(&[tokens, shape.hidden()], dtype)?;
+        let scratch = match self.device().attention_scratch(&shape) {
+            0 => None,
+            elements => Some(self.empty(&[elements], dtype)?),
+        };
+        self.encode(|d, s| {
+            d.attention(
+                s,
+                dtype,
+                &shape,
+                qkv.ptr(),
+                mask.ptr(),
+                out.ptr(),
+                scratch.as_ref().map(Tensor::ptr),
+            )
+        })?;
+        Ok(out)
     }
 
     /// Rows of `table [rows, dim]` picked by `ids` (u32), into a new `[ids.., dim]` tensor, or added
@@ -321,13 +456,12 @@ impl<D: Ops> Runtime<D> {
         ids: &Tensor<D>,
         into: Option<&mut Tensor<D>>,
     ) -> Result<Option<Tensor<D>>> {
-        expect_f32("gather_rows", self.device().backend(), &[table])?;
+        let dtype = float_dtype("gather_rows", &[table])?;
         if ids.dtype != DType::U32 {
-            return Err(RuntimeError::Unsupported {
-                op: "gather_rows ids",
-                dtype: ids.dtype,
-                backend: self.device().backend(),
-            });
+            return Err(shape_error(
+                "gather_rows",
+                format!("ids must be u32, got {}", ids.dtype),
+            ));
         }
         let [rows, dim] = table.shape[..] else {
             return Err(shape_error(
@@ -338,32 +472,43 @@ impl<D: Ops> Runtime<D> {
         let n = ids.numel();
         let mut out_shape = ids.shape.clone();
         out_shape.push(dim);
-        match into {
+        let (out, fresh) = match into {
             Some(out) => {
+                float_dtype("gather_rows", &[table, out])?;
                 if out.shape != out_shape {
                     return Err(shape_error(
                         "gather_rows",
                         format!("accumulator is {:?}, expected {out_shape:?}", out.shape),
                     ));
                 }
-                self.encode(|d, s| {
-                    d.gather_rows(s, table.ptr(), rows, ids.ptr(), n, dim, out.ptr(), true)
-                })?;
-                Ok(None)
+                (out.ptr(), None)
             }
             None => {
-                let out = self.empty(&out_shape, DType::F32)?;
-                self.encode(|d, s| {
-                    d.gather_rows(s, table.ptr(), rows, ids.ptr(), n, dim, out.ptr(), false)
-                })?;
-                Ok(Some(out))
+                let fresh = self.empty(&out_shape, dtype)?;
+                (fresh.ptr(), Some(fresh))
             }
-        }
+        };
+        let accumulate = fresh.is_none();
+        self.encode(|d, s| {
+            d.gather_rows(
+                s,
+                dtype,
+                table.ptr(),
+                rows,
+                ids.ptr(),
+                n,
+                dim,
+                out,
+                accumulate,
+            )
+        })?;
+        Ok(fresh)
     }
 
     /// Masked mean over the sequence of `x [batch, seq, dim]` with `mask [batch, seq]`, into `[batch, dim]`.
     pub fn mean_pool(&self, x: &Tensor<D>, mask: &Tensor<D>) -> Result<Tensor<D>> {
-        expect_f32("mean_pool", self.device().backend(), &[x, mask])?;
+        let dtype = float_dtype("mean_pool", &[x])?;
+        expect_f32_mask("mean_pool", mask)?;
         let [batch, seq, dim] = x.shape[..] else {
             return Err(shape_error(
                 "mean_pool",
@@ -376,39 +521,39 @@ impl<D: Ops> Runtime<D> {
                 format!("mask must be [{batch}, {seq}], got {:?}", mask.shape),
             ));
         }
-        let out = self.empty(&[batch, dim], DType::F32)?;
-        self.encode(|d, s| d.mean_pool(s, x.ptr(), mask.ptr(), batch, seq, dim, out.ptr()))?;
+        let out = self.empty(&[batch, dim], dtype)?;
+        self.encode(|d, s| d.mean_pool(s, dtype, x.ptr(), mask.ptr(), batch, seq, dim, out.ptr()))?;
         Ok(out)
     }
 
     /// Divides each row (last dimension) by its L2 norm, in place.
     pub fn l2_normalize(&self, x: &mut Tensor<D>) -> Result<()> {
-        expect_f32("l2_normalize", self.device().backend(), &[x])?;
+        let dtype = float_dtype("l2_normalize", &[x])?;
         let (rows, dim) = rows_cols(&x.shape);
-        self.encode(|d, s| d.l2_normalize(s, x.ptr(), rows, dim))
+        self.encode(|d, s| d.l2_normalize(s, dtype, x.ptr(), rows, dim))
     }
 
     /// `x += y` elementwise (same shapes).
     pub fn add_assign(&self, x: &mut Tensor<D>, y: &Tensor<D>) -> Result<()> {
-        expect_f32("add", self.device().backend(), &[x, y])?;
+        let dtype = float_dtype("add", &[x, y])?;
         if x.shape != y.shape {
             return Err(shape_error(
                 "add",
                 format!("shapes differ: {:?} and {:?}", x.shape, y.shape),
             ));
         }
-        self.encode(|d, s| d.add(s, x.ptr(), y.ptr(), x.numel()))
+        self.encode(|d, s| d.add(s, dtype, x.ptr(), y.ptr(), x.numel()))
     }
 }
 
-/// The bytes of a plain-old-data slice (f32 or u32).
+/// The bytes of a plain-old-data slice (f32, u32, f16 or bf16).
 fn bytes_of<T: Copy>(data: &[T]) -> &[u8] {
-    // SAFETY: T is f32 or u32 here (no padding, every byte initialised); the length is the slice's size.
+    // SAFETY: T is f32, u32, f16 or bf16 here (no padding, every byte initialised); the length is the slice's size.
     unsafe { std::slice::from_raw_parts(data.as_ptr().cast::<u8>(), std::mem::size_of_val(data)) }
 }
 
-fn bytes_of_mut(data: &mut [f32]) -> &mut [u8] {
-    // SAFETY: every byte pattern is a valid f32; the length is the slice's size.
+fn bytes_of_mut<T: Copy>(data: &mut [T]) -> &mut [u8] {
+    // SAFETY: T is f32 or u16 here: every byte pattern is a valid value; the length is the slice's size.
     unsafe {
         std::slice::from_raw_parts_mut(data.as_mut_ptr().cast::<u8>(), std::mem::size_of_val(data))
     }

@@ -41,7 +41,9 @@ fn linear_layer_norm_gelu_pool_normalize_match_host_reference() {
     // Layer norm with residual, gamma = 1, beta = 0: each row has mean 0 and variance ~1.
     let ones = rt.full(&[4], 1.0).unwrap();
     let zeros = rt.full(&[4], 0.0).unwrap();
-    let n = rt.layer_norm(&tx, Some(&tx), &ones, &zeros, 1e-12).unwrap();
+    let n = rt
+        .layer_norm(&tx, None, Some(&tx), &ones, &zeros, 1e-12)
+        .unwrap();
     for row in rt.to_vec_f32(&n).unwrap().chunks(4) {
         let mean = row.iter().sum::<f32>() / 4.0;
         let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / 4.0;
@@ -204,4 +206,144 @@ fn shape_and_dtype_errors_say_what_is_wrong() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("element counts differ"), "{err}");
+}
+
+/// Host reference of `Runtime::attention`: per sequence, head and query, softmax over unmasked keys of
+/// `q·k / sqrt(hd)`, times V; a query with every key masked gets zeros.
+fn attention_reference(
+    qkv: &[f32],
+    mask: &[f32],
+    batch: usize,
+    seq: usize,
+    heads: usize,
+    hd: usize,
+) -> Vec<f32> {
+    let hidden = heads * hd;
+    let at = |b: usize, t: usize, part: usize, h: usize, d: usize| {
+        qkv[(b * seq + t) * 3 * hidden + part * hidden + h * hd + d] as f64
+    };
+    let mut out = vec![0f32; batch * seq * hidden];
+    for b in 0..batch {
+        for h in 0..heads {
+            for i in 0..seq {
+                let scores: Vec<Option<f64>> = (0..seq)
+                    .map(|j| {
+                        (mask[b * seq + j] != 0.0).then(|| {
+                            (0..hd)
+                                .map(|d| at(b, i, 0, h, d) * at(b, j, 1, h, d))
+                                .sum::<f64>()
+                                / (hd as f64).sqrt()
+                        })
+                    })
+                    .collect();
+                let top = scores
+                    .iter()
+                    .flatten()
+                    .fold(f64::NEG_INFINITY, |a, &v| a.max(v));
+                let weights: Vec<f64> = scores
+                    .iter()
+                    .map(|s| s.map_or(0.0, |v| (v - top).exp()))
+                    .collect();
+                let total: f64 = weights.iter().sum();
+                for d in 0..hd {
+                    let v: f64 = (0..seq).map(|j| weights[j] * at(b, j, 2, h, d)).sum();
+                    out[(b * seq + i) * hidden + h * hd + d] =
+                        if total > 0.0 { (v / total) as f32 } else { 0.0 };
+                }
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn attention_over_fused_qkv_matches_a_host_reference_and_masks_keys() {
+    let rt = cpu_runtime(RuntimeConfig::default());
+    let (batch, seq, heads, hd) = (3usize, 5usize, 2usize, 4usize);
+    let qkv: Vec<f32> = (0..batch * seq * 3 * heads * hd)
+        .map(|i| ((i * 7919 % 1000) as f32 / 500.0 - 1.0) * 0.8)
+        .collect();
+    // Sequence 0 full, sequence 1 padded after 2 tokens, sequence 2 fully masked.
+    let mut mask = vec![1.0f32; batch * seq];
+    mask[seq + 2..2 * seq].fill(0.0);
+    mask[2 * seq..].fill(0.0);
+    let t = rt.from_f32(&qkv, &[batch * seq, 3 * heads * hd]).unwrap();
+    let m = rt.from_f32(&mask, &[batch, seq]).unwrap();
+    let out = rt.attention(&t, &m, heads).unwrap();
+    assert_eq!(out.shape(), [batch * seq, heads * hd]);
+    let want = attention_reference(&qkv, &mask, batch, seq, heads, hd);
+    close(&rt.to_vec_f32(&out).unwrap(), &want, 1e-5);
+
+    let err = rt.attention(&t, &m, 5).unwrap_err().to_string();
+    assert!(err.contains("multiple of 5 heads"), "{err}");
+}
+
+#[test]
+fn layer_norm_adds_bias_and_residual_before_normalising() {
+    let rt = cpu_runtime(RuntimeConfig::default());
+    let x = [0.5f32, -1.0, 2.0, 0.25, 1.5, -0.75, 0.0, 3.0];
+    let bias = [0.1f32, 0.2, -0.3, 0.4];
+    let residual = [1.0f32, 0.0, -1.0, 0.5, 0.25, 0.25, 0.25, 0.25];
+    let gamma = [1.0f32, 2.0, 0.5, 1.0];
+    let beta = [0.0f32, 0.1, 0.2, 0.3];
+    let up = |v: &[f32], shape: &[usize]| rt.from_f32(v, shape).unwrap();
+    let out = rt
+        .layer_norm(
+            &up(&x, &[2, 4]),
+            Some(&up(&bias, &[4])),
+            Some(&up(&residual, &[2, 4])),
+            &up(&gamma, &[4]),
+            &up(&beta, &[4]),
+            1e-12,
+        )
+        .unwrap();
+    let mut want = Vec::new();
+    for r in 0..2 {
+        let v: Vec<f32> = (0..4)
+            .map(|c| x[r * 4 + c] + bias[c] + residual[r * 4 + c])
+            .collect();
+        let mean = v.iter().sum::<f32>() / 4.0;
+        let var = v.iter().map(|a| (a - mean) * (a - mean)).sum::<f32>() / 4.0;
+        want.extend((0..4).map(|c| (v[c] - mean) / var.sqrt() * gamma[c] + beta[c]));
+    }
+    close(&rt.to_vec_f32(&out).unwrap(), &want, 1e-5);
+}
+
+#[test]
+fn half_tensors_round_trip_and_mixed_dtypes_are_refused() {
+    let rt = cpu_runtime(RuntimeConfig::default());
+    let values = [1.0f32, -2.5, 0.333_333_34, 65504.0, 1e-3];
+    for (dtype, tolerance) in [(DType::F16, 1e-3), (DType::BF16, 8e-3)] {
+        let t = rt.from_f32_as(&values, &[5], dtype).unwrap();
+        assert_eq!(t.dtype(), dtype);
+        assert_eq!(t.buffer().len(), 10, "two bytes per element");
+        close(&rt.to_vec_f32(&t).unwrap(), &values, tolerance);
+    }
+    // The CPU backend computes in f32 only, and says so; mixing dtypes is refused by the tensor layer.
+    let x16 = rt.from_f32_as(&values, &[1, 5], DType::F16).unwrap();
+    let bias16 = rt.from_f32_as(&values, &[5], DType::F16).unwrap();
+    let err = rt.bias_gelu(&mut { x16 }, &bias16, false).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            RuntimeError::Unsupported {
+                op: "bias_gelu",
+                dtype: DType::F16,
+                backend: "cpu"
+            }
+        ),
+        "{err}"
+    );
+    let x32 = rt.from_f32(&values, &[1, 5]).unwrap();
+    let err = rt
+        .bias_gelu(&mut { x32 }, &bias16, false)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("operands are f32 and f16"), "{err}");
+    let ids = rt.from_u32(&[0], &[1]).unwrap();
+    let err = rt.mean_pool(
+        &ids.reshape(&[1, 1, 1]).unwrap(),
+        &rt.full(&[1, 1], 1.0).unwrap(),
+    );
+    assert!(err.unwrap_err().to_string().contains("ids, not values"));
 }

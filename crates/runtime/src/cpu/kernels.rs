@@ -507,32 +507,27 @@ fn sum_f64(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f64) -> f64 {
 
 /// Normalises one row of `v = x + r` (with `add` combining the two) into `out`.
 #[inline(always)]
-fn layer_norm_row(
-    x: &[f32],
-    r: &[f32],
-    add: impl Fn(f32, f32) -> f32 + Copy,
-    gamma: &[f32],
-    beta: &[f32],
-    out: &mut [f32],
-    eps: f32,
-) {
-    let cols = x.len() as f64;
-    let mean = sum_f64(x, r, |a, b| add(a, b) as f64) / cols;
-    let var = sum_f64(x, r, |a, b| {
-        let d = add(a, b) as f64 - mean;
+fn layer_norm_row(v: &[f32], gamma: &[f32], beta: &[f32], out: &mut [f32], eps: f32) {
+    let cols = v.len() as f64;
+    let mean = sum_f64(v, v, |a, _| a as f64) / cols;
+    let var = sum_f64(v, v, |a, _| {
+        let d = a as f64 - mean;
         d * d
     }) / cols;
     let rstd = (1.0 / (var + eps as f64).sqrt()) as f32;
-    for ((((o, &a), &b), &g), &bt) in out.iter_mut().zip(x).zip(r).zip(gamma).zip(beta) {
-        *o = ((add(a, b) as f64 - mean) as f32) * rstd * g + bt;
+    for (((o, &a), &g), &bt) in out.iter_mut().zip(v).zip(gamma).zip(beta) {
+        *o = ((a as f64 - mean) as f32) * rstd * g + bt;
     }
 }
 
-/// `out[r] = LayerNorm(x[r] + residual[r]) * gamma + beta` over rows of length `cols` (residual optional).
-/// Shapes: x, residual and out are `[rows x cols]`; gamma and beta are `[cols]`.
-/// Mean and (biased) variance are accumulated in f64; x + residual is rounded to f32 first.
+/// `out[r] = LayerNorm(x[r] + bias + residual[r]) * gamma + beta` over rows of length `cols` (bias and
+/// residual optional). Shapes: x, residual and out are `[rows x cols]`; bias, gamma and beta are
+/// `[cols]`. `(x + bias) + residual` is rounded to f32 first; mean and (biased) variance are
+/// accumulated in f64.
+#[allow(clippy::too_many_arguments)]
 pub fn layer_norm_f32(
     x: &[f32],
+    bias: Option<&[f32]>,
     residual: Option<&[f32]>,
     gamma: &[f32],
     beta: &[f32],
@@ -547,19 +542,26 @@ pub fn layer_norm_f32(
     check_rows("layer_norm: x", x.len(), cols);
     check_len("layer_norm: gamma", gamma.len(), cols);
     check_len("layer_norm: beta", beta.len(), cols);
-    let rows = x.chunks_exact(cols).zip(out.chunks_exact_mut(cols));
-    match residual {
-        Some(res) => {
-            check_len("layer_norm: residual", res.len(), x.len());
-            for ((xr, o), rr) in rows.zip(res.chunks_exact(cols)) {
-                layer_norm_row(xr, rr, |a, b| a + b, gamma, beta, o, eps);
-            }
+    if let Some(b) = bias {
+        check_len("layer_norm: bias", b.len(), cols);
+    }
+    if let Some(r) = residual {
+        check_len("layer_norm: residual", r.len(), x.len());
+    }
+    let mut sum = vec![0f32; cols];
+    for (r, (xr, o)) in x
+        .chunks_exact(cols)
+        .zip(out.chunks_exact_mut(cols))
+        .enumerate()
+    {
+        sum.copy_from_slice(xr);
+        if let Some(b) = bias {
+            add_f32(&mut sum, b);
         }
-        None => {
-            for (xr, o) in rows {
-                layer_norm_row(xr, xr, |a, _| a, gamma, beta, o, eps);
-            }
+        if let Some(res) = residual {
+            add_f32(&mut sum, &res[r * cols..(r + 1) * cols]);
         }
+        layer_norm_row(&sum, gamma, beta, o, eps);
     }
 }
 
@@ -1333,21 +1335,27 @@ mod tests {
                 .map(|(i, v)| v + (i / cols) as f32 * 30.0)
                 .collect();
             let res = rng.vec(rows * cols);
-            let (gamma, beta) = (rng.vec(cols), rng.vec(cols));
+            let (gamma, beta, bias_values) = (rng.vec(cols), rng.vec(cols), rng.vec(cols));
             let eps = 1e-12;
-            for residual in [None, Some(&res[..])] {
+            for (bias, residual) in [
+                (None, None),
+                (None, Some(&res[..])),
+                (Some(&bias_values[..]), None),
+                (Some(&bias_values[..]), Some(&res[..])),
+            ] {
                 let mut want = Vec::new();
                 for r in 0..rows {
                     let v: Vec<f64> = (0..cols)
                         .map(|c| {
                             let i = r * cols + c;
-                            residual.map_or(x[i] as f64, |res| (x[i] + res[i]) as f64)
+                            let biased = x[i] + bias.map_or(0.0, |b| b[c]);
+                            residual.map_or(biased as f64, |res| (biased + res[i]) as f64)
                         })
                         .collect();
                     want.extend(layer_norm_ref(&v, &gamma, &beta, eps));
                 }
                 let mut out = vec![f32::NAN; rows * cols];
-                layer_norm_f32(&x, residual, &gamma, &beta, &mut out, cols, eps);
+                layer_norm_f32(&x, bias, residual, &gamma, &beta, &mut out, cols, eps);
                 assert_close(&out, &want, 1e-5, 1e-5, "layer_norm");
             }
         }
@@ -1357,7 +1365,9 @@ mod tests {
     #[should_panic(expected = "invariant violated:")]
     fn layer_norm_bad_gamma_panics() {
         let mut out = [0.0; 8];
-        layer_norm_f32(&[0.0; 8], None, &[1.0; 3], &[0.0; 4], &mut out, 4, 1e-5);
+        layer_norm_f32(
+            &[0.0; 8], None, None, &[1.0; 3], &[0.0; 4], &mut out, 4, 1e-5,
+        );
     }
 
     #[test]

@@ -20,7 +20,7 @@ use std::sync::Arc;
 
 pub use self::executor::{CpuEvent, CpuStream};
 use crate::ops::{GemmSpec, Ops};
-use crate::{AllocatorStats, Device, DevicePtr, Result, RuntimeError, ALIGNMENT};
+use crate::{AllocatorStats, DType, Device, DevicePtr, Result, RuntimeError, ALIGNMENT};
 
 /// The CPU device. Cheap to clone.
 #[derive(Clone)]
@@ -248,12 +248,14 @@ impl Ops for CpuDevice {
     fn gemm(
         &self,
         stream: &CpuStream,
+        dtype: DType,
         spec: &GemmSpec,
         a: DevicePtr,
         b: DevicePtr,
         c: DevicePtr,
         bias: Option<DevicePtr>,
     ) -> Result<()> {
+        f32_only("gemm", dtype)?;
         // The kernel sees each operand from its first element: fold the offsets into the pointers.
         let mut spec = *spec;
         let [a, b, c] = [(a, &mut spec.a), (b, &mut spec.b), (c, &mut spec.c)]
@@ -273,12 +275,14 @@ impl Ops for CpuDevice {
     fn bias_gelu(
         &self,
         stream: &CpuStream,
+        dtype: DType,
         x: DevicePtr,
         bias: DevicePtr,
         rows: usize,
         cols: usize,
         tanh: bool,
     ) -> Result<()> {
+        f32_only("bias_gelu", dtype)?;
         self.launch(stream, move || {
             // SAFETY: see `f32s`; x holds rows*cols f32, bias cols.
             let (x, bias) = unsafe { (f32s_mut(x.0, rows * cols), f32s(bias.0, cols)) };
@@ -296,7 +300,9 @@ impl Ops for CpuDevice {
     fn layer_norm(
         &self,
         stream: &CpuStream,
+        dtype: DType,
         x: DevicePtr,
+        bias: Option<DevicePtr>,
         residual: Option<DevicePtr>,
         gamma: DevicePtr,
         beta: DevicePtr,
@@ -305,6 +311,7 @@ impl Ops for CpuDevice {
         cols: usize,
         eps: f32,
     ) -> Result<()> {
+        f32_only("layer_norm", dtype)?;
         self.launch(stream, move || {
             let n = rows * cols;
             // SAFETY: see `f32s`; out does not overlap x or residual.
@@ -318,13 +325,16 @@ impl Ops for CpuDevice {
             };
             // SAFETY: as above.
             let residual = residual.map(|r| unsafe { f32s(r.0, n) });
-            kernels::layer_norm_f32(x, residual, gamma, beta, out, cols, eps);
+            // SAFETY: as above; bias holds `cols` f32.
+            let bias = bias.map(|b| unsafe { f32s(b.0, cols) });
+            kernels::layer_norm_f32(x, bias, residual, gamma, beta, out, cols, eps);
         })
     }
 
     fn masked_softmax(
         &self,
         stream: &CpuStream,
+        dtype: DType,
         scores: DevicePtr,
         mask: DevicePtr,
         batch: usize,
@@ -333,6 +343,7 @@ impl Ops for CpuDevice {
         k_len: usize,
         scale: f32,
     ) -> Result<()> {
+        f32_only("masked_softmax", dtype)?;
         self.launch(stream, move || {
             // SAFETY: see `f32s`; sizes from the shapes.
             let (scores, mask) = unsafe {
@@ -348,6 +359,7 @@ impl Ops for CpuDevice {
     fn gather_rows(
         &self,
         stream: &CpuStream,
+        dtype: DType,
         table: DevicePtr,
         table_rows: usize,
         ids: DevicePtr,
@@ -356,6 +368,7 @@ impl Ops for CpuDevice {
         out: DevicePtr,
         accumulate: bool,
     ) -> Result<()> {
+        f32_only("gather_rows", dtype)?;
         self.launch(stream, move || {
             // SAFETY: see `f32s`; ids are n_ids u32 (same size and alignment as f32).
             let (table, ids, out) = unsafe {
@@ -372,6 +385,7 @@ impl Ops for CpuDevice {
     fn mean_pool(
         &self,
         stream: &CpuStream,
+        dtype: DType,
         x: DevicePtr,
         mask: DevicePtr,
         batch: usize,
@@ -379,6 +393,7 @@ impl Ops for CpuDevice {
         dim: usize,
         out: DevicePtr,
     ) -> Result<()> {
+        f32_only("mean_pool", dtype)?;
         self.launch(stream, move || {
             // SAFETY: see `f32s`.
             let (x, mask, out) = unsafe {
@@ -395,21 +410,44 @@ impl Ops for CpuDevice {
     fn l2_normalize(
         &self,
         stream: &CpuStream,
+        dtype: DType,
         x: DevicePtr,
         rows: usize,
         dim: usize,
     ) -> Result<()> {
+        f32_only("l2_normalize", dtype)?;
         self.launch(stream, move || {
             // SAFETY: see `f32s`.
             kernels::l2_normalize_f32(unsafe { f32s_mut(x.0, rows * dim) }, dim);
         })
     }
 
-    fn add(&self, stream: &CpuStream, x: DevicePtr, y: DevicePtr, len: usize) -> Result<()> {
+    fn add(
+        &self,
+        stream: &CpuStream,
+        dtype: DType,
+        x: DevicePtr,
+        y: DevicePtr,
+        len: usize,
+    ) -> Result<()> {
+        f32_only("add", dtype)?;
         self.launch(stream, move || {
             // SAFETY: see `f32s`; x and y do not overlap.
             let (x, y) = unsafe { (f32s_mut(x.0, len), f32s(y.0, len)) };
             kernels::add_f32(x, y);
+        })
+    }
+}
+
+/// The CPU backend computes in f32 only: any other dtype is refused with a clear error.
+fn f32_only(op: &'static str, dtype: DType) -> Result<()> {
+    if dtype == DType::F32 {
+        Ok(())
+    } else {
+        Err(RuntimeError::Unsupported {
+            op,
+            dtype,
+            backend: "cpu",
         })
     }
 }
