@@ -62,7 +62,8 @@ fn same_stream_reuse_is_immediate_and_from_the_thread_cache() {
 fn another_stream_reuses_a_freed_block_at_once_and_its_work_waits_for_the_first() {
     let (pool, alloc) = setup(MemoryLimit::None);
     let (s1, s2) = (pool.stream(1).unwrap(), pool.stream(2).unwrap());
-    let big = 4 << 20; // large pool: no thread cache in the way
+    // Past the thread cache's largest block (a quarter of the default 64 MiB): no cache in the way.
+    let big = 32 << 20;
     let a = alloc.alloc(big, s1).unwrap();
     let ptr = a.ptr();
     let (open_gate, gate) = crossbeam_channel::bounded::<()>(0);
@@ -233,7 +234,7 @@ fn thread_cache_flushes_past_its_cap_and_at_thread_exit() {
     let alloc = Arc::new(CachingAllocator::new(
         device,
         AllocatorConfig {
-            thread_cache_bytes: 64 << 10,
+            thread_cache_bytes: 256 << 10, // 64 KiB for small blocks
             ..Default::default()
         },
     ));
@@ -241,7 +242,7 @@ fn thread_cache_flushes_past_its_cap_and_at_thread_exit() {
     let a2 = alloc.clone();
     std::thread::spawn(move || {
         let bufs: Vec<_> = (0..32).map(|_| a2.alloc(8 << 10, s).unwrap()).collect();
-        drop(bufs); // 256 KiB freed into a 64 KiB cache
+        drop(bufs); // 256 KiB freed into a 64 KiB small budget
         assert!(a2.stats().thread_cached_bytes <= 64 << 10, "{}", a2.stats());
     })
     .join()
@@ -268,7 +269,7 @@ fn trimming_the_thread_cache_loses_no_block() {
     let alloc = CachingAllocator::new(
         device.clone(),
         AllocatorConfig {
-            thread_cache_bytes: 1 << 20,
+            thread_cache_bytes: 4 << 20, // 1 MiB for small blocks, no large class cached
             ..Default::default()
         },
     );
@@ -305,4 +306,209 @@ fn buffers_outliving_their_allocator_are_freed_safely() {
         0,
         "late frees went straight back to the device"
     );
+}
+
+/// A large block freed and allocated again on the same thread and stream comes back from the thread's
+/// cache: no shared pool, no raw allocation, no event. A request up to two classes (a quarter) smaller
+/// reuses it too; a block past the cache's largest (a quarter of the cap) goes through the shared pool.
+#[test]
+fn large_block_reuse_on_the_same_stream_comes_from_the_thread_cache() {
+    let (pool, alloc) = setup(MemoryLimit::None);
+    let s = pool.stream(1).unwrap();
+    let a = alloc.alloc(3 << 20, s).unwrap();
+    let ptr = a.ptr();
+    drop(a);
+    assert_eq!(alloc.stats().thread_cached_bytes, 3 << 20, "cached");
+    let b = alloc.alloc(3 << 20, s).unwrap();
+    assert_eq!(b.ptr(), ptr);
+    let stats = alloc.stats();
+    assert_eq!(stats.large.thread_cache_hits, 1, "{stats}");
+    assert_eq!(stats.large.hits, 1, "no shared-pool hit: {stats}");
+    assert_eq!((stats.large.misses, stats.raw_allocs), (1, 1), "{stats}");
+    assert_eq!(stats.thread_cache_hits, 1, "{stats}");
+    assert_eq!(stats.thread_cached_bytes, 0, "{stats}");
+    drop(b);
+    // 2.75 MiB is the class below 3 MiB: the cached 3 MiB block serves it.
+    let c = alloc.alloc((11 << 20) / 4, s).unwrap();
+    assert_eq!((c.ptr(), c.capacity()), (ptr, 3 << 20));
+    drop(c);
+    // 20 MiB is past the largest cached block (16 MiB by default): shared pool, no thread-cache hit.
+    drop(alloc.alloc(20 << 20, s).unwrap());
+    assert_eq!(alloc.stats().thread_cached_bytes, 3 << 20);
+    let d = alloc.alloc(20 << 20, s).unwrap();
+    let stats = alloc.stats();
+    assert_eq!(stats.large.thread_cache_hits, 2, "{stats}");
+    assert_eq!(stats.large.hits, 3, "one shared-pool hit: {stats}");
+    assert_eq!(
+        alloc.event_pool().created(),
+        0,
+        "same-stream reuse needs no event"
+    );
+    drop(d);
+}
+
+/// Large blocks in a thread's cache count against its budget (three quarters of the cap) and are
+/// trimmed past it; a large block past a quarter of the cap is never cached; nothing is lost.
+#[test]
+fn large_blocks_stay_within_the_thread_cache_budget() {
+    let device = CpuDevice::new();
+    let pool = StreamPool::new(device.clone(), StreamPoolConfig::default()).unwrap();
+    let alloc = CachingAllocator::new(
+        device.clone(),
+        AllocatorConfig {
+            thread_cache_bytes: 16 << 20, // large: 12 MiB budget, blocks up to 4 MiB
+            ..Default::default()
+        },
+    );
+    let s = pool.stream(1).unwrap();
+    let bufs: Vec<_> = (0..6).map(|_| alloc.alloc(3 << 20, s).unwrap()).collect();
+    let too_big = alloc.alloc(5 << 20, s).unwrap();
+    drop(too_big);
+    assert_eq!(alloc.stats().thread_cached_bytes, 0, "5 MiB bypasses");
+    drop(bufs); // 18 MiB freed into a 12 MiB budget
+    let stats = alloc.stats();
+    assert!(stats.thread_cached_bytes <= 12 << 20, "{stats}");
+    assert!(stats.thread_cached_bytes >= 3 << 20, "{stats}");
+    assert_eq!(
+        stats.reserved_bytes as usize,
+        device.raw_allocated(),
+        "{stats}"
+    );
+    alloc.empty_cache().unwrap();
+    drop(alloc);
+    pool.synchronize_all().unwrap();
+    assert_eq!(device.raw_allocated(), 0, "no block was lost");
+}
+
+/// A thread that exits with large blocks in its cache returns them: allocated and thread-cached bytes
+/// go back to 0 and the memory is reusable, then freeable.
+#[test]
+fn large_blocks_in_a_thread_cache_are_returned_at_thread_exit() {
+    let device = CpuDevice::new();
+    let pool = StreamPool::new(device.clone(), StreamPoolConfig::default()).unwrap();
+    let alloc = Arc::new(CachingAllocator::new(
+        device.clone(),
+        AllocatorConfig::default(),
+    ));
+    let s = pool.stream(1).unwrap();
+    let a2 = alloc.clone();
+    std::thread::spawn(move || {
+        let bufs: Vec<_> = [1_572_864, 3 << 20, 6 << 20, 4096]
+            .iter()
+            .map(|&n| a2.alloc(n, s).unwrap())
+            .collect();
+        drop(bufs);
+        let stats = a2.stats();
+        assert_eq!(
+            stats.thread_cached_bytes,
+            (1_572_864 + (9 << 20) + 4096),
+            "{stats}"
+        );
+    })
+    .join()
+    .unwrap();
+    let stats = alloc.stats();
+    assert_eq!(stats.allocated_bytes, 0, "{stats}");
+    assert_eq!(stats.thread_cached_bytes, 0, "flushed at exit: {stats}");
+    // The flushed blocks are in the shared pools: another stream reuses the 6 MiB one once s is done.
+    s.synchronize().unwrap();
+    let b = alloc.alloc(6 << 20, pool.stream(2).unwrap()).unwrap();
+    assert_eq!(alloc.stats().large.misses, 3, "reused: {}", alloc.stats());
+    drop(b);
+    alloc.empty_cache().unwrap();
+    assert_eq!(alloc.stats().reserved_bytes, 0);
+    drop(alloc);
+    pool.synchronize_all().unwrap();
+    assert_eq!(device.raw_allocated(), 0);
+}
+
+/// What the out-of-memory retry is guaranteed to reclaim: the large blocks in every thread's cache (here
+/// another thread's, which is alive and idle), not only the calling thread's. The other thread's small
+/// blocks stay in its cache (no lock reaches them).
+#[test]
+fn out_of_memory_retry_reclaims_large_blocks_from_another_threads_cache() {
+    let (pool, alloc) = setup(MemoryLimit::Bytes(24 << 20));
+    let alloc = Arc::new(alloc);
+    let (s1, s2) = (pool.stream(1).unwrap(), pool.stream(2).unwrap());
+    let (cached_tx, cached) = crossbeam_channel::bounded::<()>(0);
+    let (exit, exit_rx) = crossbeam_channel::bounded::<()>(0);
+    let a2 = alloc.clone();
+    let holder = std::thread::spawn(move || {
+        let bufs: Vec<_> = [8 << 20, 6 << 20, 512 << 10]
+            .iter()
+            .map(|&n| a2.alloc(n, s1).unwrap())
+            .collect();
+        drop(bufs); // all three cached in this thread
+        cached_tx.send(()).unwrap();
+        exit_rx.recv().unwrap();
+    });
+    cached.recv().unwrap();
+    let stats = alloc.stats();
+    assert_eq!(
+        stats.thread_cached_bytes,
+        (14 << 20) + (512 << 10),
+        "{stats}"
+    );
+    // 14.5 MiB reserved + 16 MiB > 24 MiB: only reclaiming the other thread's large blocks makes room.
+    let big = alloc
+        .alloc(16 << 20, s2)
+        .expect("the retry reclaims the other thread's large blocks");
+    let stats = alloc.stats();
+    assert_eq!(
+        stats.thread_cached_bytes,
+        512 << 10,
+        "small blocks stay: {stats}"
+    );
+    assert_eq!(stats.reserved_bytes, (16 << 20) + (512 << 10), "{stats}");
+    exit.send(()).unwrap();
+    holder.join().unwrap();
+    drop(big);
+    alloc.empty_cache().unwrap();
+    assert_eq!(alloc.stats().reserved_bytes, 0);
+}
+
+/// `empty_cache` reaches other threads' large blocks as well (and, as before, not their small ones).
+#[test]
+fn empty_cache_frees_large_blocks_cached_by_other_threads() {
+    let (pool, alloc) = setup(MemoryLimit::None);
+    let alloc = Arc::new(alloc);
+    let s = pool.stream(1).unwrap();
+    let (cached_tx, cached) = crossbeam_channel::bounded::<()>(0);
+    let (exit, exit_rx) = crossbeam_channel::bounded::<()>(0);
+    let a2 = alloc.clone();
+    let holder = std::thread::spawn(move || {
+        drop(a2.alloc(10 << 20, s).unwrap());
+        drop(a2.alloc(4096, s).unwrap());
+        cached_tx.send(()).unwrap();
+        exit_rx.recv().unwrap();
+        // The cache goes on working after its large lists were emptied from outside.
+        let b = a2.alloc(10 << 20, s).unwrap();
+        drop(b);
+        assert_eq!(a2.stats().thread_cached_bytes, (10 << 20) + 4096);
+    });
+    cached.recv().unwrap();
+    alloc.empty_cache().unwrap();
+    let stats = alloc.stats();
+    assert_eq!(stats.reserved_bytes, 4096, "{stats}");
+    assert_eq!(stats.thread_cached_bytes, 4096, "{stats}");
+    exit.send(()).unwrap();
+    holder.join().unwrap();
+    alloc.empty_cache().unwrap();
+    assert_eq!(alloc.stats().reserved_bytes, 0);
+}
+
+/// A request past the largest size class fails with out-of-memory before any rounding (rounding
+/// `usize::MAX` up once overflowed to a zero-byte block in release builds).
+#[test]
+fn a_request_past_the_largest_class_is_out_of_memory() {
+    let (pool, alloc) = setup(MemoryLimit::None);
+    let s = pool.stream(1).unwrap();
+    for bytes in [usize::MAX, usize::MAX / 2 + 2] {
+        match alloc.alloc(bytes, s) {
+            Err(RuntimeError::OutOfMemory { requested, .. }) => assert_eq!(requested, bytes),
+            Ok(b) => panic!("{bytes} bytes gave a buffer of {}", b.capacity()),
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert_eq!(alloc.stats().reserved_bytes, 0);
 }

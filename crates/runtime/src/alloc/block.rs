@@ -16,7 +16,8 @@
 //!   That event covers S's work up to the free and possibly a little more — safe, and it costs an
 //!   event only when a block really changes streams, never on the free itself.
 //!
-//! Blocks in a thread cache have no pending events: they are on the cache's home stream.
+//! Blocks in a thread cache, small or large, have no pending events: they are on the cache's home
+//! stream.
 
 use std::sync::Arc;
 
@@ -28,8 +29,8 @@ pub(crate) struct Block<D: Device> {
     pub(crate) ptr: DevicePtr,
     /// Rounded size: what the raw allocation holds.
     pub(crate) size: usize,
-    /// `Some` for small blocks.
-    pub(crate) class: Option<SizeClass>,
+    /// The size class (`size == class.size()`): which shared pool and thread-cache list take it.
+    pub(crate) class: SizeClass,
     /// The stream of the last allocation; where a same-stream free is safe without an event.
     pub(crate) stream: Stream<D>,
     /// Work that must finish before a stream other than the one named may reuse the block.

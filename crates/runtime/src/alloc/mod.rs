@@ -4,14 +4,18 @@
 //! recursive mutex around malloc, free and event recording is replaced by layers, each in its own file,
 //! each wrapping the next as RMM's memory resources do:
 //!
-//! 1. [`thread_cache`] — small blocks (≤ 1 MiB) per thread, no shared lock.
-//! 2. [`pools`] — shared pools, one lock per small size class and one for large blocks; no device call
-//!    under any of them.
+//! 1. [`thread_cache`] — per thread, small blocks (≤ 1 MiB) and large ones up to a quarter of
+//!    `thread_cache_bytes` (16 MiB by default), with no shared lock: a thread on its own stream that
+//!    allocates and frees the same sizes again and again touches nothing another thread writes (short
+//!    of `empty_cache` or an out-of-memory retry taking its large blocks back).
+//! 2. [`pools`] — shared pools, one lock per size class (`size_class`: 44 small classes, eight large
+//!    ones per power of two), so two sizes never share a lock; no device call under any of them.
 //! 3. raw device memory ([`Device::alloc_raw`]) under a memory limit, with free-the-cache-and-retry
 //!    before a clear out-of-memory error that carries the [`AllocatorStats`].
 //!
-//! Statistics ([`stats`]) are per thread and summed on read. A [`Buffer`] owns its [`block::Block`]'s
-//! metadata, so freeing needs no global map.
+//! Statistics ([`stats`]) are per thread and summed on read; hits and misses are counted per pool kind
+//! (small / large), with the thread-cache share of the hits. A [`Buffer`] owns its [`block::Block`]'s
+//! metadata, so freeing needs no global map. [`AllocatorConfig`] holds the knobs (`config`).
 //!
 //! # The stream-ordered contract (as RMM states it)
 //!
@@ -19,6 +23,16 @@
 //! stream, call [`Buffer::record_stream`]; the block is then not reused until that stream's work (up to
 //! the buffer's drop) is done too. A buffer freed on stream S is reused by later work on S at once, and
 //! by other streams only after an event shows S's work on it is done (see [`block`]).
+//!
+//! # Out of memory
+//!
+//! A raw allocation that would pass the limit (or that the device refuses) first frees what the
+//! allocator can reach, then retries once, then fails with [`RuntimeError::OutOfMemory`]. What is
+//! freed, and so what the retry is guaranteed to find: every block in the shared pools, every block in
+//! the calling thread's cache, and every large block in every other thread's cache (taken out under that
+//! cache's own lock, freed once its stream's work is done). Not reached: the small blocks in other
+//! threads' caches — at most a quarter of `thread_cache_bytes` per thread, 16 MiB by default — which
+//! stay until those threads exit, overflow or switch streams; and, of course, live buffers.
 //!
 //! # Lifetime
 //!
@@ -29,109 +43,26 @@
 //! directly, after its stream has drained.
 
 pub(crate) mod block;
+mod config;
 mod pools;
 mod size_class;
 mod stats;
 mod thread_cache;
 
 use std::fmt;
-use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use self::block::Block;
 use self::pools::SharedPools;
-use self::size_class::{large_size, SizeClass};
+use self::size_class::SizeClass;
 use self::stats::{GlobalStats, StatsRegistry, ThreadStats, Writer};
+use self::thread_cache::{CacheLimits, LargeCaches};
 use crate::{Device, DevicePtr, Event, EventPool, Result, RuntimeError, Stream};
 
+pub use self::config::{AllocatorConfig, MemoryLimit, MEMORY_LIMIT_ENV};
 pub use self::size_class::{SMALL_CLASSES, SMALL_LIMIT};
 pub use self::stats::{AllocatorStats, PoolStats};
-
-/// The environment variable that sets the memory limit.
-pub const MEMORY_LIMIT_ENV: &str = "BRAID_MEMORY_LIMIT";
-
-/// A cap on the raw device memory an allocator holds.
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
-pub enum MemoryLimit {
-    /// No cap beyond the device's own memory.
-    #[default]
-    None,
-    /// At most this many bytes.
-    Bytes(u64),
-    /// At most this fraction (0, 1] of the device's memory.
-    Fraction(f64),
-}
-
-impl MemoryLimit {
-    /// The limit from `BRAID_MEMORY_LIMIT`, or `None` when unset.
-    pub fn from_env() -> Result<Self> {
-        match std::env::var(MEMORY_LIMIT_ENV) {
-            Ok(v) => v.parse(),
-            Err(_) => Ok(Self::None),
-        }
-    }
-
-    fn bytes(self, capacity: usize) -> u64 {
-        match self {
-            Self::None => u64::MAX,
-            Self::Bytes(b) => b,
-            Self::Fraction(f) => (capacity as f64 * f) as u64,
-        }
-    }
-}
-
-impl FromStr for MemoryLimit {
-    type Err = RuntimeError;
-
-    fn from_str(s: &str) -> Result<Self> {
-        let s = s.trim();
-        let invalid = || RuntimeError::InvalidConfig {
-            name: MEMORY_LIMIT_ENV,
-            value: s.to_string(),
-            allowed:
-                "a byte count (e.g. 1073741824) or a fraction of device memory in (0, 1] (e.g. 0.8)",
-        };
-        if s.is_empty() || s.eq_ignore_ascii_case("none") {
-            return Ok(Self::None);
-        }
-        if let Ok(bytes) = s.parse::<u64>() {
-            return Ok(Self::Bytes(bytes));
-        }
-        match s.parse::<f64>() {
-            Ok(f) if f > 0.0 && f <= 1.0 => Ok(Self::Fraction(f)),
-            _ => Err(invalid()),
-        }
-    }
-}
-
-/// How a [`CachingAllocator`] is set up.
-#[derive(Clone, Debug)]
-pub struct AllocatorConfig {
-    /// Cap on raw memory held.
-    pub memory_limit: MemoryLimit,
-    /// Bytes each thread may keep in its cache before flushing half (default 16 MiB).
-    pub thread_cache_bytes: usize,
-}
-
-impl Default for AllocatorConfig {
-    fn default() -> Self {
-        Self {
-            memory_limit: MemoryLimit::None,
-            thread_cache_bytes: 16 << 20,
-        }
-    }
-}
-
-impl AllocatorConfig {
-    /// The defaults with the limit from `BRAID_MEMORY_LIMIT` where set.
-    pub fn from_env() -> Result<Self> {
-        Ok(Self {
-            memory_limit: MemoryLimit::from_env()?,
-            ..Self::default()
-        })
-    }
-}
 
 static NEXT_ALLOCATOR_ID: AtomicU64 = AtomicU64::new(1);
 
@@ -145,7 +76,10 @@ pub(crate) struct AllocShared<D: Device> {
     global: GlobalStats,
     /// Bytes; `u64::MAX` = none. Read on the raw path only.
     limit: AtomicU64,
-    thread_cache_bytes: usize,
+    /// What each thread's cache may hold (from `thread_cache_bytes`).
+    cache: CacheLimits,
+    /// Every thread's large-block lists, for `empty_cache` and the out-of-memory retry.
+    large_caches: LargeCaches<D>,
     /// Set when the `CachingAllocator` is dropped (Release; read Acquire on frees).
     closed: AtomicBool,
 }
@@ -167,7 +101,8 @@ impl<D: Device> CachingAllocator<D> {
             stats: StatsRegistry::default(),
             global: GlobalStats::default(),
             limit: AtomicU64::new(limit),
-            thread_cache_bytes: config.thread_cache_bytes,
+            cache: CacheLimits::new(config.thread_cache_bytes),
+            large_caches: LargeCaches::new(),
             closed: AtomicBool::new(false),
         }));
         Self { shared }
@@ -178,12 +113,12 @@ impl<D: Device> CachingAllocator<D> {
     pub fn alloc(&self, bytes: usize, stream: Stream<D>) -> Result<Buffer<D>> {
         let shared = self.shared;
         let class = SizeClass::of(bytes);
-        // Fast path: a thread-cache hit, counted in the same thread-local visit.
-        if let Some(class) = class {
+        // Fast path: a small thread-cache hit, counted in the same thread-local visit. (Large blocks'
+        // thread-cache path is in `alloc_slow`: out of line, it costs the small path nothing.)
+        if let Some(class) = class.filter(|c| c.is_small()) {
             let hit = thread_cache::with_cache(shared, |c| {
-                let block = c.pop(class, stream)?;
+                let block = c.pop_small(class, stream)?;
                 let stats = &c.stats;
-                Writer::Owner.add(&stats.thread_cache_hits, 1);
                 Writer::Owner.add(&stats.allocs, 1);
                 Writer::Owner.add_signed(&stats.allocated, block.size as i64);
                 Some(block)
@@ -197,7 +132,7 @@ impl<D: Device> CachingAllocator<D> {
                 });
             }
         }
-        let block = shared.alloc_uncached(bytes, class, stream)?;
+        let block = shared.alloc_slow(bytes, class, stream)?;
         Ok(Buffer {
             block: Some(block),
             len: bytes,
@@ -206,9 +141,10 @@ impl<D: Device> CachingAllocator<D> {
         })
     }
 
-    /// Frees every cached block this allocator can reach — the shared pools and the calling thread's
-    /// cache — after their streams' work on them is done. Other threads' caches are theirs (no lock
-    /// reaches them); they flush when those threads exit or overflow.
+    /// Frees every cached block this allocator can reach — the shared pools, the calling thread's cache
+    /// and the large blocks in every thread's cache — after their streams' work on them is done. Other
+    /// threads' small blocks are theirs (no lock reaches them; at most a quarter of
+    /// `thread_cache_bytes` per thread); they flush when those threads exit, overflow or switch streams.
     pub fn empty_cache(&self) -> Result<()> {
         self.shared.empty_cache()
     }
@@ -280,33 +216,43 @@ impl<D: Device> AllocShared<D> {
         }
     }
 
-    /// The slow path of `alloc`: a shared pool or raw memory.
-    #[cold]
-    fn alloc_uncached(
+    /// The rest of `alloc`: a large block from this thread's cache (no shared lock), else a shared pool,
+    /// else raw memory. `class` is `None` past the largest class. Out of line, so the small fast path
+    /// stays short; a large request pays for the call, which is small next to its bytes.
+    #[inline(never)]
+    fn alloc_slow(
         &'static self,
         bytes: usize,
         class: Option<SizeClass>,
         stream: Stream<D>,
     ) -> Result<Block<D>> {
-        let taken = match class {
-            Some(class) => self.pools.take_small(class, stream),
-            None => self.pools.take_large(large_size(bytes), stream),
+        let Some(class) = class else {
+            return Err(self.out_of_memory(bytes));
         };
-        let (block, hit) = match taken {
+        if !class.is_small() && self.cache.caches(class) {
+            let hit = thread_cache::with_cache(self, |c| {
+                let block = c.pop_large(class, stream)?;
+                let stats = &c.stats;
+                Writer::Owner.add(&stats.allocs, 1);
+                Writer::Owner.add_signed(&stats.allocated, block.size as i64);
+                Some(block)
+            });
+            if let Some(Some(block)) = hit {
+                return Ok(block);
+            }
+        }
+        let (block, hit) = match self.pools.take(class, stream) {
             Some(adopted) => {
                 if let Some(previous) = adopted.after {
                     self.order_after(previous, stream);
                 }
                 (adopted.block, true)
             }
-            None => {
-                let size = class.map_or_else(|| large_size(bytes), |c| c.size());
-                (self.alloc_block(size, class, stream)?, false)
-            }
+            None => (self.alloc_block(class, stream)?, false),
         };
         let size = block.size;
         self.count(|s, w| {
-            let counter = match (class.is_some(), hit) {
+            let counter = match (class.is_small(), hit) {
                 (true, true) => &s.small_pool_hits,
                 (true, false) => &s.small_misses,
                 (false, true) => &s.large_pool_hits,
@@ -319,14 +265,11 @@ impl<D: Device> AllocShared<D> {
         Ok(block)
     }
 
-    /// A new block from raw memory, within the limit; frees the cache and retries once before failing.
+    /// A new block from raw memory, within the limit; frees the cache (module doc, "Out of memory") and
+    /// retries once before failing.
     #[cold]
-    fn alloc_block(
-        &'static self,
-        size: usize,
-        class: Option<SizeClass>,
-        stream: Stream<D>,
-    ) -> Result<Block<D>> {
+    fn alloc_block(&'static self, class: SizeClass, stream: Stream<D>) -> Result<Block<D>> {
+        let size = class.size();
         let mut last_error = None;
         for attempt in 0..2 {
             if attempt == 1 {
@@ -354,18 +297,22 @@ impl<D: Device> AllocShared<D> {
         }
         match last_error {
             Some(e @ RuntimeError::Device(_)) => Err(e),
-            _ => {
-                let limit = self.limit.load(Ordering::Relaxed);
-                Err(RuntimeError::OutOfMemory {
-                    requested: size,
-                    limit: if limit == u64::MAX {
-                        "none (device memory)".into()
-                    } else {
-                        format!("{limit} bytes")
-                    },
-                    stats: Box::new(self.stats_snapshot()),
-                })
-            }
+            _ => Err(self.out_of_memory(size)),
+        }
+    }
+
+    /// The error for a request of `requested` bytes that does not fit, with the stats.
+    #[cold]
+    fn out_of_memory(&self, requested: usize) -> RuntimeError {
+        let limit = self.limit.load(Ordering::Relaxed);
+        RuntimeError::OutOfMemory {
+            requested,
+            limit: if limit == u64::MAX {
+                "none (device memory)".into()
+            } else {
+                format!("{limit} bytes")
+            },
+            stats: Box::new(self.stats_snapshot()),
         }
     }
 
@@ -417,6 +364,11 @@ impl<D: Device> AllocShared<D> {
 
     fn empty_cache(&'static self) -> Result<()> {
         thread_cache::with_cache(self, |c| c.flush_all());
+        // Other threads' large blocks: on their home streams with no event, which `free_raw_block`
+        // drains before freeing.
+        for block in self.large_caches.reclaim() {
+            self.free_raw_block(block);
+        }
         for block in self.pools.drain() {
             self.free_raw_block(block);
         }
@@ -464,7 +416,7 @@ impl<D: Device> AllocShared<D> {
             w.add(&s.frees, 1);
         };
         let block = if used_on.is_empty()
-            && block.class.is_some()
+            && self.cache.caches(block.class)
             && !self.closed.load(Ordering::Acquire)
         {
             match thread_cache::try_push(self, block, count_free) {

@@ -1,108 +1,72 @@
-//! The shared pools: one per small size class and one large pool, each behind its own lock (fix 1,
-//! "sharded allocator pools").
+//! The shared pools: one per size class, small and large, each behind its own lock (fix 1, "sharded
+//! allocator pools").
 //!
-//! The seed's allocator held one recursive mutex across malloc, free and event recording. Here a small
-//! request locks only its size class's pool, a large one only the large pool, and no lock is ever held
-//! across a device call: events are recorded before a block is pushed, and a block whose events are not
-//! yet known to be complete is popped, queried outside the lock, and pushed back if still busy.
+//! The seed's allocator held one recursive mutex across malloc, free and event recording. Here a request
+//! locks only its size class's pool — a large one the pool of its class and, when that has nothing
+//! reusable, the pools of at most [`LARGE_REUSE_CLASSES`] classes above it, one lock at a time — so two
+//! sizes never share a lock, and no lock is ever held across a device call: events are recorded before
+//! a block is pushed, and a block whose events are not yet known to be complete is popped, queried
+//! outside the lock, and pushed back if still busy. (Large blocks once shared one `BTreeMap` behind one
+//! lock; with eight classes per power of two there are few enough classes for one `Vec` each.)
 //!
 //! Blocks are taken most-recently-freed first (LIFO), which keeps reuse cache-warm; a block last used on
 //! the asking stream is preferred to one of another stream, so steady-state reuse needs no event.
-
-use std::collections::BTreeMap;
 
 use crossbeam_utils::CachePadded;
 use parking_lot::Mutex;
 
 use super::block::{Adopted, Block};
-use super::size_class::{SizeClass, SMALL_CLASSES};
+use super::size_class::{SizeClass, CLASSES};
 use crate::{Device, Stream};
 
-/// How much larger than the rounded request a reused large block may be (1/4 more).
-const LARGE_REUSE_SLACK: usize = 4;
+/// How many classes above the requested one a large request may take a cached block from: two, which
+/// is at most a quarter larger (eight classes per power of two), the waste a reused large block may add.
+pub(crate) const LARGE_REUSE_CLASSES: usize = 2;
 
-/// One small size class's shared list of free blocks, on its own cache line.
+/// One size class's shared list of free blocks, on its own cache line.
 type ClassPool<D> = CachePadded<Mutex<Vec<Block<D>>>>;
 
 pub(crate) struct SharedPools<D: Device> {
-    small: Box<[ClassPool<D>]>,
-    /// Keyed by block size; each entry a LIFO list.
-    large: CachePadded<Mutex<BTreeMap<usize, Vec<Block<D>>>>>,
+    /// Indexed by [`SizeClass::index`].
+    classes: Box<[ClassPool<D>]>,
 }
 
 impl<D: Device> SharedPools<D> {
     pub(crate) fn new() -> Self {
         Self {
-            small: (0..SMALL_CLASSES)
+            classes: (0..CLASSES)
                 .map(|_| CachePadded::new(Mutex::new(Vec::new())))
                 .collect(),
-            large: CachePadded::new(Mutex::new(BTreeMap::new())),
         }
-    }
-
-    fn push_small(&self, block: Block<D>) {
-        let class = block
-            .class
-            .expect("invariant violated: large block in a small pool (this is a bug)");
-        self.small[class.index()].lock().push(block);
-    }
-
-    fn push_large(&self, block: Block<D>) {
-        self.large.lock().entry(block.size).or_default().push(block);
     }
 
     pub(crate) fn push(&self, block: Block<D>) {
-        if block.class.is_some() {
-            self.push_small(block)
-        } else {
-            self.push_large(block)
-        }
+        self.classes[block.class.index()].lock().push(block);
     }
 
-    /// A cached block of `class` reusable by `stream`, if any.
-    pub(crate) fn take_small(&self, class: SizeClass, stream: Stream<D>) -> Option<Adopted<D>> {
-        let pool = &self.small[class.index()];
-        let candidate = {
-            let mut list = pool.lock();
+    /// A cached block reusable by `stream`: of `class` exactly when small; of `class` or up to
+    /// [`LARGE_REUSE_CLASSES`] classes above when large, the smallest first.
+    pub(crate) fn take(&self, class: SizeClass, stream: Stream<D>) -> Option<Adopted<D>> {
+        let first = class.index();
+        let last = if class.is_small() {
+            first
+        } else {
+            (first + LARGE_REUSE_CLASSES).min(CLASSES - 1)
+        };
+        // A class holding blocks whose events are not known complete: one is asked about below.
+        let mut busy = None;
+        for index in first..=last {
+            let mut list = self.classes[index].lock();
             if let Some(pos) = ready_position(&list, stream) {
                 let block = list.swap_remove(pos);
                 drop(list);
                 return Some(block.adopt(stream));
             }
-            list.pop()?
-        };
-        self.check_candidate(candidate, stream)
-    }
-
-    /// A cached large block of at least `size` (and at most a quarter more) reusable by `stream`.
-    pub(crate) fn take_large(&self, size: usize, stream: Stream<D>) -> Option<Adopted<D>> {
-        let candidate = {
-            let mut map = self.large.lock();
-            let mut found = None;
-            let mut busy = None;
-            for (&key, list) in map.range(size..=size + size / LARGE_REUSE_SLACK) {
-                if let Some(pos) = ready_position(list, stream) {
-                    found = Some((key, pos));
-                    break;
-                }
-                if busy.is_none() && !list.is_empty() {
-                    busy = Some((key, list.len() - 1));
-                }
+            if busy.is_none() && !list.is_empty() {
+                busy = Some(index);
             }
-            let (key, pos) = found.or(busy)?;
-            let list = map
-                .get_mut(&key)
-                .expect("invariant violated: key vanished under the lock (this is a bug)");
-            let block = list.swap_remove(pos);
-            if list.is_empty() {
-                map.remove(&key);
-            }
-            if found.is_some() {
-                drop(map);
-                return Some(block.adopt(stream));
-            }
-            block
-        };
+        }
+        let candidate = self.classes[busy?].lock().pop()?;
         self.check_candidate(candidate, stream)
     }
 
@@ -119,11 +83,8 @@ impl<D: Device> SharedPools<D> {
     /// Takes every cached block out of every pool (for `empty_cache` and OOM recovery).
     pub(crate) fn drain(&self) -> Vec<Block<D>> {
         let mut all = Vec::new();
-        for pool in self.small.iter() {
+        for pool in self.classes.iter() {
             all.append(&mut pool.lock());
-        }
-        for (_, mut list) in std::mem::take(&mut *self.large.lock()) {
-            all.append(&mut list);
         }
         all
     }

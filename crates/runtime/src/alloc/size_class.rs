@@ -1,10 +1,14 @@
-//! Size classes: how a requested size is rounded, and which pool serves it.
+//! Size classes: how a requested size is rounded, and which pool and cache list serve it.
 //!
 //! Small requests (≤ [`SMALL_LIMIT`], 1 MiB) fall into [`SMALL_CLASSES`] classes: 256, 512, 768 and
 //! 1024 bytes, then four classes per power of two (spacing ≤ 25%, as mimalloc's bins are spaced
-//! ~12.5–25% apart), up to 1 MiB. Each small class has its own thread-cache list and its own shared pool.
-//! Large requests are rounded up to one eighth of their power of two (≤ 12.5% waste) and served from the
-//! large pool. Every rounded size is a multiple of [`crate::ALIGNMENT`].
+//! ~12.5–25% apart), up to 1 MiB. Large requests are rounded up to one eighth of their power of two
+//! (≤ 12.5% waste), which makes eight large classes per power of two, from 1.125 MiB up to
+//! [`MAX_CLASS_SIZE`]. Every class, small or large, has its own shared pool and lock; the small
+//! classes and the large ones up to the thread cache's limit also have a thread-cache list (see
+//! [`super::thread_cache`]). Class indices run small first, then large, in order of size, so "the
+//! next class up" is `index + 1` across the boundary too. Every rounded size is a multiple of
+//! [`crate::ALIGNMENT`].
 
 /// The largest request served by the small pools and thread caches.
 pub const SMALL_LIMIT: usize = 1 << 20;
@@ -12,25 +16,47 @@ pub const SMALL_LIMIT: usize = 1 << 20;
 /// Number of small size classes.
 pub const SMALL_CLASSES: usize = 44;
 
-/// Index of a small size class (`0..SMALL_CLASSES`).
+/// Powers of two covered by the large classes: 2^20 < size ≤ 2^21 up to 2^61 < size ≤ 2^62.
+const LARGE_OCTAVES: usize = 42;
+
+/// Number of size classes, small and large.
+pub(crate) const CLASSES: usize = SMALL_CLASSES + 8 * LARGE_OCTAVES;
+
+/// The largest request any class serves (4 EiB, far past any device); larger requests fail at once.
+pub(crate) const MAX_CLASS_SIZE: usize = 1 << (20 + LARGE_OCTAVES);
+
+/// Index of a size class (`0..CLASSES`; small ones first).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct SizeClass(pub(crate) u8);
+pub(crate) struct SizeClass(pub(crate) u16);
 
 impl SizeClass {
-    /// The class of a request of `bytes` (≥ 1), or `None` when it is large.
+    /// The class of a request of `bytes` (0 counts as 1), or `None` past [`MAX_CLASS_SIZE`].
     #[inline]
     pub(crate) fn of(bytes: usize) -> Option<Self> {
         let bytes = bytes.max(1);
         if bytes <= 1024 {
-            return Some(Self((bytes.div_ceil(256) - 1) as u8));
+            return Some(Self((bytes.div_ceil(256) - 1) as u16));
         }
         if bytes > SMALL_LIMIT {
-            return None;
+            return Self::of_large(bytes);
         }
         let p = usize::BITS - 1 - (bytes - 1).leading_zeros(); // 2^p < bytes <= 2^(p+1), p >= 10
         let step = 1usize << (p - 2);
         let j = (bytes - (1 << p)).div_ceil(step); // 1..=4
-        Some(Self((4 + (p as usize - 10) * 4 + (j - 1)) as u8))
+        Some(Self((4 + (p as usize - 10) * 4 + (j - 1)) as u16))
+    }
+
+    #[cold]
+    fn of_large(bytes: usize) -> Option<Self> {
+        if bytes > MAX_CLASS_SIZE {
+            return None;
+        }
+        let p = usize::BITS - 1 - (bytes - 1).leading_zeros(); // 2^p < bytes <= 2^(p+1), p >= 20
+        let step = 1usize << (p - 3);
+        let k = (bytes - (1 << p)).div_ceil(step); // 1..=8
+        Some(Self(
+            (SMALL_CLASSES + (p as usize - 20) * 8 + (k - 1)) as u16,
+        ))
     }
 
     /// The bytes every block of this class has.
@@ -40,22 +66,26 @@ impl SizeClass {
         if i < 4 {
             return (i + 1) * 256;
         }
+        if i >= SMALL_CLASSES {
+            let i = i - SMALL_CLASSES;
+            let p = i / 8 + 20;
+            return (1 << p) + (i % 8 + 1) * (1 << (p - 3));
+        }
         let p = (i - 4) / 4 + 10;
         let j = (i - 4) % 4 + 1;
         (1 << p) + j * (1 << (p - 2))
+    }
+
+    /// Whether the class is small (≤ [`SMALL_LIMIT`]).
+    #[inline]
+    pub(crate) fn is_small(self) -> bool {
+        (self.0 as usize) < SMALL_CLASSES
     }
 
     #[inline]
     pub(crate) fn index(self) -> usize {
         self.0 as usize
     }
-}
-
-/// The rounded size of a large request (`bytes` > [`SMALL_LIMIT`]).
-pub(crate) fn large_size(bytes: usize) -> usize {
-    let p = usize::BITS - 1 - (bytes - 1).leading_zeros();
-    let step = 1usize << (p - 3);
-    bytes.div_ceil(step) * step
 }
 
 #[cfg(test)]
@@ -74,7 +104,7 @@ mod tests {
             SMALL_CLASSES - 1
         );
         assert_eq!(SizeClass::of(SMALL_LIMIT).unwrap().size(), SMALL_LIMIT);
-        assert_eq!(SizeClass::of(SMALL_LIMIT + 1), None);
+        assert!(!SizeClass::of(SMALL_LIMIT + 1).unwrap().is_small());
         let mut previous = 0;
         for bytes in (1..=SMALL_LIMIT).step_by(97).chain([SMALL_LIMIT]) {
             let class = SizeClass::of(bytes).unwrap();
@@ -95,15 +125,30 @@ mod tests {
     }
 
     #[test]
-    fn large_sizes_round_to_an_eighth() {
-        assert_eq!(large_size(SMALL_LIMIT + 1), SMALL_LIMIT + SMALL_LIMIT / 8);
-        assert_eq!(large_size(64 << 20), 64 << 20);
+    fn large_classes_round_to_an_eighth() {
+        let first = SizeClass::of(SMALL_LIMIT + 1).unwrap();
+        assert_eq!(first.index(), SMALL_CLASSES);
+        assert_eq!(first.size(), SMALL_LIMIT + SMALL_LIMIT / 8);
+        assert_eq!(SizeClass::of(64 << 20).unwrap().size(), 64 << 20);
         for bytes in [(1 << 20) + 1, 3 << 20, (5 << 20) + 12345, 100 << 20] {
-            let size = large_size(bytes);
+            let size = SizeClass::of(bytes).unwrap().size();
             assert!(
                 size >= bytes && size - bytes <= bytes / 8 && size % 256 == 0,
                 "{bytes} -> {size}"
             );
+        }
+        let last = SizeClass::of(MAX_CLASS_SIZE).unwrap();
+        assert_eq!((last.index(), last.size()), (CLASSES - 1, MAX_CLASS_SIZE));
+        assert_eq!(SizeClass::of(MAX_CLASS_SIZE + 1), None);
+        assert_eq!(SizeClass::of(usize::MAX), None);
+        for i in SMALL_CLASSES..CLASSES {
+            let class = SizeClass(i as u16);
+            assert_eq!(SizeClass::of(class.size()), Some(class), "class {i}");
+            assert!(class.size() > SizeClass(i as u16 - 1).size(), "class {i}");
+            // The next two classes up are at most a quarter larger (the large reuse slack).
+            if i + 2 < CLASSES {
+                assert!(SizeClass(i as u16 + 2).size() <= class.size() + class.size() / 4);
+            }
         }
     }
 }

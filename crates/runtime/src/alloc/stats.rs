@@ -2,7 +2,10 @@
 //!
 //! Each thread's cache ([`super::thread_cache`]) owns a [`ThreadStats`] that only that thread writes,
 //! with plain load-and-store on its own cache line: no atomic read-modify-write and no shared line on
-//! the alloc/free path. The [`StatsRegistry`] lists the live threads' counters (registration happens
+//! the alloc/free path. The one exception is `large_cached_bytes`, the bytes of the thread's large-block
+//! list, which whoever holds that list's lock writes (the thread itself, or `empty_cache` and the
+//! out-of-memory path reclaiming the blocks): still one writer at a time, so load-and-store still loses
+//! no update. The [`StatsRegistry`] lists the live threads' counters (registration happens
 //! once per thread, on its first allocation); when a thread exits its counters are folded into the
 //! registry's `retired` totals, so counts are never lost and nothing is kept per dead thread. Work done
 //! while a thread's cache is unavailable (during thread-local destruction) is counted straight into
@@ -27,12 +30,16 @@ pub(crate) struct ThreadStats {
     pub(crate) allocated: AtomicI64,
     pub(crate) allocs: AtomicU64,
     pub(crate) frees: AtomicU64,
-    pub(crate) thread_cache_hits: AtomicU64,
+    pub(crate) small_cache_hits: AtomicU64,
+    pub(crate) large_cache_hits: AtomicU64,
     pub(crate) small_pool_hits: AtomicU64,
     pub(crate) small_misses: AtomicU64,
     pub(crate) large_pool_hits: AtomicU64,
     pub(crate) large_misses: AtomicU64,
+    /// Bytes of small blocks in the thread's cache.
     pub(crate) thread_cached_bytes: AtomicI64,
+    /// Bytes of large blocks in the thread's cache; written under its lock (module doc).
+    pub(crate) large_cached_bytes: AtomicI64,
 }
 
 /// Adds to a single-writer counter without an atomic read-modify-write.
@@ -85,11 +92,12 @@ impl Writer {
 }
 
 impl ThreadStats {
-    fn counters(&self) -> [&AtomicU64; 7] {
+    fn counters(&self) -> [&AtomicU64; 8] {
         [
             &self.allocs,
             &self.frees,
-            &self.thread_cache_hits,
+            &self.small_cache_hits,
+            &self.large_cache_hits,
             &self.small_pool_hits,
             &self.small_misses,
             &self.large_pool_hits,
@@ -126,10 +134,15 @@ impl StatsRegistry {
         self.retired
             .allocated
             .fetch_add(stats.allocated.load(Ordering::Relaxed), Ordering::Relaxed);
-        self.retired.thread_cached_bytes.fetch_add(
-            stats.thread_cached_bytes.load(Ordering::Relaxed),
-            Ordering::Relaxed,
-        );
+        for (from, to) in [
+            (
+                &stats.thread_cached_bytes,
+                &self.retired.thread_cached_bytes,
+            ),
+            (&stats.large_cached_bytes, &self.retired.large_cached_bytes),
+        ] {
+            to.fetch_add(from.load(Ordering::Relaxed), Ordering::Relaxed);
+        }
     }
 }
 
@@ -138,6 +151,8 @@ impl StatsRegistry {
 pub struct PoolStats {
     /// Requests served from cached blocks (thread cache or shared pool).
     pub hits: u64,
+    /// Of `hits`, those served by the calling thread's cache, with no shared lock.
+    pub thread_cache_hits: u64,
     /// Requests that needed a raw device allocation.
     pub misses: u64,
 }
@@ -151,17 +166,18 @@ pub struct AllocatorStats {
     pub reserved_bytes: u64,
     /// The most raw device memory held at once.
     pub peak_reserved_bytes: u64,
-    /// Bytes held in per-thread caches (a subset of reserved).
+    /// Bytes held in per-thread caches, small and large blocks (a subset of reserved).
     pub thread_cached_bytes: i64,
     /// Allocations and frees.
     pub allocs: u64,
     /// Frees.
     pub frees: u64,
-    /// Small requests served by the calling thread's cache, with no shared lock.
+    /// Requests served by the calling thread's cache, with no shared lock (small and large; the sum of
+    /// the two pools' `thread_cache_hits`).
     pub thread_cache_hits: u64,
-    /// Small pool (≤ 1 MiB): hits include thread-cache hits.
+    /// Small pools (≤ 1 MiB): hits include thread-cache hits.
     pub small: PoolStats,
-    /// Large pool.
+    /// Large pools: hits include thread-cache hits.
     pub large: PoolStats,
     /// Raw device allocations and frees so far.
     pub raw_allocs: u64,
@@ -189,7 +205,7 @@ impl fmt::Display for AllocatorStats {
         write!(
             f,
             "allocated {} B, reserved {} B (peak {} B), thread caches {} B, hit rate {:.1}% \
-             (small {}/{} hits/misses, large {}/{})",
+             (small {}/{} hits/misses, {} of the hits in a thread cache; large {}/{}, {})",
             self.allocated_bytes,
             self.reserved_bytes,
             self.peak_reserved_bytes,
@@ -197,8 +213,10 @@ impl fmt::Display for AllocatorStats {
             self.hit_rate() * 100.0,
             self.small.hits,
             self.small.misses,
+            self.small.thread_cache_hits,
             self.large.hits,
-            self.large.misses
+            self.large.misses,
+            self.large.thread_cache_hits
         )
     }
 }
@@ -226,15 +244,18 @@ pub(crate) fn snapshot(
     for t in live.iter().map(|t| &***t).chain([&registry.retired]) {
         let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
         s.allocated_bytes += t.allocated.load(Ordering::Relaxed);
-        s.thread_cached_bytes += t.thread_cached_bytes.load(Ordering::Relaxed);
+        s.thread_cached_bytes += t.thread_cached_bytes.load(Ordering::Relaxed)
+            + t.large_cached_bytes.load(Ordering::Relaxed);
         s.allocs += load(&t.allocs);
         s.frees += load(&t.frees);
-        s.thread_cache_hits += load(&t.thread_cache_hits);
-        s.small.hits += load(&t.thread_cache_hits) + load(&t.small_pool_hits);
+        s.small.thread_cache_hits += load(&t.small_cache_hits);
+        s.small.hits += load(&t.small_cache_hits) + load(&t.small_pool_hits);
         s.small.misses += load(&t.small_misses);
-        s.large.hits += load(&t.large_pool_hits);
+        s.large.thread_cache_hits += load(&t.large_cache_hits);
+        s.large.hits += load(&t.large_cache_hits) + load(&t.large_pool_hits);
         s.large.misses += load(&t.large_misses);
     }
+    s.thread_cache_hits = s.small.thread_cache_hits + s.large.thread_cache_hits;
     s.reserved_bytes = global.reserved.load(Ordering::Relaxed);
     s.peak_reserved_bytes = global.peak_reserved.load(Ordering::Relaxed);
     s.raw_allocs = global.raw_allocs.load(Ordering::Relaxed);
