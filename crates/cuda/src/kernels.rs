@@ -90,21 +90,29 @@ template <typename T> __device__ void add(T* x, const T* y, u64 n) {
     GRID_STRIDE(i, n) store(x + i, load(x + i) + load(y + i));
 }
 
+// Row-wise elementwise kernels run on a 2-D grid: x strides over the columns, y over the rows, so no
+// thread divides by the row length per element.
+#define ROWS_2D(r, rows) for (u64 r = blockIdx.y; r < (rows); r += gridDim.y)
+#define COLS_2D(j, cols) for (u64 j = blockIdx.x * (u64)blockDim.x + threadIdx.x; j < (cols); j += (u64)gridDim.x * blockDim.x)
+
 template <typename T>
 __device__ void bias_gelu(T* x, const T* bias, u64 rows, u64 cols, int use_tanh) {
-    GRID_STRIDE(i, rows * cols) {
-        const float v = load(x + i) + load(bias + i % cols);
-        store(x + i, use_tanh ? gelu_tanh(v) : gelu_erf(v));
+    ROWS_2D(r, rows) {
+        T* xr = x + r * cols;
+        COLS_2D(j, cols) {
+            const float v = load(xr + j) + load(bias + j);
+            store(xr + j, use_tanh ? gelu_tanh(v) : gelu_erf(v));
+        }
     }
 }
 
 // c[r * ldc + j] += bias[j] for batches of rows x cols at batch stride `batch_stride`.
 template <typename T>
 __device__ void add_bias(T* c, const T* bias, u64 batches, i64 batch_stride, u64 rows, u64 cols, i64 ldc) {
-    GRID_STRIDE(i, batches * rows * cols) {
-        const u64 j = i % cols, r = (i / cols) % rows, b = i / (cols * rows);
-        T* p = c + b * batch_stride + r * ldc + j;
-        store(p, load(p) + load(bias + j));
+    ROWS_2D(r, batches * rows) {
+        const u64 b = r / rows;
+        T* cr = c + b * batch_stride + (r - b * rows) * ldc;
+        COLS_2D(j, cols) store(cr + j, load(cr + j) + load(bias + j));
     }
 }
 
@@ -156,80 +164,114 @@ __device__ void masked_softmax(T* scores, const float* mask, u64 rows, u64 rows_
 
 // Fused multi-head attention over qkv [batch, seq, 3 * hidden] (Q | K | V, heads side by side) into
 // out [batch, seq, hidden]. Grid (ceil(seq / ATT_QUERIES), heads, batch), ATT_WARPS warps per block; each
-// warp owns ATT_QUERIES / ATT_WARPS queries. Keys stream through shared memory ATT_KEYS at a time with an
-// online softmax (running max and sum in f32, fixed order: deterministic). head_dim <= ATT_MAX_HD.
+// warp owns ATT_PER_WARP queries and works on all of them at once (independent accumulators, so the
+// loops are not one long dependency chain). Keys stream through shared memory ATT_KEYS at a time with
+// an online softmax (running max and sum in f32, fixed order: deterministic). head_dim <= ATT_MAX_HD.
 #define ATT_WARPS 4
 #define ATT_QUERIES 16
 #define ATT_PER_WARP (ATT_QUERIES / ATT_WARPS)
 #define ATT_KEYS 32
 #define ATT_MAX_HD 128
+#define ATT_LOADS 8
 template <typename T>
-__device__ void attention(const T* qkv, const float* mask, T* out, u64 seq, u64 heads, u64 hd, float scale) {
-    __shared__ float ks[ATT_KEYS][ATT_MAX_HD + 1];
+__device__ void attention(const T* qkv, const float* mask, T* out, u64 seq, u64 heads, u64 head_dim, float scale) {
+    __shared__ float ks[ATT_KEYS][ATT_MAX_HD + 1];  // +1: lanes read different rows, different banks
     __shared__ float vs[ATT_KEYS][ATT_MAX_HD];
     __shared__ float qs[ATT_WARPS][ATT_PER_WARP][ATT_MAX_HD];
     __shared__ float keep[ATT_KEYS];
-    const u64 b = blockIdx.z, h = blockIdx.y, hidden = heads * hd, row = 3 * hidden;
+    const unsigned hd = (unsigned)head_dim, n = (unsigned)seq;
+    const u64 b = blockIdx.z, h = blockIdx.y, hidden = heads * head_dim, row = 3 * hidden;
     const int warp = threadIdx.x / WARP, lane = threadIdx.x & (WARP - 1);
-    const u64 q0 = blockIdx.x * (u64)ATT_QUERIES + warp * ATT_PER_WARP;
-    const T* base = qkv + b * seq * row + h * hd;
-    for (int i = 0; i < ATT_PER_WARP; ++i)
-        for (u64 d = lane; d < hd; d += WARP)
-            qs[warp][i][d] = q0 + i < seq ? load(base + (q0 + i) * row + d) * scale : 0.0f;
+    const unsigned q0 = blockIdx.x * ATT_QUERIES + warp * ATT_PER_WARP;
+    const T* base = qkv + b * seq * row + h * head_dim;
+    #pragma unroll
+    for (int i = 0; i < ATT_PER_WARP; ++i)  // queries past the end compute on zeros and store nothing
+        for (unsigned d = lane; d < hd; d += WARP)
+            qs[warp][i][d] = q0 + i < n ? load(base + (q0 + i) * row + d) * scale : 0.0f;
     const float neg_inf = __int_as_float(0xff800000);
     float top[ATT_PER_WARP], total[ATT_PER_WARP], acc[ATT_PER_WARP][ATT_MAX_HD / WARP];
     #pragma unroll
     for (int i = 0; i < ATT_PER_WARP; ++i) {
         top[i] = neg_inf;
         total[i] = 0.0f;
+        #pragma unroll
         for (int c = 0; c < ATT_MAX_HD / WARP; ++c) acc[i][c] = 0.0f;
     }
-    for (u64 k0 = 0; k0 < seq; k0 += ATT_KEYS) {
+    for (unsigned k0 = 0; k0 < n; k0 += ATT_KEYS) {
         __syncthreads();  // the previous tile is no longer read (and qs is written, on the first pass)
-        for (u64 e = threadIdx.x; e < ATT_KEYS * hd; e += blockDim.x) {
-            const u64 j = e / hd, d = e % hd, key = k0 + j;
-            const bool in = key < seq;
-            ks[j][d] = in ? load(base + key * row + hidden + d) : 0.0f;
-            vs[j][d] = in ? load(base + key * row + 2 * hidden + d) : 0.0f;
+        // ATT_LOADS elements of K and of V per thread in flight at once, then stored: a loop that stored
+        // each load before issuing the next would wait for global memory once per element.
+        for (unsigned e0 = threadIdx.x; e0 < ATT_KEYS * hd; e0 += ATT_LOADS * blockDim.x) {
+            float kr[ATT_LOADS], vr[ATT_LOADS];
+            #pragma unroll
+            for (int u = 0; u < ATT_LOADS; ++u) {
+                const unsigned e = e0 + u * blockDim.x, j = e / hd, d = e - j * hd, key = k0 + j;
+                const bool in = e < ATT_KEYS * hd && key < n;
+                kr[u] = in ? load(base + key * row + hidden + d) : 0.0f;
+                vr[u] = in ? load(base + key * row + 2 * hidden + d) : 0.0f;
+            }
+            #pragma unroll
+            for (int u = 0; u < ATT_LOADS; ++u) {
+                const unsigned e = e0 + u * blockDim.x, j = e / hd, d = e - j * hd;
+                if (e < ATT_KEYS * hd) {
+                    ks[j][d] = kr[u];
+                    vs[j][d] = vr[u];
+                }
+            }
         }
         if (threadIdx.x < ATT_KEYS) {
-            const u64 key = k0 + threadIdx.x;
-            keep[threadIdx.x] = key < seq && mask[b * seq + key] != 0.0f ? 1.0f : 0.0f;
+            const unsigned key = k0 + threadIdx.x;
+            keep[threadIdx.x] = key < n && mask[b * seq + key] != 0.0f ? 1.0f : 0.0f;
         }
         __syncthreads();
+        // Scores: lane j holds key k0 + j's score for every query of this warp.
+        const bool kept = keep[lane] != 0.0f;
+        float s[ATT_PER_WARP];
+        #pragma unroll
+        for (int i = 0; i < ATT_PER_WARP; ++i) s[i] = 0.0f;
+        #pragma unroll 8
+        for (unsigned d = 0; d < hd; ++d) {
+            const float k = ks[lane][d];
+            #pragma unroll
+            for (int i = 0; i < ATT_PER_WARP; ++i) s[i] += qs[warp][i][d] * k;
+        }
+        // Online softmax: new running max, the old sum and context rescaled to it.
+        float p[ATT_PER_WARP], rescale[ATT_PER_WARP];
         #pragma unroll
         for (int i = 0; i < ATT_PER_WARP; ++i) {
-            if (q0 + i >= seq) break;  // warp-uniform
-            float s = 0.0f;
-            for (u64 d = 0; d < hd; ++d) s += qs[warp][i][d] * ks[lane][d];
-            s = keep[lane] != 0.0f ? s : neg_inf;
-            const float new_top = fmaxf(top[i], warp_max(s));
-            if (new_top == neg_inf) continue;  // every key so far masked (warp-uniform)
-            const float p = keep[lane] != 0.0f ? expf(s - new_top) : 0.0f;
-            const float rescale = expf(top[i] - new_top);  // 0 on the first unmasked tile
+            const float new_top = fmaxf(top[i], warp_max(kept ? s[i] : neg_inf));
+            // -infinity only while every key so far is masked: nothing to add, nothing to rescale.
+            rescale[i] = new_top == neg_inf ? 1.0f : expf(top[i] - new_top);
+            p[i] = kept ? expf(s[i] - new_top) : 0.0f;
             top[i] = new_top;
-            total[i] = total[i] * rescale + warp_sum(p);
+            total[i] = total[i] * rescale[i] + warp_sum(p[i]);
+        }
+        // Context: lane d accumulates feature d (and d + 32, …) of every query over this tile's keys.
+        #pragma unroll
+        for (int c = 0; c < ATT_MAX_HD / WARP; ++c) {
+            if (c * WARP >= hd) break;  // warp-uniform: every lane shuffles below
+            const unsigned d = lane + c * WARP;
+            float a[ATT_PER_WARP];
             #pragma unroll
-            for (int c = 0; c < ATT_MAX_HD / WARP; ++c) {
-                if (c * WARP >= hd) break;  // warp-uniform: every lane shuffles below
-                const u64 d = lane + c * WARP;
-                float a = acc[i][c] * rescale;
-                for (int j = 0; j < ATT_KEYS; ++j) {
-                    const float pj = __shfl_sync(0xffffffffu, p, j);
-                    if (d < hd) a += pj * vs[j][d];
-                }
-                acc[i][c] = a;
+            for (int i = 0; i < ATT_PER_WARP; ++i) a[i] = acc[i][c] * rescale[i];
+            #pragma unroll 8
+            for (int j = 0; j < ATT_KEYS; ++j) {
+                const float v = d < hd ? vs[j][d] : 0.0f;
+                #pragma unroll
+                for (int i = 0; i < ATT_PER_WARP; ++i) a[i] += __shfl_sync(0xffffffffu, p[i], j) * v;
             }
+            #pragma unroll
+            for (int i = 0; i < ATT_PER_WARP; ++i) acc[i][c] = a[i];
         }
     }
     #pragma unroll
     for (int i = 0; i < ATT_PER_WARP; ++i) {
-        if (q0 + i >= seq) break;
+        if (q0 + i >= n) break;
         const float inv = total[i] > 0.0f ? 1.0f / total[i] : 0.0f;
         #pragma unroll
         for (int c = 0; c < ATT_MAX_HD / WARP; ++c) {
-            const u64 d = lane + c * WARP;
-            if (d < hd) store(out + (b * seq + q0 + i) * hidden + h * hd + d, acc[i][c] * inv);
+            const unsigned d = lane + c * WARP;
+            if (d < hd) store(out + (b * seq + q0 + i) * hidden + h * head_dim + d, acc[i][c] * inv);
         }
     }
 }
@@ -245,18 +287,31 @@ __device__ void gather_rows(const T* table, u64 table_rows, const unsigned* ids,
     }
 }
 
-// out[b, d] = Σ_s x[b, s, d] * mask[b, s] / max(Σ_s mask[b, s], 1e-9); one thread per (b, d).
+// out[b, d] = Σ_s x[b, s, d] * mask[b, s] / max(Σ_s mask[b, s], 1e-9). Grid (batch, ceil(dim / 32)) of
+// POOL_WARPS warps: lane = feature, the warps stride over the sequence, their partials summed in order.
+#define POOL_WARPS 8
 template <typename T>
 __device__ void mean_pool(const T* x, const float* mask, u64 batch, u64 seq, u64 dim, T* out) {
-    GRID_STRIDE(i, batch * dim) {
-        const u64 b = i / dim, d = i % dim;
-        float acc = 0.0f, count = 0.0f;
-        for (u64 s = 0; s < seq; ++s) {
-            const float m = mask[b * seq + s];
-            if (m != 0.0f) acc += m * load(x + (b * seq + s) * dim + d);
-            count += m;
+    __shared__ float sums[POOL_WARPS][WARP];
+    __shared__ float counts[POOL_WARPS];
+    const int warp = threadIdx.x / WARP, lane = threadIdx.x & (WARP - 1);
+    const u64 b = blockIdx.x, d = blockIdx.y * (u64)WARP + lane;
+    float acc = 0.0f, count = 0.0f;
+    for (u64 s = warp; s < seq; s += POOL_WARPS) {
+        const float m = mask[b * seq + s];
+        if (m != 0.0f && d < dim) acc += m * load(x + (b * seq + s) * dim + d);
+        count += m;
+    }
+    sums[warp][lane] = acc;
+    if (lane == 0) counts[warp] = count;
+    __syncthreads();
+    if (warp == 0 && d < dim) {
+        float a = 0.0f, c = 0.0f;
+        for (int w = 0; w < POOL_WARPS; ++w) {
+            a += sums[w][lane];
+            c += counts[w];
         }
-        store(out + i, acc / fmaxf(count, 1e-9f));
+        store(out + b * dim + d, a / fmaxf(c, 1e-9f));
     }
 }
 
@@ -305,6 +360,9 @@ const MAX_GRID: u64 = 132 * 32;
 pub(crate) const ATTENTION_BLOCK: u32 = 4 * 32;
 pub(crate) const ATTENTION_QUERIES: usize = 16;
 pub(crate) const ATTENTION_MAX_HEAD_DIM: usize = 128;
+/// The mean-pooling kernel: threads per block (`POOL_WARPS * 32`) and features per block (one warp's).
+pub(crate) const POOL_BLOCK: u32 = 8 * 32;
+pub(crate) const POOL_FEATURES: usize = 32;
 
 /// The kernels of one storage dtype (`braid_<op>_<dtype>` in the source).
 pub(crate) struct KernelSet {
@@ -430,6 +488,13 @@ impl Drop for Kernels {
 /// Blocks for a grid-stride kernel over `n` elements.
 pub(crate) fn grid_for(n: u64) -> u32 {
     n.div_ceil(BLOCK as u64).clamp(1, MAX_GRID) as u32
+}
+
+/// The 2-D grid of a row-wise kernel (`ROWS_2D` / `COLS_2D` in the source) over `rows x cols`.
+pub(crate) fn grid_rows(rows: u64, cols: u64) -> (u32, u32, u32) {
+    let x = cols.div_ceil(BLOCK as u64).clamp(1, MAX_GRID);
+    let y = rows.clamp(1, 65_535);
+    (x as u32, y as u32, 1)
 }
 
 /// A kernel argument: the address of a value the launch reads.

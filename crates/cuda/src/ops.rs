@@ -13,8 +13,8 @@ use braid_runtime::{DType, DevicePtr, Result};
 use cudarc::driver::sys;
 
 use crate::kernels::{
-    arg, grid_for, launch, KernelSet, ATTENTION_BLOCK, ATTENTION_MAX_HEAD_DIM, ATTENTION_QUERIES,
-    BLOCK,
+    arg, grid_for, grid_rows, launch, KernelSet, ATTENTION_BLOCK, ATTENTION_MAX_HEAD_DIM,
+    ATTENTION_QUERIES, BLOCK, POOL_BLOCK, POOL_FEATURES,
 };
 use crate::{CudaDevice, CudaStream};
 
@@ -96,20 +96,19 @@ impl Ops for CudaDevice {
             let (batches, batch_stride) = (spec.batch[1] as u64, spec.c.batch_stride[1] as i64);
             for outer in 0..spec.batch[0] as u64 {
                 let c = c + outer * spec.c.batch_stride[0] as u64 * size;
-                go(
-                    k.add_bias,
-                    grid_for(batches * rows * cols),
-                    raw,
-                    &mut [
-                        arg(&c),
-                        arg(&bias.0),
-                        arg(&batches),
-                        arg(&batch_stride),
-                        arg(&rows),
-                        arg(&cols),
-                        arg(&ldc),
-                    ],
-                )?;
+                let args = &mut [
+                    arg(&c),
+                    arg(&bias.0),
+                    arg(&batches),
+                    arg(&batch_stride),
+                    arg(&rows),
+                    arg(&cols),
+                    arg(&ldc),
+                ];
+                let grid = grid_rows(batches * rows, cols);
+                // SAFETY: the parameters in the kernel's order, alive for the call; C spans every row
+                // the GEMM wrote, the bias `cols` elements (tensor layer).
+                unsafe { launch(k.add_bias, grid, BLOCK, raw, args) }?;
             }
             Ok(())
         })
@@ -127,12 +126,10 @@ impl Ops for CudaDevice {
     ) -> Result<()> {
         let (rows, cols, tanh) = (rows as u64, cols as u64, tanh as i32);
         self.with_kernels(stream, dtype, "bias_gelu", |raw, k| {
-            go(
-                k.bias_gelu,
-                grid_for(rows * cols),
-                raw,
-                &mut [arg(&x.0), arg(&bias.0), arg(&rows), arg(&cols), arg(&tanh)],
-            )
+            let args = &mut [arg(&x.0), arg(&bias.0), arg(&rows), arg(&cols), arg(&tanh)];
+            // SAFETY: the parameters in the kernel's order, alive for the call; x holds rows x cols
+            // elements, the bias `cols` (tensor layer).
+            unsafe { launch(k.bias_gelu, grid_rows(rows, cols), BLOCK, raw, args) }
         })
     }
 
@@ -304,21 +301,23 @@ impl Ops for CudaDevice {
         dim: usize,
         out: DevicePtr,
     ) -> Result<()> {
+        if batch == 0 || dim == 0 {
+            return Ok(());
+        }
+        let grid = (batch as u32, dim.div_ceil(POOL_FEATURES) as u32, 1);
         let (batch, seq, dim) = (batch as u64, seq as u64, dim as u64);
         self.with_kernels(stream, dtype, "mean_pool", |raw, k| {
-            go(
-                k.mean_pool,
-                grid_for(batch * dim),
-                raw,
-                &mut [
-                    arg(&x.0),
-                    arg(&mask.0),
-                    arg(&batch),
-                    arg(&seq),
-                    arg(&dim),
-                    arg(&out.0),
-                ],
-            )
+            let args = &mut [
+                arg(&x.0),
+                arg(&mask.0),
+                arg(&batch),
+                arg(&seq),
+                arg(&dim),
+                arg(&out.0),
+            ];
+            // SAFETY: the parameters in the kernel's order, alive for the call; the tensor layer checked
+            // x [batch, seq, dim], mask [batch, seq] and out [batch, dim].
+            unsafe { launch(k.mean_pool, grid, POOL_BLOCK, raw, args) }
         })
     }
 
