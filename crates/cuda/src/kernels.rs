@@ -13,7 +13,6 @@
 //! - Semantics match the CPU backend's kernels (`braid_runtime::cpu::kernels`): masked keys get
 //!   probability 0 and a fully masked row is all zeros; mean pooling divides by `max(Σ mask, 1e-9)`;
 //!   L2 normalisation divides by `max(‖x‖, 1e-12)`; GELU is the exact erf form unless `tanh` is asked.
-//!
 //! - Every op exists for f32, f16 and bf16 storage (`braid_<op>_<dtype>`); f16/bf16 values are widened
 //!   to f32 on load and rounded to nearest even on store, so all arithmetic is f32.
 //! - Attention is one fused kernel (scores, masked online softmax and the weighted sum of V, for heads
