@@ -3,14 +3,18 @@
 //! stream loops { alloc 8 blocks of 512 B – 6 MiB; free them } (alloc and free each count as one op),
 //! and { get a pool stream; set it current; get the current stream } for the stream figure.
 //!
-//! A benchmark: prints one JSON row per thread count (median of 5 runs), asserts nothing.
-//! `cargo run --release -p braid-cuda --example alloc_throughput` on a GPU machine.
+//! A benchmark: prints one JSON row per thread count (median of 5 runs, and the share of allocations
+//! that took a shared pool's lock rather than a thread cache), asserts nothing.
+//! `cargo run --release -p braid-cuda --example alloc_throughput [-- cpu]`: on CUDA GPU 0 (a GPU
+//! machine), or with `cpu` on the CPU backend (no device work is encoded, so that measures the
+//! allocator's host-side cost alone).
 
 use std::sync::{Arc, Barrier};
 use std::time::Instant;
 
 use braid_cuda::CudaDevice;
-use braid_runtime::{AllocatorConfig, CachingAllocator, StreamPool, StreamPoolConfig};
+use braid_runtime::cpu::CpuDevice;
+use braid_runtime::{AllocatorConfig, CachingAllocator, Device, StreamPool, StreamPoolConfig};
 
 const SIZES: [usize; 8] = [
     512,
@@ -51,8 +55,15 @@ fn timed(threads: usize, work: impl Fn(usize) + Send + Sync + 'static) -> f64 {
 }
 
 fn main() -> braid_runtime::Result<()> {
-    let device = CudaDevice::new(0)?;
-    eprintln!("{}", braid_runtime::Device::describe(&device));
+    if std::env::args().nth(1).as_deref() == Some("cpu") {
+        run(CpuDevice::new())
+    } else {
+        run(CudaDevice::new(0)?)
+    }
+}
+
+fn run<D: Device>(device: D) -> braid_runtime::Result<()> {
+    eprintln!("{}", device.describe());
     let pool = Arc::new(StreamPool::new(
         device.clone(),
         StreamPoolConfig::default(),
@@ -66,6 +77,7 @@ fn main() -> braid_runtime::Result<()> {
         };
         let mut alloc_rates = Vec::new();
         let mut stream_ns = Vec::new();
+        let before = alloc.stats();
         for _ in 0..REPS {
             let (p, a) = (pool.clone(), alloc.clone());
             let seconds = timed(threads, move |_| {
@@ -92,10 +104,14 @@ fn main() -> braid_runtime::Result<()> {
             });
             stream_ns.push(seconds * 1e9 / lookups as f64);
         }
+        let after = alloc.stats();
+        let allocs = after.allocs - before.allocs;
+        let locked = allocs - (after.thread_cache_hits - before.thread_cache_hits);
         println!(
-            "{{\"threads\": {threads}, \"braid_alloc_ops_per_s\": {:.0}, \"braid_stream_get_set_ns\": {:.1}}}",
+            "{{\"threads\": {threads}, \"braid_alloc_ops_per_s\": {:.0}, \"braid_stream_get_set_ns\": {:.1}, \"allocs_via_a_lock\": {:.3}}}",
             median(alloc_rates),
-            median(stream_ns)
+            median(stream_ns),
+            locked as f64 / allocs as f64
         );
     }
     let stats = alloc.stats();

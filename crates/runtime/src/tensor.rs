@@ -77,12 +77,19 @@ fn shape_error(op: &'static str, detail: String) -> RuntimeError {
 
 /// The one float dtype that every tensor of an op has (f32, f16 or bf16); whether the backend computes
 /// in it is the backend's answer (`Unsupported`).
-fn float_dtype<D: Device>(op: &'static str, tensors: &[&Tensor<D>]) -> Result<DType> {
-    let dtype = tensors[0].dtype;
+fn float_dtype<'a, D: Device + 'a>(
+    op: &'static str,
+    tensors: impl IntoIterator<Item = &'a Tensor<D>>,
+) -> Result<DType> {
+    let mut tensors = tensors.into_iter();
+    let dtype = tensors
+        .next()
+        .expect("every op passes at least one tensor")
+        .dtype;
     if dtype == DType::U32 {
         return Err(shape_error(op, "u32 tensors hold ids, not values".into()));
     }
-    match tensors.iter().find(|t| t.dtype != dtype) {
+    match tensors.find(|t| t.dtype != dtype) {
         Some(t) => Err(shape_error(
             op,
             format!(
@@ -185,7 +192,7 @@ impl<D: Ops> Runtime<D> {
     /// Copies a float tensor to the host as f32 (f16 and bf16 widened exactly), after the current
     /// stream's work so far.
     pub fn to_vec_f32(&self, t: &Tensor<D>) -> Result<Vec<f32>> {
-        let dtype = float_dtype("download", &[t])?;
+        let dtype = float_dtype("download", [t])?;
         let stream = self.current_stream()?;
         let raw = stream.raw()?;
         if dtype == DType::F32 {
@@ -219,7 +226,7 @@ impl<D: Ops> Runtime<D> {
         bias: Option<&Tensor<D>>,
         out_shape: &[usize],
     ) -> Result<Tensor<D>> {
-        let dtype = float_dtype("gemm", &[&[a, b][..], bias.as_slice()].concat())?;
+        let dtype = float_dtype("gemm", [a, b].into_iter().chain(bias))?;
         let (a_len, b_len, c_len) = spec.extents();
         let out_len: usize = out_shape.iter().product();
         for (name, need, have) in [
@@ -300,7 +307,7 @@ impl<D: Ops> Runtime<D> {
 
     /// `x = gelu(x + bias)` in place over the last dimension (`tanh` selects the tanh approximation).
     pub fn bias_gelu(&self, x: &mut Tensor<D>, bias: &Tensor<D>, tanh: bool) -> Result<()> {
-        let dtype = float_dtype("bias_gelu", &[x, bias])?;
+        let dtype = float_dtype("bias_gelu", [&*x, bias])?;
         let (rows, cols) = rows_cols(&x.shape);
         if bias.numel() != cols {
             return Err(shape_error(
@@ -322,8 +329,8 @@ impl<D: Ops> Runtime<D> {
         beta: &Tensor<D>,
         eps: f32,
     ) -> Result<Tensor<D>> {
-        let operands = [&[x, gamma, beta][..], bias.as_slice(), residual.as_slice()].concat();
-        let dtype = float_dtype("layer_norm", &operands)?;
+        let operands = [x, gamma, beta].into_iter().chain(bias).chain(residual);
+        let dtype = float_dtype("layer_norm", operands)?;
         let (rows, cols) = rows_cols(&x.shape);
         if let Some(r) = residual {
             if r.shape != x.shape {
@@ -366,7 +373,7 @@ impl<D: Ops> Runtime<D> {
         mask: &Tensor<D>,
         scale: f32,
     ) -> Result<()> {
-        let dtype = float_dtype("masked_softmax", &[scores])?;
+        let dtype = float_dtype("masked_softmax", [&*scores])?;
         expect_f32_mask("masked_softmax", mask)?;
         let [batch, heads, q, k] = scores.shape[..] else {
             return Err(shape_error(
@@ -402,7 +409,7 @@ impl<D: Ops> Runtime<D> {
     /// linear makes it) with `mask [batch, seq]`, into the context `[batch * seq, hidden]` (heads side
     /// by side), scores scaled by `1 / sqrt(head_dim)`. See [`Ops::attention`].
     pub fn attention(&self, qkv: &Tensor<D>, mask: &Tensor<D>, heads: usize) -> Result<Tensor<D>> {
-        let dtype = float_dtype("attention", &[qkv])?;
+        let dtype = float_dtype("attention", [qkv])?;
         expect_f32_mask("attention", mask)?;
         let [batch, seq] = mask.shape[..] else {
             return Err(shape_error(
@@ -456,7 +463,7 @@ impl<D: Ops> Runtime<D> {
         ids: &Tensor<D>,
         into: Option<&mut Tensor<D>>,
     ) -> Result<Option<Tensor<D>>> {
-        let dtype = float_dtype("gather_rows", &[table])?;
+        let dtype = float_dtype("gather_rows", [table])?;
         if ids.dtype != DType::U32 {
             return Err(shape_error(
                 "gather_rows",
@@ -474,7 +481,7 @@ impl<D: Ops> Runtime<D> {
         out_shape.push(dim);
         let (out, fresh) = match into {
             Some(out) => {
-                float_dtype("gather_rows", &[table, out])?;
+                float_dtype("gather_rows", [table, &*out])?;
                 if out.shape != out_shape {
                     return Err(shape_error(
                         "gather_rows",
@@ -507,7 +514,7 @@ impl<D: Ops> Runtime<D> {
 
     /// Masked mean over the sequence of `x [batch, seq, dim]` with `mask [batch, seq]`, into `[batch, dim]`.
     pub fn mean_pool(&self, x: &Tensor<D>, mask: &Tensor<D>) -> Result<Tensor<D>> {
-        let dtype = float_dtype("mean_pool", &[x])?;
+        let dtype = float_dtype("mean_pool", [x])?;
         expect_f32_mask("mean_pool", mask)?;
         let [batch, seq, dim] = x.shape[..] else {
             return Err(shape_error(
@@ -528,14 +535,14 @@ impl<D: Ops> Runtime<D> {
 
     /// Divides each row (last dimension) by its L2 norm, in place.
     pub fn l2_normalize(&self, x: &mut Tensor<D>) -> Result<()> {
-        let dtype = float_dtype("l2_normalize", &[x])?;
+        let dtype = float_dtype("l2_normalize", [&*x])?;
         let (rows, dim) = rows_cols(&x.shape);
         self.encode(|d, s| d.l2_normalize(s, dtype, x.ptr(), rows, dim))
     }
 
     /// `x += y` elementwise (same shapes).
     pub fn add_assign(&self, x: &mut Tensor<D>, y: &Tensor<D>) -> Result<()> {
-        let dtype = float_dtype("add", &[x, y])?;
+        let dtype = float_dtype("add", [&*x, y])?;
         if x.shape != y.shape {
             return Err(shape_error(
                 "add",

@@ -12,15 +12,7 @@ use braid_runtime::cpu::CpuDevice;
 use braid_runtime::{
     AllocatorConfig, CachingAllocator, MemoryLimit, RuntimeError, StreamPool, StreamPoolConfig,
 };
-use common::{check_bytes, fill_bytes, on_stream};
-
-/// xorshift64*: a deterministic per-thread size/choice generator.
-fn next(state: &mut u64) -> u64 {
-    *state ^= *state >> 12;
-    *state ^= *state << 25;
-    *state ^= *state >> 27;
-    state.wrapping_mul(0x2545_F491_4F6C_DD1D)
-}
+use common::{check_bytes, fill_bytes, next, on_stream};
 
 /// 8 threads, each on its own stream, allocate mostly large buffers (1–12 MiB, all thread-cacheable)
 /// under a memory limit well below what their caches could hold together, write a pattern, check it

@@ -11,15 +11,7 @@ use braid_runtime::cpu::CpuDevice;
 use braid_runtime::{
     AllocatorConfig, CachingAllocator, ExhaustionPolicy, StreamPool, StreamPoolConfig,
 };
-use common::{check_bytes, fill_bytes, on_stream};
-
-/// xorshift64*: a deterministic per-thread size/choice generator.
-fn next(state: &mut u64) -> u64 {
-    *state ^= *state >> 12;
-    *state ^= *state << 25;
-    *state ^= *state >> 27;
-    state.wrapping_mul(0x2545_F491_4F6C_DD1D)
-}
+use common::{check_bytes, fill_bytes, next, on_stream};
 
 /// 32 threads, each on its own stream, write a thread-specific byte pattern into freshly allocated
 /// buffers, check it on the device after a delay (so an early reuse by another stream would be caught),

@@ -40,3 +40,11 @@ pub fn check_bytes(
         bad.fetch_add(wrong, std::sync::atomic::Ordering::Relaxed);
     });
 }
+
+/// xorshift64*: a deterministic per-thread size/choice generator for the stress tests.
+pub fn next(state: &mut u64) -> u64 {
+    *state ^= *state >> 12;
+    *state ^= *state << 25;
+    *state ^= *state >> 27;
+    state.wrapping_mul(0x2545_F491_4F6C_DD1D)
+}
