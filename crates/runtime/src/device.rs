@@ -1,48 +1,93 @@
-//! The backend interface: [`Device`] (memory, streams, events) and the vocabulary it speaks in
-//! ([`DevicePtr`], [`DType`]).
+//! The backend interface: [`Device`] (memory, streams, events, copies) and the vocabulary it speaks in
+//! ([`View`], [`DType`]).
 //!
 //! A backend implements [`Device`] once; everything else in the runtime (the stream pool, the caching
 //! allocator, tensors) is written against it, as wgpu-hal's `Api` trait lets one frontend drive many
 //! backends. The op set lives in [`crate::ops::Ops`], a second trait, so that a backend can be brought up
 //! (memory, streams, events, allocator tests) before its kernels exist.
 //!
-//! # Contract every backend keeps
+//! # Contract every backend keeps (v2)
 //!
+//! - **Memory is handles, not addresses.** [`Device::alloc_raw`] returns a backend buffer
+//!   ([`Device::Buffer`]: a host allocation on the CPU, a `CUdeviceptr` range on CUDA, a `wgpu::Buffer`
+//!   on wgpu). Everything above the backend names memory as a [`View`] — a buffer, a byte offset and a
+//!   length — and never does arithmetic on an address; each backend resolves a view its own way.
 //! - A stream is an in-order queue. Work encoded on it runs in encoding order; [`Device::commit`] makes
 //!   encoded work eligible to run (on backends that start work at launch, like CUDA, it does nothing).
 //! - An event recorded on a stream completes when all work encoded on that stream before the record has
 //!   run. Recording commits the stream, so an event never waits on work nobody submitted.
 //! - [`Device::wait_event`] makes later work on a stream wait for an event without blocking the host.
-//! - Raw memory is 256-byte aligned and is only freed by the caching allocator, after the work that
+//! - Raw memory is [`ALIGNMENT`]-aligned and is only freed by the caching allocator, after the work that
 //!   used it has completed.
-//! - No method blocks the host except [`Device::synchronize`], [`Device::event_synchronize`] and
-//!   [`Device::copy_to_host`].
+//! - Downloads are split in two: [`Device::download`] encodes the copy into staging memory the backend
+//!   owns and returns a [`Device::Download`] at once; [`Device::finish_download`] waits for it and copies
+//!   the bytes out. So one stream can hold the next batch's upload and compute while the last batch's
+//!   results come down. [`Device::copy_to_host`] is the two in a row.
+//! - No method blocks the host except [`Device::synchronize`], [`Device::event_synchronize`],
+//!   [`Device::finish_download`] (and so [`Device::copy_to_host`]).
+//! - Errors are the backend's own: a refused allocation is [`RuntimeError::DeviceOutOfMemory`] with the
+//!   bytes asked for; only the caching allocator turns that into [`RuntimeError::OutOfMemory`] with its
+//!   statistics and limit.
+//! - A device handle is a reference: when the last clone — and every buffer, stream and event made from
+//!   it — is dropped, the backend releases what it holds (a CUDA context, cuBLAS handles, kernels).
 //!
-//! Validation (shapes, dtypes, lifetimes) is the caller's job — the tensor layer does it once for all
-//! backends; a backend may assume its arguments describe valid memory.
+//! Validation (shapes, dtypes, lifetimes, that a view lies inside its buffer) is the caller's job — the
+//! tensor layer does it once for all backends; a backend may assume its arguments describe valid memory.
 
 use std::fmt;
 
-use crate::Result;
+use crate::error::Result;
+#[cfg(doc)]
+use crate::error::RuntimeError;
 
 /// The alignment, in bytes, of every raw allocation (cudaMalloc gives 256; the CPU backend matches it).
 pub const ALIGNMENT: usize = 256;
 
-/// An address in a device's memory. On the CPU backend it is a host pointer; on CUDA a `CUdeviceptr`.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct DevicePtr(pub u64);
+/// A byte range of a backend buffer: how every op and copy names memory.
+///
+/// `offset` and `len` are in bytes from the start of `buffer` (a raw allocation of the caching
+/// allocator, or of the backend's own tests). A view does not own its buffer; the caller keeps the
+/// buffer alive until the work that uses the view has run (the caching allocator does, by stream order).
+pub struct View<'a, D: Device> {
+    /// The backend buffer.
+    pub buffer: &'a D::Buffer,
+    /// Bytes from the buffer's start.
+    pub offset: usize,
+    /// Bytes in the range.
+    pub len: usize,
+}
 
-impl DevicePtr {
-    /// The address `bytes` further on.
-    #[inline]
-    pub fn offset(self, bytes: usize) -> Self {
-        Self(self.0 + bytes as u64)
+impl<D: Device> Clone for View<'_, D> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<D: Device> Copy for View<'_, D> {}
+
+impl<'a, D: Device> View<'a, D> {
+    /// The whole of `buffer`'s first `len` bytes.
+    pub fn new(buffer: &'a D::Buffer, len: usize) -> Self {
+        Self {
+            buffer,
+            offset: 0,
+            len,
+        }
+    }
+
+    /// The sub-range starting `offset` bytes into this view (clamped to the view's end).
+    pub fn skip(self, offset: usize) -> Self {
+        let offset = offset.min(self.len);
+        Self {
+            buffer: self.buffer,
+            offset: self.offset + offset,
+            len: self.len - offset,
+        }
     }
 }
 
-impl fmt::Debug for DevicePtr {
+impl<D: Device> fmt::Debug for View<'_, D> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "DevicePtr({:#x})", self.0)
+        write!(f, "View(+{}, {} bytes)", self.offset, self.len)
     }
 }
 
@@ -81,14 +126,18 @@ impl fmt::Display for DType {
     }
 }
 
-/// A compute device: raw memory, streams and events. See the module doc for the contract.
+/// A compute device: raw memory, streams, events and copies. See the module doc for the contract.
 ///
 /// Handles are cheap to clone (an `Arc` inside) and shared by every thread.
 pub trait Device: Clone + Send + Sync + 'static {
+    /// One raw allocation. Dropping it does not free device memory: [`Device::free_raw`] does.
+    type Buffer: Send + Sync + 'static;
     /// The backend's native stream.
     type Stream: Send + Sync + 'static;
     /// The backend's native event.
     type Event: Send + Sync + 'static;
+    /// A device-to-host copy in flight (staging memory and what tells that the copy is done).
+    type Download: Send + 'static;
 
     /// The backend's name, for errors and reports ("cpu", "cuda").
     fn backend(&self) -> &'static str;
@@ -97,16 +146,15 @@ pub trait Device: Clone + Send + Sync + 'static {
     /// Total device memory in bytes (what a fractional memory limit is a fraction of).
     fn memory_capacity(&self) -> usize;
 
-    /// Allocates `bytes` (> 0) of raw device memory, [`ALIGNMENT`]-aligned. Called only by the
-    /// caching allocator, never under one of its locks. Failure is [`crate::RuntimeError::OutOfMemory`]
-    /// or [`crate::RuntimeError::Device`].
-    fn alloc_raw(&self, bytes: usize) -> Result<DevicePtr>;
-    /// Frees memory from [`Device::alloc_raw`].
+    /// Allocates `bytes` (> 0) of raw device memory, [`ALIGNMENT`]-aligned. Called only by the caching
+    /// allocator (and backend tests), never under one of its locks. A refusal is
+    /// [`RuntimeError::DeviceOutOfMemory`]; other failures [`RuntimeError::Device`].
+    fn alloc_raw(&self, bytes: usize) -> Result<Self::Buffer>;
+    /// Frees a buffer from [`Device::alloc_raw`].
     ///
     /// # Safety
-    /// `ptr` came from `alloc_raw(bytes)` on this device, is freed once, and no work that uses it is
-    /// pending on any stream.
-    unsafe fn free_raw(&self, ptr: DevicePtr, bytes: usize);
+    /// `buffer` came from `alloc_raw` on this device and no work that uses it is pending on any stream.
+    unsafe fn free_raw(&self, buffer: Self::Buffer);
 
     /// Creates the native stream for pool slot `index` (0 = the default stream).
     fn create_stream(&self, index: usize) -> Result<Self::Stream>;
@@ -115,7 +163,7 @@ pub trait Device: Clone + Send + Sync + 'static {
     /// Submits and waits until all work on `stream` has run; reports a failure of that work.
     fn synchronize(&self, stream: &Self::Stream) -> Result<()>;
     /// Drains `stream` and releases what it holds (an executor thread, a native handle). Work encoded on
-    /// it afterwards fails with [`crate::RuntimeError::Dropped`]. Called once, when its pool is dropped.
+    /// it afterwards fails with [`RuntimeError::Dropped`]. Called once, when its pool is dropped.
     fn shutdown_stream(&self, stream: &Self::Stream);
 
     /// Creates a native event (only the event pool calls this; steady state creates none).
@@ -129,18 +177,31 @@ pub trait Device: Clone + Send + Sync + 'static {
     /// Blocks the host until `event`'s last record has completed.
     fn event_synchronize(&self, event: &Self::Event) -> Result<()>;
 
-    /// Encodes a copy of `src` into device memory at `dst` on `stream`. The bytes are taken (staged)
-    /// before this returns, so `src` may be reused at once.
-    fn copy_from_host(&self, stream: &Self::Stream, src: &[u8], dst: DevicePtr) -> Result<()>;
-    /// Copies `dst.len()` bytes from device memory at `src` into `dst` after all work encoded on
-    /// `stream` so far; returns when the bytes are there.
-    fn copy_to_host(&self, stream: &Self::Stream, src: DevicePtr, dst: &mut [u8]) -> Result<()>;
-    /// Encodes a device-to-device copy of `bytes` bytes on `stream`.
+    /// Encodes a copy of `src` into `dst` (`dst.len == src.len()`) on `stream`. The bytes are taken
+    /// (staged) before this returns, so `src` may be reused at once.
+    fn copy_from_host(&self, stream: &Self::Stream, src: &[u8], dst: View<'_, Self>) -> Result<()>;
+    /// Encodes a device-to-device copy of `src.len` bytes from `src` to `dst` on `stream`.
     fn copy_device(
         &self,
         stream: &Self::Stream,
-        src: DevicePtr,
-        dst: DevicePtr,
-        bytes: usize,
+        src: View<'_, Self>,
+        dst: View<'_, Self>,
     ) -> Result<()>;
+    /// Encodes a copy of `src` into host staging memory after all work encoded on `stream` so far, and
+    /// submits it; returns at once. The copy is finished (and its bytes read) by
+    /// [`Device::finish_download`]; dropping the download unfinished is allowed (the staging memory is
+    /// reclaimed once the copy has run).
+    fn download(&self, stream: &Self::Stream, src: View<'_, Self>) -> Result<Self::Download>;
+    /// Whether `download`'s copy has run (never blocks).
+    fn download_ready(&self, download: &Self::Download) -> Result<bool>;
+    /// Waits for `download`'s copy and writes its bytes into `dst` (`dst.len()` = the view's length);
+    /// reports a failure of the stream's work before it.
+    fn finish_download(&self, download: Self::Download, dst: &mut [u8]) -> Result<()>;
+
+    /// Copies `dst.len()` bytes of `src` into `dst` after all work encoded on `stream` so far; returns
+    /// when the bytes are there. A [`Device::download`] finished at once.
+    fn copy_to_host(&self, stream: &Self::Stream, src: View<'_, Self>, dst: &mut [u8]) -> Result<()> {
+        let download = self.download(stream, src)?;
+        self.finish_download(download, dst)
+    }
 }

@@ -3,8 +3,11 @@
 //! Messages say what was wrong, what is allowed, and which knob (API or environment variable) changes it.
 //! Caller bugs (a shape mismatch the type system could not catch) are errors too when they come from
 //! data; broken internal invariants panic with "this is a bug".
-
-use crate::alloc::AllocatorStats;
+//!
+//! Errors belong to the layer that knows them: a backend reports that the device refused an allocation
+//! ([`RuntimeError::DeviceOutOfMemory`], with the bytes asked for); only the caching allocator, which
+//! knows its limit and statistics, reports [`RuntimeError::OutOfMemory`]. This module depends on nothing in the
+//! runtime but [`crate::DType`].
 
 /// A runtime error. Backends convert their native errors into [`RuntimeError::Device`] at their edge.
 #[derive(Debug, thiserror::Error)]
@@ -33,18 +36,30 @@ pub enum RuntimeError {
         owner: &'static str,
     },
 
-    /// An allocation did not fit under the memory limit or in device memory, even after the cache was freed.
+    /// The device refused an allocation (reported by a backend). The caching allocator frees its cache
+    /// and retries before it gives up with [`RuntimeError::OutOfMemory`].
+    #[error("the device refused an allocation of {requested} bytes: {detail}")]
+    DeviceOutOfMemory {
+        /// Bytes asked for.
+        requested: usize,
+        /// What the device said (its capacity, the driver's error).
+        detail: String,
+    },
+
+    /// An allocation did not fit under the memory limit or in device memory, even after the caching
+    /// allocator freed its cache (reported by the allocator only).
     #[error(
         "out of device memory: {requested} bytes requested, limit {limit}; after freeing the cache: {stats}. \
-         Raise the limit with CachingAllocator::set_memory_limit or BRAID_MEMORY_LIMIT (bytes, or a fraction like 0.8)"
+         Raise the limit with CachingAllocator::set_memory_limit or BRAID_MEMORY_LIMIT (e.g. 80% or 12GiB)"
     )]
     OutOfMemory {
         /// Bytes asked for.
         requested: usize,
         /// The limit in force, as text ("none (device memory)" or "1048576 bytes").
         limit: String,
-        /// The allocator's statistics at the time of failure.
-        stats: Box<AllocatorStats>,
+        /// The allocator's statistics at the time of failure, as text (`CachingAllocator::stats` has
+        /// them as numbers).
+        stats: String,
     },
 
     /// A configuration value (API argument or environment variable) could not be used.

@@ -1,10 +1,11 @@
-//! [`Ops`]: the op set every backend implements — what a transformer encoder needs — and the
-//! backend-neutral argument types ([`GemmSpec`], [`MatStrides`]).
+//! [`Ops`]: the op set every backend implements — what a transformer encoder needs — and its
+//! descriptors, one struct per op ([`Gemm`], [`BiasGelu`], [`LayerNorm`], ...), with the
+//! backend-neutral layout types ([`GemmSpec`], [`MatStrides`], [`AttentionShape`]).
 //!
-//! Ops are encoded on a native stream and run in stream order; none blocks the host. Arguments are raw
-//! device addresses and element counts: the tensor layer ([`crate::Runtime`]) has already checked
-//! shapes, dtypes and sizes, so a backend may trust them (wgpu-hal's rule: validation is the caller's
-//! job). Every float operand of one op has the op's `dtype` (f32, f16 or bf16; masks are always f32,
+//! Ops are encoded on a native stream and run in stream order; none blocks the host. Operands are
+//! [`View`]s (a backend buffer, a byte offset, a length) and element counts: the tensor layer
+//! ([`crate::Runtime`]) has already checked shapes, dtypes and that every view covers what the op
+//! reads or writes, so a backend may trust them (wgpu-hal's rule: validation is the caller's job). Every float operand of one op has the op's `dtype` (f32, f16 or bf16; masks are always f32,
 //! ids u32); a backend that lacks a dtype for an op returns [`RuntimeError::Unsupported`] — the CPU
 //! backend computes in f32 only, the CUDA backend in all three (accumulating in f32).
 //!
@@ -12,12 +13,13 @@
 //! a scratch tensor of probabilities); a backend with a fused kernel overrides it and asks for no
 //! scratch ([`Ops::attention_scratch`]).
 
-use crate::{DType, Device, DevicePtr, Result, RuntimeError};
+use crate::device::{DType, Device, View};
+use crate::error::{Result, RuntimeError};
 
-/// Layout of one operand of a (batched) matrix product, in elements from the tensor's start.
+/// Layout of one operand of a (batched) matrix product, in elements from the operand view's start.
 /// Element (batch `i0`, `i1`, row `r`, column `c`) is at
-/// `offset + i0 * batch_stride[0] + i1 * batch_stride[1] + r * row_stride + c * col_stride`
-/// (the offset lets an operand be a view into a fused tensor, e.g. K inside `[Q | K | V]`).
+/// `i0 * batch_stride[0] + i1 * batch_stride[1] + r * row_stride + c * col_stride`
+/// (an operand inside a fused tensor, e.g. K inside `[Q | K | V]`, is a view that starts there).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MatStrides {
     /// Elements between rows.
@@ -26,8 +28,6 @@ pub struct MatStrides {
     pub col_stride: isize,
     /// Elements between outer and inner batch entries.
     pub batch_stride: [isize; 2],
-    /// Elements before the operand's first element.
-    pub offset: usize,
 }
 
 impl MatStrides {
@@ -37,7 +37,6 @@ impl MatStrides {
             row_stride: cols as isize,
             col_stride: 1,
             batch_stride: [0, 0],
-            offset: 0,
         }
     }
 
@@ -47,7 +46,6 @@ impl MatStrides {
             row_stride: 1,
             col_stride: cols as isize,
             batch_stride: [0, 0],
-            offset: 0,
         }
     }
 
@@ -59,17 +57,11 @@ impl MatStrides {
         }
     }
 
-    /// The same strides starting `offset` elements into the tensor.
-    pub fn at(self, offset: usize) -> Self {
-        Self { offset, ..self }
-    }
-
-    /// Elements from the tensor's start that an operand of `rows x cols` in `batch` reaches, offset
-    /// included (strides are non-negative).
+    /// Elements from the operand's start that an operand of `rows x cols` in `batch` reaches
+    /// (strides are non-negative).
     pub fn extent(&self, rows: usize, cols: usize, batch: [usize; 2]) -> usize {
         let span = |n: usize, stride: isize| n.saturating_sub(1) * stride.unsigned_abs();
-        self.offset
-            + 1
+        1
             + span(rows, self.row_stride)
             + span(cols, self.col_stride)
             + span(batch[0], self.batch_stride[0])
@@ -141,8 +133,9 @@ impl AttentionShape {
     }
 
     /// The two products of unfused attention over the fused `qkv` matrix, reading every head as a
-    /// strided view (K at an offset of `hidden` elements, V at `2 * hidden`) and writing the context
-    /// with heads interleaved: `(scores = scale·Q·Kᵀ into [batch, heads, seq, seq], context = P·V)`.
+    /// strided view and writing the context with heads interleaved:
+    /// `(scores = scale·Q·Kᵀ into [batch, heads, seq, seq], context = P·V)`. The scores' B operand is
+    /// K, a view of `qkv` starting `hidden` elements in; the context's B is V, starting at `2 * hidden`.
     pub fn gemm_specs(&self) -> (GemmSpec, GemmSpec) {
         let (seq, heads, head_dim, hidden) = (self.seq, self.heads, self.head_dim, self.hidden());
         // Head `h` of sequence `b`, token `t`, feature `d` of Q sits at b*seq*3H + t*3H + h*hd + d.
@@ -153,7 +146,6 @@ impl AttentionShape {
             row_stride: 1,
             col_stride: row,
             batch_stride: [per_sequence, head_dim as isize],
-            offset: hidden,
         };
         let probs = MatStrides::row_major(seq)
             .with_batch((heads * seq * seq) as isize, (seq * seq) as isize);
@@ -174,7 +166,7 @@ impl AttentionShape {
             k: seq,
             batch: [self.batch, heads],
             a: probs,
-            b: q.at(2 * hidden),
+            b: q,
             c: MatStrides::row_major(hidden).with_batch((seq * hidden) as isize, head_dim as isize),
             alpha: 1.0,
             beta: 0.0,
@@ -183,171 +175,278 @@ impl AttentionShape {
     }
 }
 
-/// The op set, encoded on `stream` (module doc).
+/// `dst[..len] = value` (f32).
+pub struct Fill<'a, D: Device> {
+    /// The destination.
+    pub dst: View<'a, D>,
+    /// Elements.
+    pub len: usize,
+    /// The value.
+    pub value: f32,
+}
+
+/// The product described by `spec` (see [`GemmSpec`]), plus `bias[n]` added to every row of C when
+/// given. Every operand has `dtype`.
+pub struct Gemm<'a, D: Device> {
+    /// The element type of A, B, C and the bias.
+    pub dtype: DType,
+    /// Sizes, strides and scales.
+    pub spec: GemmSpec,
+    /// A, from its first element.
+    pub a: View<'a, D>,
+    /// B, from its first element.
+    pub b: View<'a, D>,
+    /// C, from its first element (does not overlap A or B).
+    pub c: View<'a, D>,
+    /// `[n]`, added to every row of C.
+    pub bias: Option<View<'a, D>>,
+}
+
+/// Which GELU: the exact one (erf) or the tanh approximation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Gelu {
+    /// `x · Φ(x)` with the error function (BERT's `gelu`).
+    Erf,
+    /// The tanh approximation (`gelu_new`, `gelu_pytorch_tanh`).
+    Tanh,
+}
+
+/// `x[r, c] = gelu(x[r, c] + bias[c])` over `rows x cols`, in place.
+pub struct BiasGelu<'a, D: Device> {
+    /// The element type of x and bias.
+    pub dtype: DType,
+    /// `[rows, cols]`, in place.
+    pub x: View<'a, D>,
+    /// `[cols]`.
+    pub bias: View<'a, D>,
+    /// Rows.
+    pub rows: usize,
+    /// Columns.
+    pub cols: usize,
+    /// Which GELU.
+    pub gelu: Gelu,
+}
+
+/// `out[r] = LayerNorm(x[r] + bias + residual[r]) * gamma + beta` over `rows x cols`: the bias of the
+/// linear before it and the residual connection after it, in one pass.
+pub struct LayerNorm<'a, D: Device> {
+    /// The element type of every operand.
+    pub dtype: DType,
+    /// `[rows, cols]`.
+    pub x: View<'a, D>,
+    /// `[cols]`, added to every row of x first.
+    pub bias: Option<View<'a, D>>,
+    /// `[rows, cols]`, added to x first.
+    pub residual: Option<View<'a, D>>,
+    /// `[cols]`.
+    pub gamma: View<'a, D>,
+    /// `[cols]`.
+    pub beta: View<'a, D>,
+    /// `[rows, cols]`, overlapping no input.
+    pub out: View<'a, D>,
+    /// Rows.
+    pub rows: usize,
+    /// Columns.
+    pub cols: usize,
+    /// Added to the variance.
+    pub eps: f32,
+}
+
+/// In-place `softmax(scale * scores)` over the last axis of `[batch, heads, q_len, k_len]`, where keys
+/// with `mask[b, j] == 0` get probability 0 (a row with no such key gets zeros). A non-finite score
+/// makes its row non-finite: it is never taken for masked.
+pub struct MaskedSoftmax<'a, D: Device> {
+    /// The element type of the scores.
+    pub dtype: DType,
+    /// `[batch, heads, q_len, k_len]`, in place.
+    pub scores: View<'a, D>,
+    /// `[batch, k_len]`, f32 (1.0 keep, 0.0 masked).
+    pub mask: View<'a, D>,
+    /// Sequences.
+    pub batch: usize,
+    /// Heads.
+    pub heads: usize,
+    /// Queries.
+    pub q_len: usize,
+    /// Keys.
+    pub k_len: usize,
+    /// Scale applied before the softmax.
+    pub scale: f32,
+}
+
+/// Multi-head self-attention (see [`AttentionShape`]): for every sequence, head and query,
+/// `out = Σ_j p_j v_j` with `p = softmax(scale · q·k_j)` over the keys whose `mask` entry is nonzero (a
+/// query with no such key gets zeros).
+pub struct Attention<'a, D: Device> {
+    /// The element type of qkv, out and scratch.
+    pub dtype: DType,
+    /// Sizes and scale.
+    pub shape: AttentionShape,
+    /// `[batch, seq, 3 * hidden]`.
+    pub qkv: View<'a, D>,
+    /// `[batch, seq]`, f32.
+    pub mask: View<'a, D>,
+    /// `[batch, seq, hidden]`.
+    pub out: View<'a, D>,
+    /// [`Ops::attention_scratch`] elements, when that is not 0.
+    pub scratch: Option<View<'a, D>>,
+}
+
+/// Whether [`GatherRows`] overwrites its output or adds to it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Accumulate {
+    /// `out[i] = table[ids[i]]`.
+    Overwrite,
+    /// `out[i] += table[ids[i]]`.
+    Add,
+}
+
+/// `out[i] (+)= table[ids[i]]` for `n_ids` rows of `dim`; ids are u32 and `< table_rows`.
+pub struct GatherRows<'a, D: Device> {
+    /// The element type of table and out.
+    pub dtype: DType,
+    /// `[table_rows, dim]`.
+    pub table: View<'a, D>,
+    /// Rows of the table.
+    pub table_rows: usize,
+    /// `[n_ids]`, u32.
+    pub ids: View<'a, D>,
+    /// Ids.
+    pub n_ids: usize,
+    /// Row width.
+    pub dim: usize,
+    /// `[n_ids, dim]`.
+    pub out: View<'a, D>,
+    /// Overwrite or add.
+    pub mode: Accumulate,
+}
+
+/// Masked mean over `seq` of `x [batch, seq, dim]` into `out [batch, dim]`.
+pub struct MeanPool<'a, D: Device> {
+    /// The element type of x and out.
+    pub dtype: DType,
+    /// `[batch, seq, dim]`.
+    pub x: View<'a, D>,
+    /// `[batch, seq]`, f32.
+    pub mask: View<'a, D>,
+    /// Sequences.
+    pub batch: usize,
+    /// Tokens per sequence.
+    pub seq: usize,
+    /// Features.
+    pub dim: usize,
+    /// `[batch, dim]`.
+    pub out: View<'a, D>,
+}
+
+/// Each of `rows` rows of `dim` divided by its L2 norm (zero rows stay zero), in place.
+pub struct L2Normalize<'a, D: Device> {
+    /// The element type of x.
+    pub dtype: DType,
+    /// `[rows, dim]`, in place.
+    pub x: View<'a, D>,
+    /// Rows.
+    pub rows: usize,
+    /// Features.
+    pub dim: usize,
+}
+
+/// `x[..len] += y[..len]`.
+pub struct Add<'a, D: Device> {
+    /// The element type of x and y.
+    pub dtype: DType,
+    /// In place.
+    pub x: View<'a, D>,
+    /// Does not overlap x.
+    pub y: View<'a, D>,
+    /// Elements.
+    pub len: usize,
+}
+
+/// The op set, encoded on `stream` (module doc): one descriptor per op.
 pub trait Ops: Device {
     /// The float dtypes every op computes in on this backend (f32 at least).
     fn compute_dtypes(&self) -> &'static [DType] {
         &[DType::F32]
     }
-    /// `dst[..len] = value` (f32).
-    fn fill(&self, stream: &Self::Stream, dst: DevicePtr, len: usize, value: f32) -> Result<()>;
-    /// The product described by `spec`, plus `bias[n]` added to every row of C when given.
-    #[allow(clippy::too_many_arguments)]
-    fn gemm(
-        &self,
-        stream: &Self::Stream,
-        dtype: DType,
-        spec: &GemmSpec,
-        a: DevicePtr,
-        b: DevicePtr,
-        c: DevicePtr,
-        bias: Option<DevicePtr>,
-    ) -> Result<()>;
-    /// `x[r, c] = gelu(x[r, c] + bias[c])` over `rows x cols` (exact erf GELU, or tanh when `tanh`).
-    #[allow(clippy::too_many_arguments)]
-    fn bias_gelu(
-        &self,
-        stream: &Self::Stream,
-        dtype: DType,
-        x: DevicePtr,
-        bias: DevicePtr,
-        rows: usize,
-        cols: usize,
-        tanh: bool,
-    ) -> Result<()>;
-    /// `out[r] = LayerNorm(x[r] + bias + residual[r]) * gamma + beta` over `rows x cols` (bias `[cols]`
-    /// and residual `[rows x cols]` optional): the bias of the linear before it and the residual
-    /// connection after it, in one pass.
-    #[allow(clippy::too_many_arguments)]
-    fn layer_norm(
-        &self,
-        stream: &Self::Stream,
-        dtype: DType,
-        x: DevicePtr,
-        bias: Option<DevicePtr>,
-        residual: Option<DevicePtr>,
-        gamma: DevicePtr,
-        beta: DevicePtr,
-        out: DevicePtr,
-        rows: usize,
-        cols: usize,
-        eps: f32,
-    ) -> Result<()>;
-    /// In-place `softmax(scale * scores)` over the last axis of `[batch, heads, q_len, k_len]`, where
-    /// keys with `mask[b, j] == 0` get probability 0 (`mask` is `[batch, k_len]`, f32).
-    #[allow(clippy::too_many_arguments)]
-    fn masked_softmax(
-        &self,
-        stream: &Self::Stream,
-        dtype: DType,
-        scores: DevicePtr,
-        mask: DevicePtr,
-        batch: usize,
-        heads: usize,
-        q_len: usize,
-        k_len: usize,
-        scale: f32,
-    ) -> Result<()>;
-    /// Elements of scratch (of `dtype`) that [`Ops::attention`] needs for `shape`; 0 for a fused
+    /// See [`Fill`].
+    fn fill(&self, stream: &Self::Stream, op: &Fill<'_, Self>) -> Result<()>;
+    /// See [`Gemm`].
+    fn gemm(&self, stream: &Self::Stream, op: &Gemm<'_, Self>) -> Result<()>;
+    /// See [`BiasGelu`].
+    fn bias_gelu(&self, stream: &Self::Stream, op: &BiasGelu<'_, Self>) -> Result<()>;
+    /// See [`LayerNorm`].
+    fn layer_norm(&self, stream: &Self::Stream, op: &LayerNorm<'_, Self>) -> Result<()>;
+    /// See [`MaskedSoftmax`].
+    fn masked_softmax(&self, stream: &Self::Stream, op: &MaskedSoftmax<'_, Self>) -> Result<()>;
+    /// Elements of scratch (of the op's dtype) that [`Ops::attention`] needs for `shape`; 0 for a fused
     /// kernel.
     fn attention_scratch(&self, shape: &AttentionShape) -> usize {
         shape.probabilities()
     }
-    /// Multi-head self-attention (see [`AttentionShape`]): for every sequence, head and query,
-    /// `out = Σ_j p_j v_j` with `p = softmax(scale · q·k_j)` over the keys whose `mask` entry is nonzero
-    /// (a query with no such key gets zeros). `scratch` holds [`Ops::attention_scratch`] elements.
-    ///
-    /// Provided: scores GEMM, masked softmax, context GEMM (the probabilities live in `scratch`).
-    #[allow(clippy::too_many_arguments)]
-    fn attention(
-        &self,
-        stream: &Self::Stream,
-        dtype: DType,
-        shape: &AttentionShape,
-        qkv: DevicePtr,
-        mask: DevicePtr,
-        out: DevicePtr,
-        scratch: Option<DevicePtr>,
-    ) -> Result<()> {
-        unfused_attention(self, stream, dtype, shape, qkv, mask, out, scratch)
+    /// See [`Attention`]. Provided: scores GEMM, masked softmax, context GEMM, with the probabilities
+    /// in the scratch ([`unfused_attention`]).
+    fn attention(&self, stream: &Self::Stream, op: &Attention<'_, Self>) -> Result<()> {
+        unfused_attention(self, stream, op)
     }
-    /// `out[i] (+)= table[ids[i]]` for `n_ids` rows of `dim`; ids are u32 and `< table_rows`.
-    #[allow(clippy::too_many_arguments)]
-    fn gather_rows(
-        &self,
-        stream: &Self::Stream,
-        dtype: DType,
-        table: DevicePtr,
-        table_rows: usize,
-        ids: DevicePtr,
-        n_ids: usize,
-        dim: usize,
-        out: DevicePtr,
-        accumulate: bool,
-    ) -> Result<()>;
-    /// Masked mean over `seq` of `x [batch, seq, dim]` into `out [batch, dim]` (mask f32).
-    #[allow(clippy::too_many_arguments)]
-    fn mean_pool(
-        &self,
-        stream: &Self::Stream,
-        dtype: DType,
-        x: DevicePtr,
-        mask: DevicePtr,
-        batch: usize,
-        seq: usize,
-        dim: usize,
-        out: DevicePtr,
-    ) -> Result<()>;
-    /// Each of `rows` rows of `dim` divided by its L2 norm (zero rows stay zero), in place.
-    fn l2_normalize(
-        &self,
-        stream: &Self::Stream,
-        dtype: DType,
-        x: DevicePtr,
-        rows: usize,
-        dim: usize,
-    ) -> Result<()>;
-    /// `x[..len] += y[..len]`.
-    fn add(
-        &self,
-        stream: &Self::Stream,
-        dtype: DType,
-        x: DevicePtr,
-        y: DevicePtr,
-        len: usize,
-    ) -> Result<()>;
+    /// See [`GatherRows`].
+    fn gather_rows(&self, stream: &Self::Stream, op: &GatherRows<'_, Self>) -> Result<()>;
+    /// See [`MeanPool`].
+    fn mean_pool(&self, stream: &Self::Stream, op: &MeanPool<'_, Self>) -> Result<()>;
+    /// See [`L2Normalize`].
+    fn l2_normalize(&self, stream: &Self::Stream, op: &L2Normalize<'_, Self>) -> Result<()>;
+    /// See [`Add`].
+    fn add(&self, stream: &Self::Stream, op: &Add<'_, Self>) -> Result<()>;
 }
 
-/// [`Ops::attention`] from the other ops: the scores GEMM into `scratch` (`[batch, heads, seq, seq]`),
+/// [`Ops::attention`] from the other ops: the scores GEMM into the scratch (`[batch, heads, seq, seq]`),
 /// the masked softmax in place, the context GEMM into `out`. The provided implementation, and the
 /// fallback of a fused kernel for shapes it does not take.
-#[allow(clippy::too_many_arguments)]
 pub fn unfused_attention<D: Ops>(
     device: &D,
     stream: &D::Stream,
-    dtype: DType,
-    shape: &AttentionShape,
-    qkv: DevicePtr,
-    mask: DevicePtr,
-    out: DevicePtr,
-    scratch: Option<DevicePtr>,
+    op: &Attention<'_, D>,
 ) -> Result<()> {
-    let probs = scratch.ok_or_else(|| RuntimeError::Shape {
+    let probs = op.scratch.ok_or_else(|| RuntimeError::Shape {
         op: "attention",
         detail: "the unfused attention needs a scratch tensor of probabilities".into(),
     })?;
+    let shape = &op.shape;
+    let element = op.dtype.size();
     let (scores, context) = shape.gemm_specs();
-    device.gemm(stream, dtype, &scores, qkv, qkv, probs, None)?;
+    device.gemm(
+        stream,
+        &Gemm {
+            dtype: op.dtype,
+            spec: scores,
+            a: op.qkv,
+            b: op.qkv.skip(shape.hidden() * element),
+            c: probs,
+            bias: None,
+        },
+    )?;
     device.masked_softmax(
         stream,
-        dtype,
-        probs,
-        mask,
-        shape.batch,
-        shape.heads,
-        shape.seq,
-        shape.seq,
-        1.0,
+        &MaskedSoftmax {
+            dtype: op.dtype,
+            scores: probs,
+            mask: op.mask,
+            batch: shape.batch,
+            heads: shape.heads,
+            q_len: shape.seq,
+            k_len: shape.seq,
+            scale: 1.0,
+        },
     )?;
-    device.gemm(stream, dtype, &context, probs, qkv, out, None)
+    device.gemm(
+        stream,
+        &Gemm {
+            dtype: op.dtype,
+            spec: context,
+            a: probs,
+            b: op.qkv.skip(2 * shape.hidden() * element),
+            c: op.out,
+            bias: None,
+        },
+    )
 }

@@ -4,13 +4,17 @@
 //! This is what the model and engine layers hold (by reference or in an `Arc`). It owns nothing a
 //! thread would contend on: streams come from the pool's thread-local lease, buffers from the
 //! allocator's thread cache.
+//!
+//! Dropping a runtime drops its allocator (emptying its cache), its events and its stream pool
+//! (draining and shutting down the streams). What the device holds is released when the last of
+//! those and of the buffers made from them is gone: nothing is leaked.
 
 use std::sync::Arc;
 
-use crate::{
-    AllocatorConfig, Buffer, CachingAllocator, Device, Event, EventPool, Result, Stream,
-    StreamPool, StreamPoolConfig,
-};
+use crate::alloc::{AllocatorConfig, Buffer, CachingAllocator};
+use crate::device::Device;
+use crate::error::Result;
+use crate::stream::{Event, EventPool, Stream, StreamPool, StreamPoolConfig};
 
 /// How a [`Runtime`] is set up.
 #[derive(Clone, Debug, Default)]
@@ -43,10 +47,11 @@ pub struct Runtime<D: Device> {
 impl<D: Device> Runtime<D> {
     /// A runtime on `device`.
     pub fn new(device: D, config: RuntimeConfig) -> Result<Self> {
+        let streams = StreamPool::new(device.clone(), config.streams)?;
         Ok(Self {
-            allocator: CachingAllocator::new(device.clone(), config.allocator),
+            allocator: CachingAllocator::new(&streams, config.allocator),
             events: EventPool::new(device.clone()),
-            streams: StreamPool::new(device.clone(), config.streams)?,
+            streams,
             device,
         })
     }
@@ -68,7 +73,7 @@ impl<D: Device> Runtime<D> {
 
     /// This thread's current stream (see [`StreamPool::current_stream`]).
     #[inline]
-    pub fn current_stream(&self) -> Result<Stream<D>> {
+    pub fn current_stream(&self) -> Result<Stream<'_, D>> {
         self.streams.current_stream()
     }
 

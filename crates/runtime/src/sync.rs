@@ -1,7 +1,7 @@
 //! The one place the lock-free pieces get their atomics, cells and threads from.
 //!
 //! Under `--cfg loom` these are loom's model-checked versions, otherwise std's. Only the code that loom
-//! models ([`crate::slots`] and [`crate::lazy`]) imports from here; everything else uses std directly,
+//! models (`crate::stream::slots` and `crate::stream::lazy`) imports from here; everything else uses std directly,
 //! because loom's atomics cannot live in `static`s and the rest of the runtime is checked by stress tests
 //! instead.
 
@@ -18,7 +18,7 @@ pub(crate) use std::{
     thread::yield_now,
 };
 
-/// std's `UnsafeCell` with loom's closure-based access API, so [`crate::lazy`] reads the same either way.
+/// std's `UnsafeCell` with loom's closure-based access API, so `crate::stream::lazy` reads the same either way.
 #[cfg(not(loom))]
 #[derive(Debug)]
 pub(crate) struct UnsafeCell<T>(std::cell::UnsafeCell<T>);

@@ -1,7 +1,8 @@
-//! [`Block`]: one piece of raw device memory and everything needed to reuse or free it.
+//! [`Block`]: one raw allocation (a backend buffer) and everything needed to reuse or free it.
 //!
-//! A block carries its own metadata — size, class, the stream it was last used on and the events that
-//! must complete before another stream may reuse it — so freeing needs no global pointer map (fix 1).
+//! A block carries its own metadata — the backend buffer, size, class, the stream it was last used on
+//! (by index in the allocator's stream pool) and the events that must complete before another stream
+//! may reuse it — so freeing needs no global pointer map (fix 1).
 //!
 //! # Stream-ordered reuse
 //!
@@ -22,25 +23,27 @@
 use std::sync::Arc;
 
 use super::size_class::SizeClass;
-use crate::pool::StreamId;
-use crate::{Device, DevicePtr, Event, Result, Stream};
+use crate::device::Device;
+use crate::error::Result;
+use crate::stream::Event;
 
 pub(crate) struct Block<D: Device> {
-    pub(crate) ptr: DevicePtr,
+    /// The raw allocation (freed with `Device::free_raw` only; a dropped block leaks it).
+    pub(crate) raw: D::Buffer,
     /// Rounded size: what the raw allocation holds.
     pub(crate) size: usize,
     /// The size class (`size == class.size()`): which shared pool and thread-cache list take it.
     pub(crate) class: SizeClass,
-    /// The stream of the last allocation; where a same-stream free is safe without an event.
-    pub(crate) stream: Stream<D>,
-    /// Work that must finish before a stream other than the one named may reuse the block.
-    pub(crate) pending: Vec<(StreamId, Arc<Event<D>>)>,
+    /// The index of the stream of the last allocation; where a same-stream free is safe without an event.
+    pub(crate) stream: u32,
+    /// Work that must finish before a stream other than the one named (by index) may reuse the block.
+    pub(crate) pending: Vec<(u32, Arc<Event<D>>)>,
 }
 
 impl<D: Device> Block<D> {
     /// Reusable by `stream` without a device call: every pending event is on `stream` or known complete.
     #[inline]
-    pub(crate) fn ready_known(&self, stream: StreamId) -> bool {
+    pub(crate) fn ready_known(&self, stream: u32) -> bool {
         self.pending
             .iter()
             .all(|(s, e)| *s == stream || e.is_known_complete())
@@ -48,7 +51,7 @@ impl<D: Device> Block<D> {
 
     /// Reusable by `stream`, asking the device about events not yet known complete. Never call this
     /// under a pool lock: it may make device calls.
-    pub(crate) fn ready_query(&self, stream: StreamId) -> bool {
+    pub(crate) fn ready_query(&self, stream: u32) -> bool {
         // A failed query (device error) counts as "not ready": the block stays cached, and the error
         // surfaces on the stream's own next sync.
         self.pending
@@ -68,7 +71,7 @@ impl<D: Device> Block<D> {
     /// freed without an event on another stream comes back with that stream in `after`: the caller must
     /// order `stream` after it before using the block (module doc).
     #[inline]
-    pub(crate) fn adopt(mut self, stream: Stream<D>) -> Adopted<D> {
+    pub(crate) fn adopt(mut self, stream: u32) -> Adopted<D> {
         let after = (self.pending.is_empty() && self.stream != stream).then_some(self.stream);
         self.pending.clear();
         self.stream = stream;
@@ -79,6 +82,6 @@ impl<D: Device> Block<D> {
 /// A block taken from a shared pool for a new stream (see [`Block::adopt`]).
 pub(crate) struct Adopted<D: Device> {
     pub(crate) block: Block<D>,
-    /// The stream whose work the new stream must wait for before touching the block.
-    pub(crate) after: Option<Stream<D>>,
+    /// The stream (index) whose work the new stream must wait for before touching the block.
+    pub(crate) after: Option<u32>,
 }

@@ -8,18 +8,22 @@
 //!    `thread_cache_bytes` (16 MiB by default), with no shared lock: a thread on its own stream that
 //!    allocates and frees the same sizes again and again touches nothing another thread writes (short
 //!    of `empty_cache` or an out-of-memory retry taking its large blocks back).
-//! 2. [`pools`] — shared pools, one lock per size class (`size_class`: 44 small classes, eight large
+//! 2. [`free_lists`] — the shared pools, one lock per size class (`size_class`: 44 small classes, eight large
 //!    ones per power of two), so two sizes never share a lock; no device call under any of them.
 //! 3. raw device memory ([`Device::alloc_raw`]) under a memory limit, with free-the-cache-and-retry
-//!    before a clear out-of-memory error that carries the [`AllocatorStats`].
+//!    before a clear out-of-memory error that carries the [`AllocatorStats`]. The backend reports only
+//!    that the device refused (`RuntimeError::DeviceOutOfMemory`); the limit and the statistics are
+//!    this layer's to add.
 //!
 //! Statistics ([`stats`]) are per thread and summed on read; hits and misses are counted per pool kind
-//! (small / large), with the thread-cache share of the hits. A [`Buffer`] owns its [`block::Block`]'s
-//! metadata, so freeing needs no global map. [`AllocatorConfig`] holds the knobs (`config`).
+//! (small / large), with the thread-cache share of the hits. A [`Buffer`] (`buffer`) owns its
+//! [`block::Block`] — the backend buffer and its metadata — so freeing needs no global map.
+//! [`AllocatorConfig`] holds the knobs (`config`).
 //!
 //! # The stream-ordered contract (as RMM states it)
 //!
-//! A buffer is allocated for a stream and is safe to use on that stream at once. To use it on another
+//! An allocator serves the streams of one [`StreamPool`] (blocks remember their stream by index). A
+//! buffer is allocated for a stream and is safe to use on that stream at once. To use it on another
 //! stream, call [`Buffer::record_stream`]; the block is then not reused until that stream's work (up to
 //! the buffer's drop) is done too. A buffer freed on stream S is reused by later work on S at once, and
 //! by other streams only after an event shows S's work on it is done (see [`block`]).
@@ -36,41 +40,47 @@
 //!
 //! # Lifetime
 //!
-//! Like the stream pool's, an allocator's shared state lives for the rest of the process (it is small;
-//! the memory it caches is freed when the [`CachingAllocator`] is dropped). Buffers hold a `&'static`
-//! reference to it, so allocating and freeing touch no reference count — an `Arc` per buffer would put
-//! every thread on one contended cache line. A buffer dropped after its allocator frees its memory
-//! directly, after its stream has drained.
+//! The allocator's state is an `Arc` held by the [`CachingAllocator`], by each thread's cache for it
+//! and, through a per-thread anchor, by every live [`Buffer`] (module `buffer`): buffers clone their
+//! thread's anchor, not the shared state, so allocating and freeing touch no reference count another
+//! thread writes. The state holds the stream pool's state, so the device and its streams live until
+//! the last of those is gone. Dropping the [`CachingAllocator`] frees the cache it can reach; a buffer
+//! dropped afterwards frees its memory directly, after its stream has drained.
 
 pub(crate) mod block;
+mod buffer;
 mod config;
-mod pools;
+mod free_lists;
 mod size_class;
 mod stats;
 mod thread_cache;
 
-use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use self::block::Block;
-use self::pools::SharedPools;
+use self::free_lists::SharedFreeLists;
 use self::size_class::SizeClass;
 use self::stats::{GlobalStats, StatsRegistry, ThreadStats, Writer};
 use self::thread_cache::{CacheLimits, LargeCaches};
-use crate::{Device, DevicePtr, Event, EventPool, Result, RuntimeError, Stream};
+use crate::device::Device;
+use crate::error::{Result, RuntimeError};
+use crate::stream::{Event, EventPool, Stream, StreamPool, StreamPoolState};
 
+pub use self::buffer::Buffer;
 pub use self::config::{AllocatorConfig, MemoryLimit, MEMORY_LIMIT_ENV};
 pub use self::size_class::{SMALL_CLASSES, SMALL_LIMIT};
 pub use self::stats::{AllocatorStats, PoolStats};
 
 static NEXT_ALLOCATOR_ID: AtomicU64 = AtomicU64::new(1);
 
-/// The allocator's shared state (lives for the process; module doc, "Lifetime").
-pub(crate) struct AllocShared<D: Device> {
+/// The allocator's shared state (module doc, "Lifetime").
+pub(crate) struct AllocatorState<D: Device> {
     id: u64,
     device: D,
-    pools: SharedPools<D>,
+    /// The pool whose streams the blocks name by index.
+    streams: Arc<StreamPoolState<D>>,
+    free_lists: SharedFreeLists<D>,
     events: Arc<EventPool<D>>,
     stats: StatsRegistry,
     global: GlobalStats,
@@ -86,59 +96,56 @@ pub(crate) struct AllocShared<D: Device> {
 
 /// A caching device-memory allocator. One per device; shared by every thread by reference.
 pub struct CachingAllocator<D: Device> {
-    shared: &'static AllocShared<D>,
+    state: Arc<AllocatorState<D>>,
 }
 
 impl<D: Device> CachingAllocator<D> {
-    /// An allocator for `device`.
-    pub fn new(device: D, config: AllocatorConfig) -> Self {
+    /// An allocator for the device of `streams`, serving those streams.
+    pub fn new(streams: &StreamPool<D>, config: AllocatorConfig) -> Self {
+        let device = streams.device().clone();
         let limit = config.memory_limit.bytes(device.memory_capacity());
-        let shared = Box::leak(Box::new(AllocShared {
+        let state = Arc::new(AllocatorState {
             id: NEXT_ALLOCATOR_ID.fetch_add(1, Ordering::Relaxed),
             events: EventPool::new(device.clone()),
             device,
-            pools: SharedPools::new(),
+            streams: streams.state().clone(),
+            free_lists: SharedFreeLists::new(),
             stats: StatsRegistry::default(),
             global: GlobalStats::default(),
             limit: AtomicU64::new(limit),
             cache: CacheLimits::new(config.thread_cache_bytes),
             large_caches: LargeCaches::new(),
             closed: AtomicBool::new(false),
-        }));
-        Self { shared }
+        });
+        Self { state }
     }
 
-    /// A buffer of at least `bytes` bytes for use on `stream`. Contents are unspecified.
+    /// A buffer of at least `bytes` bytes for use on `stream` (one of the allocator's pool). Contents
+    /// are unspecified.
     #[inline]
-    pub fn alloc(&self, bytes: usize, stream: Stream<D>) -> Result<Buffer<D>> {
-        let shared = self.shared;
+    pub fn alloc(&self, bytes: usize, stream: Stream<'_, D>) -> Result<Buffer<D>> {
+        let state = &self.state;
+        if !stream.is_of(&state.streams) {
+            return Err(foreign_stream(stream));
+        }
+        let stream = stream.index() as u32;
         let class = SizeClass::of(bytes);
         // Fast path: a small thread-cache hit, counted in the same thread-local visit. (Large blocks'
         // thread-cache path is in `alloc_slow`: out of line, it costs the small path nothing.)
         if let Some(class) = class.filter(|c| c.is_small()) {
-            let hit = thread_cache::with_cache(shared, |c| {
+            let hit = thread_cache::with_cache(state, |c| {
                 let block = c.pop_small(class, stream)?;
                 let stats = &c.stats;
                 Writer::Owner.add(&stats.allocs, 1);
                 Writer::Owner.add_signed(&stats.allocated, block.size as i64);
-                Some(block)
+                Some((block, c.anchor.clone()))
             });
-            if let Some(Some(block)) = hit {
-                return Ok(Buffer {
-                    block: Some(block),
-                    len: bytes,
-                    used_on: Vec::new(),
-                    owner: shared,
-                });
+            if let Some(Some((block, anchor))) = hit {
+                return Ok(Buffer::new(block, bytes, anchor));
             }
         }
-        let block = shared.alloc_slow(bytes, class, stream)?;
-        Ok(Buffer {
-            block: Some(block),
-            len: bytes,
-            used_on: Vec::new(),
-            owner: shared,
-        })
+        let block = state.alloc_slow(bytes, class, stream)?;
+        Ok(Buffer::new(block, bytes, state.anchor()))
     }
 
     /// Frees every cached block this allocator can reach — the shared pools, the calling thread's cache
@@ -146,18 +153,18 @@ impl<D: Device> CachingAllocator<D> {
     /// threads' small blocks are theirs (no lock reaches them; at most a quarter of
     /// `thread_cache_bytes` per thread); they flush when those threads exit, overflow or switch streams.
     pub fn empty_cache(&self) -> Result<()> {
-        self.shared.empty_cache()
+        self.state.empty_cache()
     }
 
     /// A snapshot of the statistics (per-thread counters summed).
     pub fn stats(&self) -> AllocatorStats {
-        self.shared.stats_snapshot()
+        self.state.stats_snapshot()
     }
 
     /// Restarts peak tracking from the memory reserved now (PyTorch's `reset_peak_memory_stats`), so a
     /// benchmark can report the peak of one phase.
     pub fn reset_peak_stats(&self) {
-        let global = &self.shared.global;
+        let global = &self.state.global;
         global
             .peak_reserved
             .store(global.reserved.load(Ordering::Relaxed), Ordering::Relaxed);
@@ -165,32 +172,62 @@ impl<D: Device> CachingAllocator<D> {
 
     /// Sets the memory limit; takes effect on the next raw allocation.
     pub fn set_memory_limit(&self, limit: MemoryLimit) {
-        let bytes = limit.bytes(self.shared.device.memory_capacity());
-        self.shared.limit.store(bytes, Ordering::Relaxed);
+        let bytes = limit.bytes(self.state.device.memory_capacity());
+        self.state.limit.store(bytes, Ordering::Relaxed);
     }
 
     /// The pool the allocator takes its events from (exposed for statistics: events created).
     pub fn event_pool(&self) -> &Arc<EventPool<D>> {
-        &self.shared.events
+        &self.state.events
     }
 
     /// The device.
     pub fn device(&self) -> &D {
-        &self.shared.device
+        &self.state.device
     }
 }
 
 impl<D: Device> Drop for CachingAllocator<D> {
     fn drop(&mut self) {
-        // Release pairs with the Acquire in `AllocShared::free`: later frees go straight to the device.
-        self.shared.closed.store(true, Ordering::Release);
-        if let Err(e) = self.shared.empty_cache() {
+        // Release pairs with the Acquire in `AllocatorState::free`: later frees go straight to the device.
+        self.state.closed.store(true, Ordering::Release);
+        if let Err(e) = self.state.empty_cache() {
             tracing::warn!(error = %e, "emptying the cache of a dropped allocator failed");
         }
+        // This thread's cache goes now; other threads' on their next first use of an allocator or at
+        // their exit (each frees its blocks then).
+        thread_cache::remove_cache(self.state.id);
     }
 }
 
-impl<D: Device> AllocShared<D> {
+/// The error for a stream of another pool than the allocator's.
+#[cold]
+fn foreign_stream<D: Device>(stream: Stream<'_, D>) -> RuntimeError {
+    RuntimeError::InvalidConfig {
+        name: "stream",
+        value: format!("{stream:?}"),
+        allowed: "a stream of the pool the allocator was created with",
+    }
+}
+
+impl<D: Device> AllocatorState<D> {
+    /// Whether the `CachingAllocator` was dropped.
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    /// The handle of this allocator's stream `index`.
+    #[inline]
+    fn stream(&self, index: u32) -> Stream<'_, D> {
+        self.streams.stream(index)
+    }
+
+    /// What a buffer allocated now on this thread holds to keep the state alive: the thread cache's
+    /// anchor, or a fresh one while the thread-local is unavailable.
+    fn anchor(self: &Arc<Self>) -> Arc<buffer::ThreadAnchor<D>> {
+        thread_cache::with_cache(self, |c| c.anchor.clone())
+            .unwrap_or_else(|| Arc::new(buffer::ThreadAnchor::new(self.clone())))
+    }
     fn stats_snapshot(&self) -> AllocatorStats {
         let limit = self.limit.load(Ordering::Relaxed);
         stats::snapshot(
@@ -202,7 +239,7 @@ impl<D: Device> AllocShared<D> {
 
     /// Runs `f` on this thread's counters, or on the retired totals when the thread's cache is gone.
     #[inline]
-    fn count(&'static self, f: impl FnOnce(&ThreadStats, Writer)) {
+    fn count(self: &Arc<Self>, f: impl FnOnce(&ThreadStats, Writer)) {
         let mut f = Some(f);
         let counted = thread_cache::with_cache(self, |c| {
             if let Some(f) = f.take() {
@@ -221,10 +258,10 @@ impl<D: Device> AllocShared<D> {
     /// stays short; a large request pays for the call, which is small next to its bytes.
     #[inline(never)]
     fn alloc_slow(
-        &'static self,
+        self: &Arc<Self>,
         bytes: usize,
         class: Option<SizeClass>,
-        stream: Stream<D>,
+        stream: u32,
     ) -> Result<Block<D>> {
         let Some(class) = class else {
             return Err(self.out_of_memory(bytes));
@@ -241,7 +278,7 @@ impl<D: Device> AllocShared<D> {
                 return Ok(block);
             }
         }
-        let (block, hit) = match self.pools.take(class, stream) {
+        let (block, hit) = match self.free_lists.take(class, stream) {
             Some(adopted) => {
                 if let Some(previous) = adopted.after {
                     self.order_after(previous, stream);
@@ -268,7 +305,7 @@ impl<D: Device> AllocShared<D> {
     /// A new block from raw memory, within the limit; frees the cache (module doc, "Out of memory") and
     /// retries once before failing.
     #[cold]
-    fn alloc_block(&'static self, class: SizeClass, stream: Stream<D>) -> Result<Block<D>> {
+    fn alloc_block(self: &Arc<Self>, class: SizeClass, stream: u32) -> Result<Block<D>> {
         let size = class.size();
         let mut last_error = None;
         for attempt in 0..2 {
@@ -279,10 +316,10 @@ impl<D: Device> AllocShared<D> {
                 continue;
             }
             match self.device.alloc_raw(size) {
-                Ok(ptr) => {
+                Ok(raw) => {
                     self.global.raw_allocs.fetch_add(1, Ordering::Relaxed);
                     return Ok(Block {
-                        ptr,
+                        raw,
                         size,
                         class,
                         stream,
@@ -296,8 +333,9 @@ impl<D: Device> AllocShared<D> {
             }
         }
         match last_error {
-            Some(e @ RuntimeError::Device(_)) => Err(e),
-            _ => Err(self.out_of_memory(size)),
+            // The device's own refusal becomes this layer's error, with the limit and the stats.
+            None | Some(RuntimeError::DeviceOutOfMemory { .. }) => Err(self.out_of_memory(size)),
+            Some(e) => Err(e),
         }
     }
 
@@ -312,7 +350,7 @@ impl<D: Device> AllocShared<D> {
             } else {
                 format!("{limit} bytes")
             },
-            stats: Box::new(self.stats_snapshot()),
+            stats: self.stats_snapshot().to_string(),
         }
     }
 
@@ -347,7 +385,7 @@ impl<D: Device> AllocShared<D> {
     fn free_raw_block(&self, block: Block<D>) {
         if let Err(e) = block
             .wait_idle()
-            .and_then(|()| match block.stream.synchronize() {
+            .and_then(|()| match self.stream(block.stream).synchronize() {
                 // A stream whose pool is gone was drained at shutdown.
                 Err(RuntimeError::Dropped { .. }) => Ok(()),
                 other => other,
@@ -355,21 +393,22 @@ impl<D: Device> AllocShared<D> {
         {
             tracing::warn!(error = %e, "stream failed before a block was freed; freeing it anyway");
         }
-        // SAFETY: the block came from `alloc_raw(block.size)` on this device, is owned here (so freed
-        // once), and the waits above ensure no pending work uses it.
-        unsafe { self.device.free_raw(block.ptr, block.size) };
-        self.unreserve(block.size);
+        let size = block.size;
+        // SAFETY: the block came from `alloc_raw` on this device, is owned here (so freed once), and
+        // the waits above ensure no pending work uses it.
+        unsafe { self.device.free_raw(block.raw) };
+        self.unreserve(size);
         self.global.raw_frees.fetch_add(1, Ordering::Relaxed);
     }
 
-    fn empty_cache(&'static self) -> Result<()> {
+    fn empty_cache(self: &Arc<Self>) -> Result<()> {
         thread_cache::with_cache(self, |c| c.flush_all());
         // Other threads' large blocks: on their home streams with no event, which `free_raw_block`
         // drains before freeing.
         for block in self.large_caches.reclaim() {
             self.free_raw_block(block);
         }
-        for block in self.pools.drain() {
+        for block in self.free_lists.drain() {
             self.free_raw_block(block);
         }
         Ok(())
@@ -377,7 +416,8 @@ impl<D: Device> AllocShared<D> {
 
     /// Records a pooled event on `stream`, or `None` if the stream's pool is gone (its work was drained).
     /// Falls back to synchronizing the stream if no event can be had.
-    fn record_event(&self, stream: Stream<D>) -> Option<Event<D>> {
+    fn record_event(&self, stream: u32) -> Option<Event<D>> {
+        let stream = self.stream(stream);
         let mut event = match self.events.event() {
             Ok(e) => e,
             Err(e) => {
@@ -398,18 +438,18 @@ impl<D: Device> AllocShared<D> {
     }
 
     /// A block enters the shared pools (or, after the allocator is dropped, goes back to the device).
-    fn release_to_pools(&'static self, block: Block<D>) {
+    fn release_to_pools(&self, block: Block<D>) {
         // Acquire pairs with the Release in `CachingAllocator::drop`.
         if self.closed.load(Ordering::Acquire) {
             self.free_raw_block(block);
         } else {
-            self.pools.push(block);
+            self.free_lists.push(block);
         }
     }
 
     /// The free path of a buffer: thread cache when possible, else shared pools with events.
     #[inline]
-    fn free(&'static self, block: Block<D>, used_on: &[Stream<D>]) {
+    fn free(self: &Arc<Self>, block: Block<D>, used_on: &[u32]) {
         let size = block.size as i64;
         let count_free = |s: &ThreadStats, w: Writer| {
             w.add_signed(&s.allocated, -size);
@@ -433,9 +473,9 @@ impl<D: Device> AllocShared<D> {
     /// Makes `stream`'s later work wait (device-side) for `previous`'s work so far: a block freed on
     /// `previous` without an event changes streams (see [`block`]).
     #[cold]
-    fn order_after(&self, previous: Stream<D>, stream: Stream<D>) {
+    fn order_after(&self, previous: u32, stream: u32) {
         if let Some(event) = self.record_event(previous) {
-            if let Err(e) = stream.wait(&event) {
+            if let Err(e) = self.stream(stream).wait(&event) {
                 tracing::warn!(error = %e, "a cross-stream wait failed; synchronizing the previous stream instead");
                 let _ = event.synchronize();
             }
@@ -446,86 +486,26 @@ impl<D: Device> AllocShared<D> {
     /// stream that takes it orders itself after this one then), else behind one event per stream that
     /// used it.
     #[cold]
-    fn free_shared(&'static self, mut block: Block<D>, used_on: &[Stream<D>]) {
+    fn free_shared(&self, mut block: Block<D>, used_on: &[u32]) {
         if used_on.is_empty() {
             self.release_to_pools(block);
             return;
         }
         for stream in std::iter::once(block.stream).chain(used_on.iter().copied()) {
             if let Some(event) = self.record_event(stream) {
-                block.pending.push((stream.id(), Arc::new(event)));
+                block.pending.push((stream, Arc::new(event)));
             }
         }
         self.release_to_pools(block);
     }
 }
 
-/// A device buffer from a [`CachingAllocator`]. Dropping it returns its block to the allocator.
-pub struct Buffer<D: Device> {
-    block: Option<Block<D>>,
-    len: usize,
-    used_on: Vec<Stream<D>>,
-    owner: &'static AllocShared<D>,
-}
-
-impl<D: Device> Buffer<D> {
-    #[inline]
-    fn block(&self) -> &Block<D> {
-        self.block
-            .as_ref()
-            .expect("invariant violated: buffer used after free (this is a bug)")
-    }
-
-    /// The device address of the first byte.
-    #[inline]
-    pub fn ptr(&self) -> DevicePtr {
-        self.block().ptr
-    }
-
-    /// Bytes requested.
-    #[inline]
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    /// Whether zero bytes were requested.
-    #[inline]
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
-    /// Bytes the block really has (the rounded size).
-    pub fn capacity(&self) -> usize {
-        self.block().size
-    }
-
-    /// The stream the buffer was allocated for.
-    pub fn stream(&self) -> Stream<D> {
-        self.block().stream
-    }
-
-    /// Marks that `stream` uses this buffer too, so its block is not reused until `stream`'s work up to
-    /// the buffer's drop is done (PyTorch's `record_stream`).
-    pub fn record_stream(&mut self, stream: Stream<D>) {
-        if stream != self.block().stream && !self.used_on.contains(&stream) {
-            self.used_on.push(stream);
-        }
-    }
-}
-
-impl<D: Device> fmt::Debug for Buffer<D> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Buffer")
-            .field("ptr", &self.ptr())
-            .field("len", &self.len)
-            .finish()
-    }
-}
-
-impl<D: Device> Drop for Buffer<D> {
+impl<D: Device> Drop for AllocatorState<D> {
     fn drop(&mut self) {
-        if let Some(block) = self.block.take() {
-            self.owner.free(block, &self.used_on);
+        // A block released while the allocator closed may have reached a free list after
+        // `CachingAllocator::drop` drained them; nothing else can reach it now.
+        for block in self.free_lists.drain() {
+            self.free_raw_block(block);
         }
     }
 }

@@ -39,12 +39,12 @@ use crossbeam_utils::CachePadded;
 use parking_lot::Mutex;
 
 use super::block::Block;
-use super::pools::LARGE_REUSE_CLASSES;
+use super::free_lists::LARGE_REUSE_CLASSES;
 use super::size_class::{SizeClass, CLASSES, SMALL_CLASSES};
 use super::stats::{SharedThreadStats, ThreadStats, Writer};
-use super::AllocShared;
-use crate::pool::StreamId;
-use crate::{Device, Stream};
+use super::buffer::ThreadAnchor;
+use super::AllocatorState;
+use crate::device::Device;
 
 /// What a thread cache may hold, derived from `thread_cache_bytes` (module doc, "Invariants").
 #[derive(Clone, Copy, Debug)]
@@ -78,13 +78,17 @@ impl CacheLimits {
 }
 
 pub(crate) struct ThreadCache<D: Device> {
-    owner: &'static AllocShared<D>,
+    owner: Arc<AllocatorState<D>>,
+    /// What this thread's buffers hold to keep the allocator alive: cloned per allocation, so the
+    /// reference count they touch is this thread's own (see `super::buffer`).
+    pub(crate) anchor: Arc<ThreadAnchor<D>>,
     /// One LIFO list per small class; this thread's alone.
     small: Vec<Vec<Block<D>>>,
     small_bytes: usize,
     /// The large lists; locked by this thread per large op, by others only to reclaim (module doc).
     large: Arc<LargeCache<D>>,
-    home: Option<Stream<D>>,
+    /// The index of the home stream (module doc, "Invariants").
+    home: Option<u32>,
     /// This thread's allocator counters (see [`super::stats`]).
     pub(crate) stats: SharedThreadStats,
 }
@@ -148,6 +152,8 @@ impl<D: Device> LargeCaches<D> {
 /// The backend-independent face of a cache, so one thread-local can hold caches of every allocator.
 trait ErasedCache {
     fn allocator_id(&self) -> u64;
+    /// Whether the allocator was dropped (the cache only waits to be freed).
+    fn is_closed(&self) -> bool;
     fn as_any_mut(&mut self) -> &mut dyn Any;
 }
 
@@ -155,31 +161,42 @@ impl<D: Device> ErasedCache for ThreadCache<D> {
     fn allocator_id(&self) -> u64 {
         self.owner.id
     }
+    fn is_closed(&self) -> bool {
+        self.owner.is_closed()
+    }
     fn as_any_mut(&mut self) -> &mut dyn Any {
         self
     }
 }
 
 thread_local! {
-    /// This thread's caches, one per allocator it used. Dropped at thread exit (which flushes them).
+    /// This thread's caches, one per live allocator it used. Dropped at thread exit (which flushes
+    /// them); a dropped allocator's cache goes on the dropping thread at once and on others at their
+    /// next first use of an allocator.
     static CACHES: RefCell<Vec<Box<dyn ErasedCache>>> = const { RefCell::new(Vec::new()) };
 }
 
-/// Runs `f` on this thread's cache for `owner`, creating it on first use. `None` when the thread-local
-/// is gone (thread exit in progress) or already borrowed further up the stack; callers then take the
-/// shared path.
+/// Runs `f` on this thread's cache for `owner`, creating it on first use (and dropping the caches of
+/// allocators that are gone). `None` when the thread-local is gone (thread exit in progress) or
+/// already borrowed further up the stack; callers then take the shared path.
 #[inline]
 pub(crate) fn with_cache<D: Device, R>(
-    owner: &'static AllocShared<D>,
+    owner: &Arc<AllocatorState<D>>,
     f: impl FnOnce(&mut ThreadCache<D>) -> R,
 ) -> Option<R> {
-    CACHES
+    let mut closed = Vec::new();
+    let result = CACHES
         .try_with(|caches| {
             let mut caches = caches.try_borrow_mut().ok()?;
             let position = match caches.iter().position(|c| c.allocator_id() == owner.id) {
                 Some(p) => p,
                 None => {
-                    caches.push(Box::new(ThreadCache::<D>::new(owner)));
+                    let (live, gone) = std::mem::take(&mut *caches)
+                        .into_iter()
+                        .partition(|c| !c.is_closed());
+                    *caches = live;
+                    closed = gone;
+                    caches.push(Box::new(ThreadCache::<D>::new(owner.clone())));
                     caches.len() - 1
                 }
             };
@@ -190,7 +207,23 @@ pub(crate) fn with_cache<D: Device, R>(
             Some(f(cache))
         })
         .ok()
-        .flatten()
+        .flatten();
+    // Freed outside the borrow: freeing their blocks may count into this thread's other caches.
+    drop(closed);
+    result
+}
+
+/// Drops this thread's cache for allocator `id` (flushing or freeing its blocks), if it has one.
+pub(crate) fn remove_cache(id: u64) {
+    let cache = CACHES
+        .try_with(|caches| {
+            let mut caches = caches.try_borrow_mut().ok()?;
+            let position = caches.iter().position(|c| c.allocator_id() == id)?;
+            Some(caches.swap_remove(position))
+        })
+        .ok()
+        .flatten();
+    drop(cache);
 }
 
 /// Offers a freed block (of a cached class) to this thread's cache; hands it back when the cache cannot
@@ -198,7 +231,7 @@ pub(crate) fn with_cache<D: Device, R>(
 /// this thread's counters (the free is accounted in the same visit).
 #[inline]
 pub(crate) fn try_push<D: Device>(
-    owner: &'static AllocShared<D>,
+    owner: &Arc<AllocatorState<D>>,
     block: Block<D>,
     count: impl FnOnce(&ThreadStats, Writer),
 ) -> Result<(), Block<D>> {
@@ -223,7 +256,7 @@ pub(crate) fn try_push<D: Device>(
 }
 
 impl<D: Device> ThreadCache<D> {
-    fn new(owner: &'static AllocShared<D>) -> Self {
+    fn new(owner: Arc<AllocatorState<D>>) -> Self {
         let stats = owner.stats.register();
         let large = Arc::new(LargeCache {
             lists: CachePadded::new(Mutex::new(LargeLists {
@@ -236,6 +269,7 @@ impl<D: Device> ThreadCache<D> {
         });
         owner.large_caches.live.lock().push(large.clone());
         Self {
+            anchor: Arc::new(ThreadAnchor::new(owner.clone())),
             owner,
             small: (0..SMALL_CLASSES).map(|_| Vec::new()).collect(),
             small_bytes: 0,
@@ -248,8 +282,8 @@ impl<D: Device> ThreadCache<D> {
     /// A cached block of the small `class` for `stream`, counting the hit; switching streams flushes
     /// first (module doc).
     #[inline]
-    pub(crate) fn pop_small(&mut self, class: SizeClass, stream: Stream<D>) -> Option<Block<D>> {
-        if self.home_id() != Some(stream.id()) {
+    pub(crate) fn pop_small(&mut self, class: SizeClass, stream: u32) -> Option<Block<D>> {
+        if self.home != Some(stream) {
             self.rehome(stream);
             return None;
         }
@@ -263,8 +297,8 @@ impl<D: Device> ThreadCache<D> {
     /// [`CacheLimits::caches`]) or of up to [`LARGE_REUSE_CLASSES`] classes above it (at most a quarter
     /// larger, as the shared pools allow), the smallest first; counts the hit. Kept apart from
     /// [`Self::pop_small`] so the small fast path stays as short as it was.
-    pub(crate) fn pop_large(&mut self, class: SizeClass, stream: Stream<D>) -> Option<Block<D>> {
-        if self.home_id() != Some(stream.id()) {
+    pub(crate) fn pop_large(&mut self, class: SizeClass, stream: u32) -> Option<Block<D>> {
+        if self.home != Some(stream) {
             self.rehome(stream);
             return None;
         }
@@ -282,7 +316,7 @@ impl<D: Device> ThreadCache<D> {
     /// the shared path.
     #[inline]
     pub(crate) fn push(&mut self, block: Block<D>) -> Result<(), Block<D>> {
-        if self.home_id() != Some(block.stream.id()) || !block.pending.is_empty() {
+        if self.home != Some(block.stream) || !block.pending.is_empty() {
             return Err(block);
         }
         if !block.class.is_small() {
@@ -315,18 +349,13 @@ impl<D: Device> ThreadCache<D> {
     }
 
     #[inline]
-    fn home_id(&self) -> Option<StreamId> {
-        self.home.map(|s| s.id())
-    }
-
-    #[inline]
     fn account_small(&mut self, delta: i64) {
         self.small_bytes = (self.small_bytes as i64 + delta) as usize;
         Writer::Owner.add_signed(&self.stats.thread_cached_bytes, delta);
     }
 
     #[cold]
-    fn rehome(&mut self, stream: Stream<D>) {
+    fn rehome(&mut self, stream: u32) {
         self.flush_all();
         self.home = Some(stream);
     }
@@ -361,7 +390,7 @@ impl<D: Device> ThreadCache<D> {
         if let Some(event) = self.owner.record_event(home) {
             let event = Arc::new(event);
             for block in &mut blocks {
-                block.pending.push((home.id(), event.clone()));
+                block.pending.push((home, event.clone()));
             }
         }
         for block in blocks {

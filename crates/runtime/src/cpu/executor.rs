@@ -204,6 +204,76 @@ fn run_executor(receiver: Receiver<Message>, progress: Arc<Progress>, busy: Arc<
     }
 }
 
+/// A device-to-host copy in flight on a CPU stream: the staging bytes, filled by the stream's executor
+/// in stream order (or the stream's failure), and the signal that they are there.
+pub struct CpuDownload {
+    stream: usize,
+    slot: Arc<DownloadSlot>,
+}
+
+struct DownloadSlot {
+    /// `None` until the executor reached the copy; then the bytes, or the failure of earlier work.
+    staged: Mutex<Option<std::result::Result<Vec<u8>, String>>>,
+    ready: Condvar,
+}
+
+impl CpuStream {
+    /// Encodes a copy of `len` bytes at host address `src` into staging memory, in stream order, and
+    /// commits. The copy runs as a signal (even on a failed stream) so that a waiter never hangs; on a
+    /// failed stream it records the failure instead of bytes.
+    pub(crate) fn download(&self, src: usize, len: usize) -> Result<CpuDownload> {
+        let slot = Arc::new(DownloadSlot {
+            staged: Mutex::new(None),
+            ready: Condvar::new(),
+        });
+        let (on_executor, progress) = (slot.clone(), self.progress.clone());
+        self.encode(Command::Signal(Box::new(move || {
+            let staged = if progress.failed.load(Ordering::Acquire) {
+                Err(progress.failure.lock().clone().unwrap_or_default())
+            } else {
+                // SAFETY: `src` addresses `len` live bytes (the caller's contract) that stream order
+                // keeps alive and unwritten until this command has run.
+                Ok(unsafe { std::slice::from_raw_parts(src as *const u8, len) }.to_vec())
+            };
+            *on_executor.staged.lock() = Some(staged);
+            on_executor.ready.notify_all();
+        })))?;
+        self.commit()?;
+        Ok(CpuDownload {
+            stream: self.index,
+            slot,
+        })
+    }
+}
+
+impl CpuDownload {
+    /// Whether the executor has reached the copy.
+    pub(crate) fn is_ready(&self) -> bool {
+        self.slot.staged.lock().is_some()
+    }
+
+    /// Waits for the copy and writes the bytes into `dst`.
+    pub(crate) fn finish(self, dst: &mut [u8]) -> Result<()> {
+        let mut guard = self.slot.staged.lock();
+        let staged = loop {
+            match guard.take() {
+                Some(staged) => break staged,
+                None => self.slot.ready.wait(&mut guard),
+            }
+        };
+        match staged {
+            Ok(bytes) => {
+                dst.copy_from_slice(&bytes[..dst.len()]);
+                Ok(())
+            }
+            Err(message) => Err(RuntimeError::StreamFailed {
+                stream: self.stream,
+                message,
+            }),
+        }
+    }
+}
+
 /// A CPU event: the latest record's one-shot signal (module doc).
 pub struct CpuEvent {
     /// The signal of the most recent `record`; `None` before the first (a never-recorded event is

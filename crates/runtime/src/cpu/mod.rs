@@ -4,9 +4,10 @@
 //! It behaves like a GPU on purpose: work is encoded, committed and run later on the stream's executor,
 //! so the runtime's ordering, event and reuse logic is exercised in CI where there is no GPU.
 //!
-//! Memory is host memory from the global allocator, 256-byte aligned. A device can be given a memory
-//! capacity ([`CpuDevice::with_memory_capacity`]), past which raw allocations fail with
-//! [`RuntimeError::OutOfMemory`] as a full GPU's would.
+//! Memory is host memory from the global allocator, 256-byte aligned; a [`CpuBuffer`] is one such
+//! allocation, and a view resolves to its address plus the view's offset when an op is encoded. A
+//! device can be given a memory capacity ([`CpuDevice::with_memory_capacity`]), past which raw
+//! allocations fail with [`RuntimeError::DeviceOutOfMemory`] as a full GPU's would.
 //!
 //! Intra-op threads: a kernel may use `cores / busy_streams` rayon threads, so one stream alone uses
 //! the whole machine and sixteen busy streams use one core each.
@@ -15,12 +16,17 @@ mod executor;
 pub mod kernels;
 
 use std::alloc::Layout;
+use std::ptr::NonNull;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-pub use self::executor::{CpuEvent, CpuStream};
-use crate::ops::{GemmSpec, Ops};
-use crate::{AllocatorStats, DType, Device, DevicePtr, Result, RuntimeError, ALIGNMENT};
+pub use self::executor::{CpuDownload, CpuEvent, CpuStream};
+use crate::device::{DType, Device, View, ALIGNMENT};
+use crate::error::{Result, RuntimeError};
+use crate::ops::{
+    Accumulate, Add, BiasGelu, Fill, GatherRows, Gelu, Gemm, L2Normalize, LayerNorm, MaskedSoftmax,
+    MeanPool, Ops,
+};
 
 /// The CPU device. Cheap to clone.
 #[derive(Clone)]
@@ -35,6 +41,42 @@ struct CpuInner {
     /// Executors running a batch now (sizes intra-op parallelism; Relaxed).
     busy: Arc<AtomicUsize>,
     cores: usize,
+}
+
+/// One raw allocation of the CPU device: host memory, [`ALIGNMENT`]-aligned.
+#[derive(Debug)]
+pub struct CpuBuffer {
+    ptr: NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: a `CpuBuffer` is an owned address range; the runtime orders every access to its bytes by
+// stream order and events (the device contract), so handing the handle to other threads is sound.
+unsafe impl Send for CpuBuffer {}
+// SAFETY: as above; `&CpuBuffer` only reads the address and length.
+unsafe impl Sync for CpuBuffer {}
+
+impl CpuBuffer {
+    /// The address of the first byte (for host functions that inspect device memory in tests).
+    pub fn as_ptr(&self) -> *mut u8 {
+        self.ptr.as_ptr()
+    }
+
+    /// Bytes allocated.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the allocation is empty (never: raw allocations have at least one byte).
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+/// The host address a view starts at.
+#[inline]
+fn addr(view: View<'_, CpuDevice>) -> u64 {
+    view.buffer.as_ptr() as u64 + view.offset as u64
 }
 
 impl Default for CpuDevice {
@@ -112,8 +154,10 @@ unsafe fn f32s_mut<'a>(ptr: u64, len: usize) -> &'a mut [f32] {
 }
 
 impl Device for CpuDevice {
+    type Buffer = CpuBuffer;
     type Stream = CpuStream;
     type Event = CpuEvent;
+    type Download = CpuDownload;
 
     fn backend(&self) -> &'static str {
         "cpu"
@@ -131,7 +175,7 @@ impl Device for CpuDevice {
         self.inner.capacity
     }
 
-    fn alloc_raw(&self, bytes: usize) -> Result<DevicePtr> {
+    fn alloc_raw(&self, bytes: usize) -> Result<CpuBuffer> {
         let fits = self
             .inner
             .allocated
@@ -139,30 +183,34 @@ impl Device for CpuDevice {
                 a.checked_add(bytes).filter(|&n| n <= self.inner.capacity)
             })
             .is_ok();
-        let oom = || RuntimeError::OutOfMemory {
+        let refused = |why: &str| RuntimeError::DeviceOutOfMemory {
             requested: bytes,
-            limit: format!("device capacity {} bytes", self.inner.capacity),
-            stats: Box::new(AllocatorStats::default()),
+            detail: format!("{why} (CPU device capacity {} bytes)", self.inner.capacity),
         };
         if !fits {
-            return Err(oom());
+            return Err(refused("past the capacity"));
         }
-        let layout = Layout::from_size_align(bytes.max(1), ALIGNMENT).map_err(|_| oom())?;
-        // SAFETY: the layout has a non-zero size.
-        let ptr = unsafe { std::alloc::alloc(layout) };
-        if ptr.is_null() {
+        let Ok(layout) = Layout::from_size_align(bytes.max(1), ALIGNMENT) else {
             self.inner.allocated.fetch_sub(bytes, Ordering::Relaxed);
-            return Err(oom());
-        }
-        Ok(DevicePtr(ptr as u64))
+            return Err(refused("not a valid allocation size"));
+        };
+        // SAFETY: the layout has a non-zero size.
+        let Some(ptr) = NonNull::new(unsafe { std::alloc::alloc(layout) }) else {
+            self.inner.allocated.fetch_sub(bytes, Ordering::Relaxed);
+            return Err(refused("the host allocator refused"));
+        };
+        Ok(CpuBuffer { ptr, len: bytes })
     }
 
-    unsafe fn free_raw(&self, ptr: DevicePtr, bytes: usize) {
-        let layout = Layout::from_size_align(bytes.max(1), ALIGNMENT)
+    unsafe fn free_raw(&self, buffer: CpuBuffer) {
+        let layout = Layout::from_size_align(buffer.len.max(1), ALIGNMENT)
             .expect("invariant violated: layout was valid at allocation");
-        // SAFETY: the caller guarantees `ptr` came from `alloc_raw(bytes)` (this layout) and is freed once.
-        unsafe { std::alloc::dealloc(ptr.0 as *mut u8, layout) };
-        self.inner.allocated.fetch_sub(bytes, Ordering::Relaxed);
+        // SAFETY: the caller guarantees `buffer` came from `alloc_raw` (this layout) and is freed once
+        // (it is consumed here).
+        unsafe { std::alloc::dealloc(buffer.ptr.as_ptr(), layout) };
+        self.inner
+            .allocated
+            .fetch_sub(buffer.len, Ordering::Relaxed);
     }
 
     fn create_stream(&self, index: usize) -> Result<CpuStream> {
@@ -202,238 +250,178 @@ impl Device for CpuDevice {
         Ok(())
     }
 
-    fn copy_from_host(&self, stream: &CpuStream, src: &[u8], dst: DevicePtr) -> Result<()> {
+    fn copy_from_host(&self, stream: &CpuStream, src: &[u8], dst: View<'_, Self>) -> Result<()> {
         let staged = src.to_vec();
+        let dst = addr(dst);
         stream.kernel(move || {
             // SAFETY: `dst` addresses at least `staged.len()` live bytes (caller's contract) that no
             // other pending work writes (stream order).
             unsafe {
-                std::ptr::copy_nonoverlapping(staged.as_ptr(), dst.0 as *mut u8, staged.len())
+                std::ptr::copy_nonoverlapping(staged.as_ptr(), dst as *mut u8, staged.len())
             };
         })
-    }
-
-    fn copy_to_host(&self, stream: &CpuStream, src: DevicePtr, dst: &mut [u8]) -> Result<()> {
-        let (host, len) = (dst.as_mut_ptr() as usize, dst.len());
-        stream.kernel(move || {
-            // SAFETY: `host` is `dst`, borrowed mutably until `synchronize` below returns, which is after
-            // this command ran; `src` addresses `len` live bytes.
-            unsafe { std::ptr::copy_nonoverlapping(src.0 as *const u8, host as *mut u8, len) };
-        })?;
-        stream.synchronize()
     }
 
     fn copy_device(
         &self,
         stream: &CpuStream,
-        src: DevicePtr,
-        dst: DevicePtr,
-        bytes: usize,
+        src: View<'_, Self>,
+        dst: View<'_, Self>,
     ) -> Result<()> {
+        let (bytes, src, dst) = (src.len, addr(src), addr(dst));
         stream.kernel(move || {
             // SAFETY: both ranges are live device memory of `bytes` bytes; `copy` allows overlap.
-            unsafe { std::ptr::copy(src.0 as *const u8, dst.0 as *mut u8, bytes) };
+            unsafe { std::ptr::copy(src as *const u8, dst as *mut u8, bytes) };
         })
+    }
+
+    fn download(&self, stream: &CpuStream, src: View<'_, Self>) -> Result<CpuDownload> {
+        stream.download(addr(src) as usize, src.len)
+    }
+
+    fn download_ready(&self, download: &CpuDownload) -> Result<bool> {
+        Ok(download.is_ready())
+    }
+
+    fn finish_download(&self, download: CpuDownload, dst: &mut [u8]) -> Result<()> {
+        download.finish(dst)
     }
 }
 
 impl Ops for CpuDevice {
-    fn fill(&self, stream: &CpuStream, dst: DevicePtr, len: usize, value: f32) -> Result<()> {
+    fn fill(&self, stream: &CpuStream, op: &Fill<'_, Self>) -> Result<()> {
+        let (dst, len, value) = (addr(op.dst), op.len, op.value);
         self.launch(stream, move || {
             // SAFETY: see `f32s_mut`; `dst` holds `len` f32.
-            unsafe { f32s_mut(dst.0, len) }.fill(value);
+            unsafe { f32s_mut(dst, len) }.fill(value);
         })
     }
 
-    fn gemm(
-        &self,
-        stream: &CpuStream,
-        dtype: DType,
-        spec: &GemmSpec,
-        a: DevicePtr,
-        b: DevicePtr,
-        c: DevicePtr,
-        bias: Option<DevicePtr>,
-    ) -> Result<()> {
-        f32_only("gemm", dtype)?;
-        // The kernel sees each operand from its first element: fold the offsets into the pointers.
-        let mut spec = *spec;
-        let [a, b, c] = [(a, &mut spec.a), (b, &mut spec.b), (c, &mut spec.c)]
-            .map(|(ptr, s)| ptr.offset(std::mem::take(&mut s.offset) * std::mem::size_of::<f32>()));
+    fn gemm(&self, stream: &CpuStream, op: &Gemm<'_, Self>) -> Result<()> {
+        f32_only("gemm", op.dtype)?;
+        let spec = op.spec;
+        let (a, b, c) = (addr(op.a), addr(op.b), addr(op.c));
+        let bias = op.bias.map(addr);
         let (busy, cores) = (self.inner.busy.clone(), self.inner.cores);
         self.launch(stream, move || {
             let (a_len, b_len, c_len) = spec.extents();
             // SAFETY: see `f32s`; the extents are what the strides address (from each operand's first
             // element, checked by the tensor layer), and C does not overlap A or B.
-            let (a, b, c) = unsafe { (f32s(a.0, a_len), f32s(b.0, b_len), f32s_mut(c.0, c_len)) };
+            let (a, b, c) = unsafe { (f32s(a, a_len), f32s(b, b_len), f32s_mut(c, c_len)) };
             // SAFETY: as above; bias holds `n` f32.
-            let bias = bias.map(|p| unsafe { f32s(p.0, spec.n) });
+            let bias = bias.map(|p| unsafe { f32s(p, spec.n) });
             kernels::gemm_f32(&spec, a, b, c, bias, Self::op_threads(&busy, cores));
         })
     }
 
-    fn bias_gelu(
-        &self,
-        stream: &CpuStream,
-        dtype: DType,
-        x: DevicePtr,
-        bias: DevicePtr,
-        rows: usize,
-        cols: usize,
-        tanh: bool,
-    ) -> Result<()> {
-        f32_only("bias_gelu", dtype)?;
+    fn bias_gelu(&self, stream: &CpuStream, op: &BiasGelu<'_, Self>) -> Result<()> {
+        f32_only("bias_gelu", op.dtype)?;
+        let (x, bias, rows, cols, gelu) = (addr(op.x), addr(op.bias), op.rows, op.cols, op.gelu);
         self.launch(stream, move || {
             // SAFETY: see `f32s`; x holds rows*cols f32, bias cols.
-            let (x, bias) = unsafe { (f32s_mut(x.0, rows * cols), f32s(bias.0, cols)) };
-            if tanh {
-                for row in x.chunks_exact_mut(cols) {
-                    kernels::add_f32(row, bias);
-                    kernels::gelu_tanh_f32(row);
+            let (x, bias) = unsafe { (f32s_mut(x, rows * cols), f32s(bias, cols)) };
+            match gelu {
+                Gelu::Tanh => {
+                    for row in x.chunks_exact_mut(cols) {
+                        kernels::add_f32(row, bias);
+                        kernels::gelu_tanh_f32(row);
+                    }
                 }
-            } else {
-                kernels::bias_gelu_f32(x, bias);
+                Gelu::Erf => kernels::bias_gelu_f32(x, bias),
             }
         })
     }
 
-    fn layer_norm(
-        &self,
-        stream: &CpuStream,
-        dtype: DType,
-        x: DevicePtr,
-        bias: Option<DevicePtr>,
-        residual: Option<DevicePtr>,
-        gamma: DevicePtr,
-        beta: DevicePtr,
-        out: DevicePtr,
-        rows: usize,
-        cols: usize,
-        eps: f32,
-    ) -> Result<()> {
-        f32_only("layer_norm", dtype)?;
+    fn layer_norm(&self, stream: &CpuStream, op: &LayerNorm<'_, Self>) -> Result<()> {
+        f32_only("layer_norm", op.dtype)?;
+        let (x, gamma, beta, out) = (addr(op.x), addr(op.gamma), addr(op.beta), addr(op.out));
+        let (bias, residual) = (op.bias.map(addr), op.residual.map(addr));
+        let (rows, cols, eps) = (op.rows, op.cols, op.eps);
         self.launch(stream, move || {
             let n = rows * cols;
             // SAFETY: see `f32s`; out does not overlap x or residual.
             let (x, gamma, beta, out) = unsafe {
                 (
-                    f32s(x.0, n),
-                    f32s(gamma.0, cols),
-                    f32s(beta.0, cols),
-                    f32s_mut(out.0, n),
+                    f32s(x, n),
+                    f32s(gamma, cols),
+                    f32s(beta, cols),
+                    f32s_mut(out, n),
                 )
             };
             // SAFETY: as above.
-            let residual = residual.map(|r| unsafe { f32s(r.0, n) });
+            let residual = residual.map(|r| unsafe { f32s(r, n) });
             // SAFETY: as above; bias holds `cols` f32.
-            let bias = bias.map(|b| unsafe { f32s(b.0, cols) });
+            let bias = bias.map(|b| unsafe { f32s(b, cols) });
             kernels::layer_norm_f32(x, bias, residual, gamma, beta, out, cols, eps);
         })
     }
 
-    fn masked_softmax(
-        &self,
-        stream: &CpuStream,
-        dtype: DType,
-        scores: DevicePtr,
-        mask: DevicePtr,
-        batch: usize,
-        heads: usize,
-        q_len: usize,
-        k_len: usize,
-        scale: f32,
-    ) -> Result<()> {
-        f32_only("masked_softmax", dtype)?;
+    fn masked_softmax(&self, stream: &CpuStream, op: &MaskedSoftmax<'_, Self>) -> Result<()> {
+        f32_only("masked_softmax", op.dtype)?;
+        let (scores, mask) = (addr(op.scores), addr(op.mask));
+        let (batch, heads, q_len, k_len, scale) = (op.batch, op.heads, op.q_len, op.k_len, op.scale);
         self.launch(stream, move || {
             // SAFETY: see `f32s`; sizes from the shapes.
             let (scores, mask) = unsafe {
                 (
-                    f32s_mut(scores.0, batch * heads * q_len * k_len),
-                    f32s(mask.0, batch * k_len),
+                    f32s_mut(scores, batch * heads * q_len * k_len),
+                    f32s(mask, batch * k_len),
                 )
             };
             kernels::masked_softmax_f32(scores, mask, batch, heads, q_len, k_len, scale);
         })
     }
 
-    fn gather_rows(
-        &self,
-        stream: &CpuStream,
-        dtype: DType,
-        table: DevicePtr,
-        table_rows: usize,
-        ids: DevicePtr,
-        n_ids: usize,
-        dim: usize,
-        out: DevicePtr,
-        accumulate: bool,
-    ) -> Result<()> {
-        f32_only("gather_rows", dtype)?;
+    fn gather_rows(&self, stream: &CpuStream, op: &GatherRows<'_, Self>) -> Result<()> {
+        f32_only("gather_rows", op.dtype)?;
+        let (table, ids, out) = (addr(op.table), addr(op.ids), addr(op.out));
+        let (table_rows, n_ids, dim) = (op.table_rows, op.n_ids, op.dim);
+        let accumulate = op.mode == Accumulate::Add;
         self.launch(stream, move || {
             // SAFETY: see `f32s`; ids are n_ids u32 (same size and alignment as f32).
             let (table, ids, out) = unsafe {
                 (
-                    f32s(table.0, table_rows * dim),
-                    std::slice::from_raw_parts(ids.0 as *const u32, n_ids),
-                    f32s_mut(out.0, n_ids * dim),
+                    f32s(table, table_rows * dim),
+                    std::slice::from_raw_parts(ids as *const u32, n_ids),
+                    f32s_mut(out, n_ids * dim),
                 )
             };
             kernels::gather_rows_f32(table, ids, dim, out, accumulate);
         })
     }
 
-    fn mean_pool(
-        &self,
-        stream: &CpuStream,
-        dtype: DType,
-        x: DevicePtr,
-        mask: DevicePtr,
-        batch: usize,
-        seq: usize,
-        dim: usize,
-        out: DevicePtr,
-    ) -> Result<()> {
-        f32_only("mean_pool", dtype)?;
+    fn mean_pool(&self, stream: &CpuStream, op: &MeanPool<'_, Self>) -> Result<()> {
+        f32_only("mean_pool", op.dtype)?;
+        let (x, mask, out) = (addr(op.x), addr(op.mask), addr(op.out));
+        let (batch, seq, dim) = (op.batch, op.seq, op.dim);
         self.launch(stream, move || {
             // SAFETY: see `f32s`.
             let (x, mask, out) = unsafe {
                 (
-                    f32s(x.0, batch * seq * dim),
-                    f32s(mask.0, batch * seq),
-                    f32s_mut(out.0, batch * dim),
+                    f32s(x, batch * seq * dim),
+                    f32s(mask, batch * seq),
+                    f32s_mut(out, batch * dim),
                 )
             };
             kernels::mean_pool_f32(x, mask, batch, seq, dim, out);
         })
     }
 
-    fn l2_normalize(
-        &self,
-        stream: &CpuStream,
-        dtype: DType,
-        x: DevicePtr,
-        rows: usize,
-        dim: usize,
-    ) -> Result<()> {
-        f32_only("l2_normalize", dtype)?;
+    fn l2_normalize(&self, stream: &CpuStream, op: &L2Normalize<'_, Self>) -> Result<()> {
+        f32_only("l2_normalize", op.dtype)?;
+        let (x, rows, dim) = (addr(op.x), op.rows, op.dim);
         self.launch(stream, move || {
             // SAFETY: see `f32s`.
-            kernels::l2_normalize_f32(unsafe { f32s_mut(x.0, rows * dim) }, dim);
+            kernels::l2_normalize_f32(unsafe { f32s_mut(x, rows * dim) }, dim);
         })
     }
 
-    fn add(
-        &self,
-        stream: &CpuStream,
-        dtype: DType,
-        x: DevicePtr,
-        y: DevicePtr,
-        len: usize,
-    ) -> Result<()> {
-        f32_only("add", dtype)?;
+    fn add(&self, stream: &CpuStream, op: &Add<'_, Self>) -> Result<()> {
+        f32_only("add", op.dtype)?;
+        let (x, y, len) = (addr(op.x), addr(op.y), op.len);
         self.launch(stream, move || {
             // SAFETY: see `f32s`; x and y do not overlap.
-            let (x, y) = unsafe { (f32s_mut(x.0, len), f32s(y.0, len)) };
+            let (x, y) = unsafe { (f32s_mut(x, len), f32s(y, len)) };
             kernels::add_f32(x, y);
         })
     }

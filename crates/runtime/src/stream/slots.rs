@@ -13,7 +13,7 @@
 //!
 //! A lease's successful CAS is `Acquire` and a release is `Release`: they pair, so everything the
 //! previous holder did with the slot (its stream's work was drained before release) happens-before the
-//! next holder's use. `SeqCst` is used instead where [`crate::pool`]'s wait policy needs a total order
+//! next holder's use. `SeqCst` is used instead where the pool's `wait:<ms>` policy (`super::pool`) needs a total order
 //! between "bit released" and "waiter registered" (see there).
 
 use crate::sync::{AtomicU64, Ordering};
@@ -75,7 +75,7 @@ impl SlotBitmask {
     }
 
     /// Returns slot `index` to the free set. Returns whether it was leased; releasing a free slot
-    /// changes nothing (the caller's lease token makes that impossible anyway, see `pool::Lease`).
+    /// changes nothing (the caller's lease token makes that impossible anyway, see `super::lease::SlotLease`).
     #[inline]
     pub(crate) fn release(&self, index: usize) -> bool {
         debug_assert!(index < MAX_WORKER_SLOTS && self.valid & (1 << index) != 0);

@@ -79,7 +79,8 @@ impl<T> LazySlot<T> {
         let mut create = Some(create);
         loop {
             // Acquire on success is not needed for the value (nobody wrote it), but keeps a failed
-            // creator's effects ordered before ours; Relaxed on failure: we only loop.
+            // creator's effects ordered before ours. Acquire on failure too: a loser that then sees
+            // READY in `get` is ordered after the value's write either way; it only loops.
             match self
                 .state
                 .compare_exchange(EMPTY, CREATING, Ordering::Acquire, Ordering::Acquire)

@@ -11,14 +11,14 @@
 //!   stream shared by several threads under the `share` exhaustion policy, whose command buffer is then
 //!   filled by many threads and is submitted at sync points only.
 //!
-//! Set from the API ([`crate::StreamPool::set_commit_policy`]) or `BRAID_COMMIT_AND_CONTINUE`.
+//! Set from the API ([`super::StreamPool::set_commit_policy`]) or `BRAID_COMMIT_AND_CONTINUE`.
 //! On CUDA, launches go straight to the stream and the policy changes nothing; on the CPU backend (and
 //! Metal-like backends) it decides when the device starts.
 
 use std::fmt;
 use std::str::FromStr;
 
-use crate::{Result, RuntimeError};
+use crate::error::{Result, RuntimeError};
 
 /// The environment variable that sets the commit policy.
 pub const COMMIT_POLICY_ENV: &str = "BRAID_COMMIT_AND_CONTINUE";

@@ -1,5 +1,5 @@
-//! The shared pools: one per size class, small and large, each behind its own lock (fix 1, "sharded
-//! allocator pools").
+//! [`SharedFreeLists`], the allocator's shared pools: one free list per size class, small and large,
+//! each behind its own lock (fix 1, "sharded allocator pools").
 //!
 //! The seed's allocator held one recursive mutex across malloc, free and event recording. Here a request
 //! locks only its size class's pool — a large one the pool of its class and, when that has nothing
@@ -17,7 +17,7 @@ use parking_lot::Mutex;
 
 use super::block::{Adopted, Block};
 use super::size_class::{SizeClass, CLASSES};
-use crate::{Device, Stream};
+use crate::device::Device;
 
 /// How many classes above the requested one a large request may take a cached block from: two, which
 /// is at most a quarter larger (eight classes per power of two), the waste a reused large block may add.
@@ -26,12 +26,12 @@ pub(crate) const LARGE_REUSE_CLASSES: usize = 2;
 /// One size class's shared list of free blocks, on its own cache line.
 type ClassPool<D> = CachePadded<Mutex<Vec<Block<D>>>>;
 
-pub(crate) struct SharedPools<D: Device> {
+pub(crate) struct SharedFreeLists<D: Device> {
     /// Indexed by [`SizeClass::index`].
     classes: Box<[ClassPool<D>]>,
 }
 
-impl<D: Device> SharedPools<D> {
+impl<D: Device> SharedFreeLists<D> {
     pub(crate) fn new() -> Self {
         Self {
             classes: (0..CLASSES)
@@ -46,7 +46,7 @@ impl<D: Device> SharedPools<D> {
 
     /// A cached block reusable by `stream`: of `class` exactly when small; of `class` or up to
     /// [`LARGE_REUSE_CLASSES`] classes above when large, the smallest first.
-    pub(crate) fn take(&self, class: SizeClass, stream: Stream<D>) -> Option<Adopted<D>> {
+    pub(crate) fn take(&self, class: SizeClass, stream: u32) -> Option<Adopted<D>> {
         let first = class.index();
         let last = if class.is_small() {
             first
@@ -71,8 +71,8 @@ impl<D: Device> SharedPools<D> {
     }
 
     /// Outside any lock: ask the device whether a busy-looking block is in fact free for `stream`.
-    fn check_candidate(&self, block: Block<D>, stream: Stream<D>) -> Option<Adopted<D>> {
-        if block.ready_query(stream.id()) {
+    fn check_candidate(&self, block: Block<D>, stream: u32) -> Option<Adopted<D>> {
+        if block.ready_query(stream) {
             Some(block.adopt(stream))
         } else {
             self.push(block);
@@ -92,9 +92,8 @@ impl<D: Device> SharedPools<D> {
 
 /// The newest block reusable by `stream` without a device call, preferring one last used on `stream`
 /// itself (no cross-stream ordering needed).
-fn ready_position<D: Device>(list: &[Block<D>], stream: Stream<D>) -> Option<usize> {
-    let id = stream.id();
+fn ready_position<D: Device>(list: &[Block<D>], stream: u32) -> Option<usize> {
     list.iter()
-        .rposition(|b| b.stream == stream && b.ready_known(id))
-        .or_else(|| list.iter().rposition(|b| b.ready_known(id)))
+        .rposition(|b| b.stream == stream && b.ready_known(stream))
+        .or_else(|| list.iter().rposition(|b| b.ready_known(stream)))
 }

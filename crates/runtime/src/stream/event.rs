@@ -5,7 +5,7 @@
 //! an event never blocks another thread.
 //!
 //! Semantics: [`Event::record`] marks the point in a stream's work (and submits that work);
-//! [`crate::Stream::wait`] makes another stream's later work wait for it on the device, without blocking
+//! [`super::Stream::wait`] makes another stream's later work wait for it on the device, without blocking
 //! the host; [`Event::query`] asks without waiting; [`Event::synchronize`] blocks the host.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -13,7 +13,9 @@ use std::sync::Arc;
 
 use crossbeam_queue::SegQueue;
 
-use crate::{Device, Result, Stream};
+use super::handle::Stream;
+use crate::device::Device;
+use crate::error::Result;
 
 /// A pool of native events of one device. Shared through `Arc`; events keep their pool alive.
 pub struct EventPool<D: Device> {
@@ -72,7 +74,7 @@ impl<D: Device> Event<D> {
     }
 
     /// Records the event at the current end of `stream`'s work, submitting that work.
-    pub fn record(&mut self, stream: &Stream<D>) -> Result<()> {
+    pub fn record(&mut self, stream: &Stream<'_, D>) -> Result<()> {
         self.known_complete.store(false, Ordering::Relaxed);
         self.pool.device.record_event(self.raw(), stream.raw()?)
     }
