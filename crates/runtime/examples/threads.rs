@@ -51,7 +51,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                     for _ in 0..iterations {
                         let t0 = Instant::now();
                         let mut h = rt.linear(&x, &w1, None)?;
-                        rt.bias_gelu(&mut h, &b1, false)?;
+                        rt.bias_gelu(&mut h, &b1, braid_runtime::ops::Gelu::Erf)?;
                         let y = rt.linear(&h, &w2, Some(&b2))?;
                         drop(h);
                         let out = rt.layer_norm(&y, None, Some(&x), &gamma, &beta, 1e-12)?;

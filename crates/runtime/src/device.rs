@@ -200,7 +200,12 @@ pub trait Device: Clone + Send + Sync + 'static {
 
     /// Copies `dst.len()` bytes of `src` into `dst` after all work encoded on `stream` so far; returns
     /// when the bytes are there. A [`Device::download`] finished at once.
-    fn copy_to_host(&self, stream: &Self::Stream, src: View<'_, Self>, dst: &mut [u8]) -> Result<()> {
+    fn copy_to_host(
+        &self,
+        stream: &Self::Stream,
+        src: View<'_, Self>,
+        dst: &mut [u8],
+    ) -> Result<()> {
         let download = self.download(stream, src)?;
         self.finish_download(download, dst)
     }

@@ -49,7 +49,9 @@ pub mod stream;
 mod sync;
 pub mod tensor;
 
-pub use alloc::{AllocatorConfig, AllocatorStats, Buffer, CachingAllocator, MemoryLimit, PoolStats};
+pub use alloc::{
+    AllocatorConfig, AllocatorStats, Buffer, CachingAllocator, MemoryLimit, PoolStats,
+};
 pub use device::{DType, Device, View, ALIGNMENT};
 pub use error::{Result, RuntimeError};
 pub use runtime::{Runtime, RuntimeConfig};

@@ -61,8 +61,7 @@ impl MatStrides {
     /// (strides are non-negative).
     pub fn extent(&self, rows: usize, cols: usize, batch: [usize; 2]) -> usize {
         let span = |n: usize, stride: isize| n.saturating_sub(1) * stride.unsigned_abs();
-        1
-            + span(rows, self.row_stride)
+        1 + span(rows, self.row_stride)
             + span(cols, self.col_stride)
             + span(batch[0], self.batch_stride[0])
             + span(batch[1], self.batch_stride[1])

@@ -11,7 +11,7 @@ use braid_runtime::{
     alloc::SMALL_LIMIT, AllocatorConfig, CachingAllocator, MemoryLimit, RuntimeError, StreamPool,
     StreamPoolConfig,
 };
-use common::{check_bytes, fill_bytes, on_stream};
+use common::{addr_of, check_bytes, fill_bytes, on_stream};
 
 fn setup(limit: MemoryLimit) -> (StreamPool<CpuDevice>, CachingAllocator<CpuDevice>) {
     let device = CpuDevice::with_memory_capacity(1 << 30);
@@ -24,7 +24,7 @@ fn setup(limit: MemoryLimit) -> (StreamPool<CpuDevice>, CachingAllocator<CpuDevi
     )
     .unwrap();
     let alloc = CachingAllocator::new(
-        device,
+        &pool,
         AllocatorConfig {
             memory_limit: limit,
             ..Default::default()
@@ -38,13 +38,13 @@ fn same_stream_reuse_is_immediate_and_from_the_thread_cache() {
     let (pool, alloc) = setup(MemoryLimit::None);
     let s = pool.stream(1).unwrap();
     let a = alloc.alloc(1000, s).unwrap();
-    let first = a.ptr();
+    let first = addr_of(&a);
     assert_eq!(a.len(), 1000);
     assert_eq!(a.capacity(), 1024);
-    assert_eq!(first.0 % 256, 0, "256-byte aligned");
+    assert_eq!(first % 256, 0, "256-byte aligned");
     drop(a);
     let b = alloc.alloc(900, s).unwrap();
-    assert_eq!(b.ptr(), first, "freed on S, reused by S at once");
+    assert_eq!(addr_of(&b), first, "freed on S, reused by S at once");
     let stats = alloc.stats();
     assert_eq!(stats.thread_cache_hits, 1);
     assert_eq!(stats.small.misses, 1);
@@ -65,7 +65,7 @@ fn another_stream_reuses_a_freed_block_at_once_and_its_work_waits_for_the_first(
     // Past the thread cache's largest block (a quarter of the default 64 MiB): no cache in the way.
     let big = 32 << 20;
     let a = alloc.alloc(big, s1).unwrap();
-    let ptr = a.ptr();
+    let ptr = addr_of(&a);
     let (open_gate, gate) = crossbeam_channel::bounded::<()>(0);
     let log = Arc::new(parking_lot::Mutex::new(Vec::new()));
     let l = log.clone();
@@ -77,7 +77,7 @@ fn another_stream_reuses_a_freed_block_at_once_and_its_work_waits_for_the_first(
     let events_before = alloc.event_pool().created();
     let raw_before = alloc.stats().raw_allocs;
     let b = alloc.alloc(big, s2).unwrap();
-    assert_eq!(b.ptr(), ptr, "the freed block is reused at once");
+    assert_eq!(addr_of(&b), ptr, "the freed block is reused at once");
     assert_eq!(alloc.stats().raw_allocs, raw_before, "no new raw memory");
     let l = log.clone();
     on_stream(s2, move || l.lock().push("s2 writes the block"));
@@ -102,20 +102,20 @@ fn record_stream_keeps_a_block_until_the_other_stream_is_done() {
     let (pool, alloc) = setup(MemoryLimit::None);
     let (s1, s2) = (pool.stream(1).unwrap(), pool.stream(2).unwrap());
     let mut a = alloc.alloc(4096, s1).unwrap();
-    let (ptr, len) = (a.ptr(), a.len());
-    fill_bytes(s1, ptr, len, 0xAB);
+    let ptr = addr_of(&a);
+    fill_bytes(s1, a.view(), 0xAB);
     s1.synchronize().unwrap();
     let bad = Arc::new(AtomicUsize::new(0));
     // s2 reads the buffer slowly.
     on_stream(s2, || std::thread::sleep(Duration::from_millis(50)));
-    check_bytes(s2, ptr, len, 0xAB, bad.clone());
+    check_bytes(s2, a.view(), 0xAB, bad.clone());
     s2.commit().unwrap();
-    a.record_stream(s2);
+    a.record_stream(s2).unwrap();
     drop(a);
     // s1 allocates the same size at once and scribbles over what it gets.
     let b = alloc.alloc(4096, s1).unwrap();
-    assert_ne!(b.ptr(), ptr, "the block is still in use by s2");
-    fill_bytes(s1, b.ptr(), b.len(), 0x00);
+    assert_ne!(addr_of(&b), ptr, "the block is still in use by s2");
+    fill_bytes(s1, b.view(), 0x00);
     pool.synchronize_all().unwrap();
     assert_eq!(bad.load(Ordering::SeqCst), 0);
 }
@@ -133,8 +133,14 @@ fn oom_under_a_limit_then_recovery_after_buffers_drop() {
             requested, stats, ..
         } => {
             assert_eq!(*requested, 3 << 20);
-            assert_eq!(stats.reserved_bytes, 6 << 20);
-            assert_eq!(stats.limit_bytes, Some(8 << 20));
+            let now = alloc.stats();
+            assert_eq!(now.reserved_bytes, 6 << 20);
+            assert_eq!(now.limit_bytes, Some(8 << 20));
+            assert_eq!(
+                *stats,
+                now.to_string(),
+                "the error carries the allocator's stats"
+            );
         }
         other => panic!("expected OutOfMemory, got {other}"),
     }
@@ -157,7 +163,7 @@ fn oom_under_a_limit_then_recovery_after_buffers_drop() {
 fn device_out_of_memory_is_reported_with_stats() {
     let device = CpuDevice::with_memory_capacity(2 << 20);
     let pool = StreamPool::new(device.clone(), StreamPoolConfig::default()).unwrap();
-    let alloc = CachingAllocator::new(device, AllocatorConfig::default());
+    let alloc = CachingAllocator::new(&pool, AllocatorConfig::default());
     let s = pool.stream(1).unwrap();
     let _a = alloc.alloc(1500 << 10, s).unwrap();
     let err = alloc.alloc(1500 << 10, s).unwrap_err();
@@ -230,17 +236,17 @@ fn empty_cache_returns_memory_and_stats_add_up() {
 #[test]
 fn thread_cache_flushes_past_its_cap_and_at_thread_exit() {
     let device = CpuDevice::new();
-    let pool = StreamPool::new(device.clone(), StreamPoolConfig::default()).unwrap();
+    let pool = Arc::new(StreamPool::new(device.clone(), StreamPoolConfig::default()).unwrap());
     let alloc = Arc::new(CachingAllocator::new(
-        device,
+        &pool,
         AllocatorConfig {
             thread_cache_bytes: 256 << 10, // 64 KiB for small blocks
             ..Default::default()
         },
     ));
-    let s = pool.stream(1).unwrap();
-    let a2 = alloc.clone();
+    let (a2, p2) = (alloc.clone(), pool.clone());
     std::thread::spawn(move || {
+        let s = p2.stream(1).unwrap();
         let bufs: Vec<_> = (0..32).map(|_| a2.alloc(8 << 10, s).unwrap()).collect();
         drop(bufs); // 256 KiB freed into a 64 KiB small budget
         assert!(a2.stats().thread_cached_bytes <= 64 << 10, "{}", a2.stats());
@@ -253,8 +259,8 @@ fn thread_cache_flushes_past_its_cap_and_at_thread_exit() {
         "the exiting thread flushed its cache"
     );
     // Another thread on another stream reuses the flushed blocks once the flush event completes.
-    let s2 = pool.stream(2).unwrap();
-    s.synchronize().unwrap();
+    let (s1, s2) = (pool.stream(1).unwrap(), pool.stream(2).unwrap());
+    s1.synchronize().unwrap();
     let b = alloc.alloc(8 << 10, s2).unwrap();
     drop(b);
     assert!(alloc.stats().small.hits >= 1, "{}", alloc.stats());
@@ -267,7 +273,7 @@ fn trimming_the_thread_cache_loses_no_block() {
     let device = CpuDevice::new();
     let pool = StreamPool::new(device.clone(), StreamPoolConfig::default()).unwrap();
     let alloc = CachingAllocator::new(
-        device.clone(),
+        &pool,
         AllocatorConfig {
             thread_cache_bytes: 4 << 20, // 1 MiB for small blocks, no large class cached
             ..Default::default()
@@ -295,7 +301,7 @@ fn trimming_the_thread_cache_loses_no_block() {
 fn buffers_outliving_their_allocator_are_freed_safely() {
     let device = CpuDevice::new();
     let pool = StreamPool::new(device.clone(), StreamPoolConfig::default()).unwrap();
-    let alloc = CachingAllocator::new(device.clone(), AllocatorConfig::default());
+    let alloc = CachingAllocator::new(&pool, AllocatorConfig::default());
     let s = pool.stream(1).unwrap();
     let a = alloc.alloc(10 << 20, s).unwrap();
     let b = alloc.alloc(100, s).unwrap();
@@ -316,11 +322,11 @@ fn large_block_reuse_on_the_same_stream_comes_from_the_thread_cache() {
     let (pool, alloc) = setup(MemoryLimit::None);
     let s = pool.stream(1).unwrap();
     let a = alloc.alloc(3 << 20, s).unwrap();
-    let ptr = a.ptr();
+    let ptr = addr_of(&a);
     drop(a);
     assert_eq!(alloc.stats().thread_cached_bytes, 3 << 20, "cached");
     let b = alloc.alloc(3 << 20, s).unwrap();
-    assert_eq!(b.ptr(), ptr);
+    assert_eq!(addr_of(&b), ptr);
     let stats = alloc.stats();
     assert_eq!(stats.large.thread_cache_hits, 1, "{stats}");
     assert_eq!(stats.large.hits, 1, "no shared-pool hit: {stats}");
@@ -330,7 +336,7 @@ fn large_block_reuse_on_the_same_stream_comes_from_the_thread_cache() {
     drop(b);
     // 2.75 MiB is the class below 3 MiB: the cached 3 MiB block serves it.
     let c = alloc.alloc((11 << 20) / 4, s).unwrap();
-    assert_eq!((c.ptr(), c.capacity()), (ptr, 3 << 20));
+    assert_eq!((addr_of(&c), c.capacity()), (ptr, 3 << 20));
     drop(c);
     // 20 MiB is past the largest cached block (16 MiB by default): shared pool, no thread-cache hit.
     drop(alloc.alloc(20 << 20, s).unwrap());
@@ -354,7 +360,7 @@ fn large_blocks_stay_within_the_thread_cache_budget() {
     let device = CpuDevice::new();
     let pool = StreamPool::new(device.clone(), StreamPoolConfig::default()).unwrap();
     let alloc = CachingAllocator::new(
-        device.clone(),
+        &pool,
         AllocatorConfig {
             thread_cache_bytes: 16 << 20, // large: 12 MiB budget, blocks up to 4 MiB
             ..Default::default()
@@ -385,14 +391,11 @@ fn large_blocks_stay_within_the_thread_cache_budget() {
 #[test]
 fn large_blocks_in_a_thread_cache_are_returned_at_thread_exit() {
     let device = CpuDevice::new();
-    let pool = StreamPool::new(device.clone(), StreamPoolConfig::default()).unwrap();
-    let alloc = Arc::new(CachingAllocator::new(
-        device.clone(),
-        AllocatorConfig::default(),
-    ));
-    let s = pool.stream(1).unwrap();
-    let a2 = alloc.clone();
+    let pool = Arc::new(StreamPool::new(device.clone(), StreamPoolConfig::default()).unwrap());
+    let alloc = Arc::new(CachingAllocator::new(&pool, AllocatorConfig::default()));
+    let (a2, p2) = (alloc.clone(), pool.clone());
     std::thread::spawn(move || {
+        let s = p2.stream(1).unwrap();
         let bufs: Vec<_> = [1_572_864, 3 << 20, 6 << 20, 4096]
             .iter()
             .map(|&n| a2.alloc(n, s).unwrap())
@@ -411,7 +414,7 @@ fn large_blocks_in_a_thread_cache_are_returned_at_thread_exit() {
     assert_eq!(stats.allocated_bytes, 0, "{stats}");
     assert_eq!(stats.thread_cached_bytes, 0, "flushed at exit: {stats}");
     // The flushed blocks are in the shared pools: another stream reuses the 6 MiB one once s is done.
-    s.synchronize().unwrap();
+    pool.stream(1).unwrap().synchronize().unwrap();
     let b = alloc.alloc(6 << 20, pool.stream(2).unwrap()).unwrap();
     assert_eq!(alloc.stats().large.misses, 3, "reused: {}", alloc.stats());
     drop(b);
@@ -428,12 +431,13 @@ fn large_blocks_in_a_thread_cache_are_returned_at_thread_exit() {
 #[test]
 fn out_of_memory_retry_reclaims_large_blocks_from_another_threads_cache() {
     let (pool, alloc) = setup(MemoryLimit::Bytes(24 << 20));
-    let alloc = Arc::new(alloc);
-    let (s1, s2) = (pool.stream(1).unwrap(), pool.stream(2).unwrap());
+    let (pool, alloc) = (Arc::new(pool), Arc::new(alloc));
+    let s2 = pool.stream(2).unwrap();
     let (cached_tx, cached) = crossbeam_channel::bounded::<()>(0);
     let (exit, exit_rx) = crossbeam_channel::bounded::<()>(0);
-    let a2 = alloc.clone();
+    let (a2, p2) = (alloc.clone(), pool.clone());
     let holder = std::thread::spawn(move || {
+        let s1 = p2.stream(1).unwrap();
         let bufs: Vec<_> = [8 << 20, 6 << 20, 512 << 10]
             .iter()
             .map(|&n| a2.alloc(n, s1).unwrap())
@@ -471,12 +475,12 @@ fn out_of_memory_retry_reclaims_large_blocks_from_another_threads_cache() {
 #[test]
 fn empty_cache_frees_large_blocks_cached_by_other_threads() {
     let (pool, alloc) = setup(MemoryLimit::None);
-    let alloc = Arc::new(alloc);
-    let s = pool.stream(1).unwrap();
+    let (pool, alloc) = (Arc::new(pool), Arc::new(alloc));
     let (cached_tx, cached) = crossbeam_channel::bounded::<()>(0);
     let (exit, exit_rx) = crossbeam_channel::bounded::<()>(0);
-    let a2 = alloc.clone();
+    let (a2, p2) = (alloc.clone(), pool.clone());
     let holder = std::thread::spawn(move || {
+        let s = p2.stream(1).unwrap();
         drop(a2.alloc(10 << 20, s).unwrap());
         drop(a2.alloc(4096, s).unwrap());
         cached_tx.send(()).unwrap();

@@ -43,7 +43,7 @@ fn reclaiming_large_blocks_from_busy_threads_never_corrupts_or_leaks() {
     );
     // 8 threads x 48 MiB of large budget would be 384 MiB: the limit forces reclaims.
     let alloc = Arc::new(CachingAllocator::new(
-        device.clone(),
+        &pool,
         AllocatorConfig {
             memory_limit: MemoryLimit::Bytes(200 << 20),
             ..Default::default()
@@ -96,16 +96,16 @@ fn reclaiming_large_blocks_from_busy_threads_never_corrupts_or_leaks() {
                     };
                     allocated.fetch_add(1, Ordering::Relaxed);
                     let pattern = (t * 37 + round) as u8 | 1;
-                    fill_bytes(own, buf.ptr(), len, pattern);
+                    fill_bytes(own, buf.view(), pattern);
                     on_stream(own, std::thread::yield_now);
-                    check_bytes(own, buf.ptr(), len, pattern, bad.clone());
+                    check_bytes(own, buf.view(), pattern, bad.clone());
                     if r % 8 == 1 {
                         let mut event = alloc.event_pool().event().unwrap();
                         event.record(&own).unwrap();
                         neighbour.wait(&event).unwrap();
-                        check_bytes(neighbour, buf.ptr(), len, pattern, bad.clone());
+                        check_bytes(neighbour, buf.view(), pattern, bad.clone());
                         neighbour.commit().unwrap();
-                        buf.record_stream(neighbour);
+                        buf.record_stream(neighbour).unwrap();
                     }
                     own.encoded().unwrap();
                     drop(buf);

@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 
 use braid_runtime::cpu::CpuDevice;
 use braid_runtime::{
-    CommitPolicy, EventPool, ExhaustionPolicy, RuntimeError, StreamPool, StreamPoolConfig,
+    AllocatorConfig, CachingAllocator, CommitPolicy, EventPool, ExhaustionPolicy, RuntimeError,
+    StreamPool, StreamPoolConfig,
 };
 use common::on_stream;
 
@@ -159,10 +160,10 @@ fn set_current_stream_is_restored_by_its_guard() {
             let own = pool.current_stream().unwrap();
             let other = pool.stream(4).unwrap();
             {
-                let _g = pool.set_current_stream(other);
+                let _g = pool.set_current_stream(other).unwrap();
                 assert_eq!(pool.current_stream().unwrap(), other);
                 {
-                    let _g2 = pool.set_current_stream(pool.default_stream());
+                    let _g2 = pool.set_current_stream(pool.default_stream()).unwrap();
                     assert_eq!(pool.current_stream().unwrap().index(), 0);
                 }
                 assert_eq!(pool.current_stream().unwrap(), other);
@@ -180,7 +181,7 @@ fn two_pools_on_one_thread_keep_separate_current_streams() {
     );
     std::thread::scope(|s| {
         s.spawn(|| {
-            let _g = p1.set_current_stream(p1.stream(2).unwrap());
+            let _g = p1.set_current_stream(p1.stream(2).unwrap()).unwrap();
             let b = p2.current_stream().unwrap();
             assert_eq!(p1.current_stream().unwrap().index(), 2);
             assert_eq!(p2.current_stream().unwrap(), b);
@@ -202,9 +203,9 @@ fn interleaved_guards_of_two_pools_restore_each_pools_stream() {
     std::thread::scope(|s| {
         s.spawn(|| {
             let leased1 = p1.current_stream().unwrap();
-            let g1 = p1.set_current_stream(p1.stream(3).unwrap());
-            let g2 = p2.set_current_stream(p2.stream(2).unwrap());
-            let g1b = p1.set_current_stream(p1.default_stream());
+            let g1 = p1.set_current_stream(p1.stream(3).unwrap()).unwrap();
+            let g2 = p2.set_current_stream(p2.stream(2).unwrap()).unwrap();
+            let g1b = p1.set_current_stream(p1.default_stream()).unwrap();
             assert_eq!(p1.current_stream().unwrap().index(), 0);
             assert_eq!(p2.current_stream().unwrap().index(), 2);
             drop(g1b);
@@ -242,17 +243,40 @@ fn stream_index_out_of_range_is_an_error() {
 
 #[test]
 fn stream_of_a_dropped_pool_reports_dropped() {
+    // A stream handle cannot outlive its pool (it borrows it), but a buffer's stream can be reached
+    // through the allocator, which keeps the pool's state.
     let pool = pool(2, ExhaustionPolicy::Error);
-    let stream = pool.stream(1).unwrap();
-    stream.synchronize().unwrap();
-    let lease = pool.lease().unwrap();
+    let alloc = CachingAllocator::new(&pool, AllocatorConfig::default());
+    let buffer = alloc.alloc(1024, pool.stream(1).unwrap()).unwrap();
+    buffer.stream().synchronize().unwrap();
     drop(pool);
-    let err = stream.synchronize().unwrap_err();
+    let err = buffer.stream().synchronize().unwrap_err();
     assert!(matches!(err, RuntimeError::Dropped { .. }), "{err}");
     assert!(err
         .to_string()
         .contains("after its stream pool was dropped"));
-    drop(lease); // returning a lease to a dropped pool is harmless
+    drop(alloc);
+    drop(buffer); // freed directly, after its allocator and pool
+}
+
+#[test]
+fn a_thread_lease_outliving_its_pool_is_harmless() {
+    let pool = Arc::new(pool(2, ExhaustionPolicy::Error));
+    let (leased_tx, leased) = crossbeam_channel::bounded::<()>(0);
+    let (exit, exit_rx) = crossbeam_channel::bounded::<()>(0);
+    let p2 = pool.clone();
+    let holder = std::thread::spawn(move || {
+        assert_eq!(p2.current_stream().unwrap().index(), 1);
+        drop(p2);
+        leased_tx.send(()).unwrap();
+        exit_rx.recv().unwrap();
+        // Thread exit returns the lease to a pool that is gone.
+    });
+    leased.recv().unwrap();
+    assert_eq!(pool.leased_slots(), 1);
+    drop(pool);
+    exit.send(()).unwrap();
+    holder.join().unwrap();
 }
 
 #[test]

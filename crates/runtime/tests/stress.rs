@@ -34,7 +34,7 @@ fn cross_stream_reuse_never_corrupts_a_byte() {
     );
     // A small thread cache so blocks keep moving through the shared pools between streams.
     let alloc = Arc::new(CachingAllocator::new(
-        device,
+        &pool,
         AllocatorConfig {
             thread_cache_bytes: 256 << 10,
             ..Default::default()
@@ -61,9 +61,9 @@ fn cross_stream_reuse_never_corrupts_a_byte() {
                     };
                     let pattern = (t * 31 + round) as u8 | 1;
                     let mut buf = alloc.alloc(len, own).unwrap();
-                    fill_bytes(own, buf.ptr(), len, pattern);
+                    fill_bytes(own, buf.view(), pattern);
                     on_stream(own, std::thread::yield_now);
-                    check_bytes(own, buf.ptr(), len, pattern, bad.clone());
+                    check_bytes(own, buf.view(), pattern, bad.clone());
                     checked.fetch_add(len, Ordering::Relaxed);
                     if r % 4 == 0 {
                         // Hand the buffer to the neighbour's stream, after our writes.
@@ -73,10 +73,10 @@ fn cross_stream_reuse_never_corrupts_a_byte() {
                         on_stream(neighbour, || {
                             std::thread::sleep(std::time::Duration::from_micros(200))
                         });
-                        check_bytes(neighbour, buf.ptr(), len, pattern, bad.clone());
+                        check_bytes(neighbour, buf.view(), pattern, bad.clone());
                         neighbour.commit().unwrap();
                         checked.fetch_add(len, Ordering::Relaxed);
-                        buf.record_stream(neighbour);
+                        buf.record_stream(neighbour).unwrap();
                     }
                     own.encoded().unwrap();
                     drop(buf);
@@ -115,7 +115,7 @@ fn thread_churn_leaks_no_slot_and_no_block() {
         ..Default::default()
     };
     let pool = Arc::new(StreamPool::new(device.clone(), config).unwrap());
-    let alloc = Arc::new(CachingAllocator::new(device, AllocatorConfig::default()));
+    let alloc = Arc::new(CachingAllocator::new(&pool, AllocatorConfig::default()));
     let max_index = Arc::new(AtomicUsize::new(0));
     let mut alive = std::collections::VecDeque::with_capacity(ALIVE);
     for t in 0..THREADS {
@@ -131,7 +131,7 @@ fn thread_churn_leaks_no_slot_and_no_block() {
             max_index.fetch_max(stream.index(), Ordering::Relaxed);
             let buf = alloc.alloc(256 + (t % 64) * 512, stream).unwrap();
             if t % 16 == 0 {
-                fill_bytes(stream, buf.ptr(), buf.len(), 7);
+                fill_bytes(stream, buf.view(), 7);
                 stream.commit().unwrap();
             }
             drop(buf);

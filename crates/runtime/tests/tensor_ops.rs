@@ -2,7 +2,7 @@
 
 mod common;
 
-use braid_runtime::ops::{GemmSpec, MatStrides};
+use braid_runtime::ops::{Gelu, GemmSpec, MatStrides};
 use braid_runtime::{DType, RuntimeConfig, RuntimeError};
 use common::cpu_runtime;
 
@@ -73,7 +73,7 @@ fn linear_layer_norm_gelu_pool_normalize_match_host_reference() {
 
     // Bias + GELU in place.
     let mut g = rt.from_f32(&[-1.0, 0.0, 1.0, 2.0], &[1, 4]).unwrap();
-    rt.bias_gelu(&mut g, &zeros, false).unwrap();
+    rt.bias_gelu(&mut g, &zeros, Gelu::Erf).unwrap();
     close(
         &rt.to_vec_f32(&g).unwrap(),
         &[-0.158_655_25, 0.0, 0.841_344_7, 1.954_499_7],
@@ -127,25 +127,27 @@ fn gather_softmax_and_strided_batched_gemm() {
             row_stride: row,
             col_stride: 1,
             batch_stride: [0, hd as isize],
-            offset: 0,
         },
         b: MatStrides {
             row_stride: 1,
             col_stride: row,
             batch_stride: [0, hd as isize],
-            offset: 0,
         }
         .with_batch(0, hd as isize),
         c: MatStrides::row_major(seq).with_batch(0, (seq * seq) as isize),
         alpha: 1.0,
         beta: 0.0,
     };
-    // K starts heads*hd elements into each row: a view of the same tensor at an offset.
-    let spec_k = GemmSpec {
-        b: spec.b.at(heads * hd),
-        ..spec
-    };
-    let s = rt.gemm(&spec_k, &t, &t, None, &[heads, seq, seq]).unwrap();
+    // K starts heads*hd elements into each row: an operand of the same tensor at an offset.
+    let s = rt
+        .gemm(
+            &spec,
+            &t,
+            t.starting_at(heads * hd),
+            None,
+            &[heads, seq, seq],
+        )
+        .unwrap();
     let got = rt.to_vec_f32(&s).unwrap();
     for h in 0..heads {
         for i in 0..seq {
@@ -161,12 +163,14 @@ fn gather_softmax_and_strided_batched_gemm() {
         }
     }
     // An operand whose offset and strides run past its end is refused, not read out of bounds.
-    let past_end = GemmSpec {
-        b: spec.b.at(heads * hd + 1),
-        ..spec
-    };
     let err = rt
-        .gemm(&past_end, &t, &t, None, &[heads, seq, seq])
+        .gemm(
+            &spec,
+            &t,
+            t.starting_at(heads * hd + 1),
+            None,
+            &[heads, seq, seq],
+        )
         .unwrap_err();
     assert!(
         matches!(err, RuntimeError::Shape { op: "gemm", .. }),
@@ -322,7 +326,7 @@ fn half_tensors_round_trip_and_mixed_dtypes_are_refused() {
     // The CPU backend computes in f32 only, and says so; mixing dtypes is refused by the tensor layer.
     let x16 = rt.from_f32_as(&values, &[1, 5], DType::F16).unwrap();
     let bias16 = rt.from_f32_as(&values, &[5], DType::F16).unwrap();
-    let err = rt.bias_gelu(&mut { x16 }, &bias16, false).unwrap_err();
+    let err = rt.bias_gelu(&mut { x16 }, &bias16, Gelu::Erf).unwrap_err();
     assert!(
         matches!(
             err,
@@ -336,7 +340,7 @@ fn half_tensors_round_trip_and_mixed_dtypes_are_refused() {
     );
     let x32 = rt.from_f32(&values, &[1, 5]).unwrap();
     let err = rt
-        .bias_gelu(&mut { x32 }, &bias16, false)
+        .bias_gelu(&mut { x32 }, &bias16, Gelu::Erf)
         .unwrap_err()
         .to_string();
     assert!(err.contains("operands are f32 and f16"), "{err}");

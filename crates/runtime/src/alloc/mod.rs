@@ -383,13 +383,14 @@ impl<D: Device> AllocatorState<D> {
 
     /// Frees a block's raw memory once its work is done.
     fn free_raw_block(&self, block: Block<D>) {
-        if let Err(e) = block
-            .wait_idle()
-            .and_then(|()| match self.stream(block.stream).synchronize() {
-                // A stream whose pool is gone was drained at shutdown.
-                Err(RuntimeError::Dropped { .. }) => Ok(()),
-                other => other,
-            })
+        if let Err(e) =
+            block
+                .wait_idle()
+                .and_then(|()| match self.stream(block.stream).synchronize() {
+                    // A stream whose pool is gone was drained at shutdown.
+                    Err(RuntimeError::Dropped { .. }) => Ok(()),
+                    other => other,
+                })
         {
             tracing::warn!(error = %e, "stream failed before a block was freed; freeing it anyway");
         }

@@ -39,10 +39,10 @@ use crossbeam_utils::CachePadded;
 use parking_lot::Mutex;
 
 use super::block::Block;
+use super::buffer::ThreadAnchor;
 use super::free_lists::LARGE_REUSE_CLASSES;
 use super::size_class::{SizeClass, CLASSES, SMALL_CLASSES};
 use super::stats::{SharedThreadStats, ThreadStats, Writer};
-use super::buffer::ThreadAnchor;
 use super::AllocatorState;
 use crate::device::Device;
 

@@ -838,7 +838,6 @@ mod tests {
                     row_stride: cols as isize + 5,
                     col_stride: 1,
                     batch_stride: [0, 0],
-                    offset: 0,
                 };
                 (s, rows * (cols + 5))
             }
@@ -905,7 +904,6 @@ mod tests {
             row_stride: k as isize + 3,
             col_stride: 1,
             batch_stride: [0, 0],
-            offset: 0,
         };
         let a_block = m * (k + 3);
         let a_s = a_s.with_batch((inner * a_block) as isize, a_block as isize);
@@ -916,7 +914,6 @@ mod tests {
             row_stride: (inner * n) as isize,
             col_stride: 1,
             batch_stride: [0, 0],
-            offset: 0,
         }
         .with_batch((m * inner * n) as isize, n as isize);
         let a = rng.vec(outer * inner * a_block);
@@ -952,7 +949,6 @@ mod tests {
             row_stride: rs,
             col_stride: 1,
             batch_stride: [0, 0],
-            offset: 0,
         }
         .with_batch(seq as isize * rs, hd as isize);
         // K^T as a [hd x seq] view of the K columns.
@@ -960,7 +956,6 @@ mod tests {
             row_stride: 1,
             col_stride: rs,
             batch_stride: [0, 0],
-            offset: 0,
         }
         .with_batch(seq as isize * rs, hd as isize);
         let scores_s = MatStrides::row_major(seq)
@@ -983,7 +978,6 @@ mod tests {
             row_stride: rs,
             col_stride: 1,
             batch_stride: [0, 0],
-            offset: 0,
         }
         .with_batch(seq as isize * rs, hd as isize);
         let ctx_s = MatStrides::row_major(hidden).with_batch((seq * hidden) as isize, hd as isize);
@@ -1191,7 +1185,6 @@ mod tests {
                 row_stride: 5,
                 col_stride: 1,
                 batch_stride: [0, 0],
-                offset: 0,
             }
         );
         let t = MatStrides::transposed(5);
@@ -1201,7 +1194,6 @@ mod tests {
                 row_stride: 1,
                 col_stride: 5,
                 batch_stride: [0, 0],
-                offset: 0,
             }
         );
         assert_eq!(t.with_batch(10, 3).batch_stride, [10, 3]);

@@ -256,9 +256,7 @@ impl Device for CpuDevice {
         stream.kernel(move || {
             // SAFETY: `dst` addresses at least `staged.len()` live bytes (caller's contract) that no
             // other pending work writes (stream order).
-            unsafe {
-                std::ptr::copy_nonoverlapping(staged.as_ptr(), dst as *mut u8, staged.len())
-            };
+            unsafe { std::ptr::copy_nonoverlapping(staged.as_ptr(), dst as *mut u8, staged.len()) };
         })
     }
 
@@ -359,7 +357,8 @@ impl Ops for CpuDevice {
     fn masked_softmax(&self, stream: &CpuStream, op: &MaskedSoftmax<'_, Self>) -> Result<()> {
         f32_only("masked_softmax", op.dtype)?;
         let (scores, mask) = (addr(op.scores), addr(op.mask));
-        let (batch, heads, q_len, k_len, scale) = (op.batch, op.heads, op.q_len, op.k_len, op.scale);
+        let (batch, heads, q_len, k_len, scale) =
+            (op.batch, op.heads, op.q_len, op.k_len, op.scale);
         self.launch(stream, move || {
             // SAFETY: see `f32s`; sizes from the shapes.
             let (scores, mask) = unsafe {

@@ -57,16 +57,15 @@ pub(super) fn current_index_slow<D: Device>(pool: &Arc<StreamPoolState<D>>) -> R
         if let Some(index) = entry.current {
             return Ok(index);
         }
-        let index = if pool.main_thread_uses_default()
-            && std::thread::current().name() == Some("main")
-        {
-            0
-        } else {
-            let lease = pool.lease_slot()?;
-            let index = lease.index();
-            entry.lease = Some(lease);
-            index
-        };
+        let index =
+            if pool.main_thread_uses_default() && std::thread::current().name() == Some("main") {
+                0
+            } else {
+                let lease = pool.lease_slot()?;
+                let index = lease.index();
+                entry.lease = Some(lease);
+                index
+            };
         entry.current = Some(index);
         Ok(index)
     })?;
@@ -175,9 +174,8 @@ fn with_entry<D: Device, R>(
         let position = match entries.iter().position(|e| e.pool_id == pool.id) {
             Some(p) => p,
             None => {
-                let (live, gone): (Vec<_>, Vec<_>) = entries
-                    .drain(..)
-                    .partition(|e| e.pool.strong_count() > 0);
+                let (live, gone): (Vec<_>, Vec<_>) =
+                    entries.drain(..).partition(|e| e.pool.strong_count() > 0);
                 *entries = live;
                 dead = gone;
                 entries.push(ThreadEntry {

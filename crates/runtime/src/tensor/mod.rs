@@ -17,6 +17,8 @@ use crate::stream::Stream;
 
 mod ops;
 
+pub use self::ops::GemmOperand;
+
 /// A dense tensor on a device.
 pub struct Tensor<D: Device> {
     buffer: Buffer<D>,

@@ -2,6 +2,7 @@
 //! its output on the current stream and encodes one op descriptor there.
 
 use super::{expect_f32_mask, float_dtype, rows_cols, shape_error, Tensor};
+use crate::device::Device;
 use crate::device::{DType, View};
 use crate::error::Result;
 use crate::ops::{
@@ -10,29 +11,75 @@ use crate::ops::{
 };
 use crate::runtime::Runtime;
 
+/// An operand of [`Runtime::gemm`]: a tensor read from element `offset` on, so an operand can sit
+/// inside a fused tensor (K inside `[Q | K | V]`). A `&Tensor` is the operand from its first element.
+pub struct GemmOperand<'t, D: Device> {
+    tensor: &'t Tensor<D>,
+    offset: usize,
+}
+
+impl<D: Device> Clone for GemmOperand<'_, D> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<D: Device> Copy for GemmOperand<'_, D> {}
+
+impl<'t, D: Device> From<&'t Tensor<D>> for GemmOperand<'t, D> {
+    fn from(tensor: &'t Tensor<D>) -> Self {
+        Self { tensor, offset: 0 }
+    }
+}
+
+impl<D: Device> Tensor<D> {
+    /// This tensor as a [`Runtime::gemm`] operand whose layout starts `offset` elements in.
+    pub fn starting_at(&self, offset: usize) -> GemmOperand<'_, D> {
+        GemmOperand {
+            tensor: self,
+            offset,
+        }
+    }
+}
+
+impl<'t, D: Device> GemmOperand<'t, D> {
+    /// Elements from the operand's start to the tensor's end.
+    fn available(&self) -> usize {
+        self.tensor.numel().saturating_sub(self.offset)
+    }
+
+    fn view(&self) -> View<'t, D> {
+        self.tensor
+            .view()
+            .skip(self.offset * self.tensor.dtype.size())
+    }
+}
+
 impl<D: Ops> Runtime<D> {
     /// The (batched) product described by `spec` into a new tensor of `out_shape`, plus `bias[n]` per
-    /// row. The strides must stay inside each operand (checked).
-    pub fn gemm(
+    /// row. The strides must stay inside each operand, from its offset on (checked).
+    pub fn gemm<'t>(
         &self,
         spec: &GemmSpec,
-        a: &Tensor<D>,
-        b: &Tensor<D>,
+        a: impl Into<GemmOperand<'t, D>>,
+        b: impl Into<GemmOperand<'t, D>>,
         bias: Option<&Tensor<D>>,
         out_shape: &[usize],
     ) -> Result<Tensor<D>> {
-        let dtype = float_dtype("gemm", [a, b].into_iter().chain(bias))?;
+        let (a, b) = (a.into(), b.into());
+        let dtype = float_dtype("gemm", [a.tensor, b.tensor].into_iter().chain(bias))?;
         let (a_len, b_len, c_len) = spec.extents();
         let out_len: usize = out_shape.iter().product();
         for (name, need, have) in [
-            ("A", a_len, a.numel()),
-            ("B", b_len, b.numel()),
+            ("A", a_len, a.available()),
+            ("B", b_len, b.available()),
             ("C", c_len, out_len),
         ] {
             if need > have {
                 return Err(shape_error(
                     "gemm",
-                    format!("operand {name} spans {need} elements but has {have} ({spec:?})"),
+                    format!(
+                        "operand {name} spans {need} elements but has {have} from its offset ({spec:?})"
+                    ),
                 ));
             }
         }

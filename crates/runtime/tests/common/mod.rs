@@ -2,7 +2,7 @@
 #![allow(dead_code)]
 
 use braid_runtime::cpu::CpuDevice;
-use braid_runtime::{DevicePtr, Runtime, RuntimeConfig, Stream};
+use braid_runtime::{Buffer, Runtime, RuntimeConfig, Stream, View};
 
 /// A CPU runtime with the given config.
 pub fn cpu_runtime(config: RuntimeConfig) -> Runtime<CpuDevice> {
@@ -10,32 +10,43 @@ pub fn cpu_runtime(config: RuntimeConfig) -> Runtime<CpuDevice> {
 }
 
 /// Encodes a host function on `stream` (in stream order).
-pub fn on_stream(stream: Stream<CpuDevice>, f: impl FnOnce() + Send + 'static) {
+pub fn on_stream(stream: Stream<'_, CpuDevice>, f: impl FnOnce() + Send + 'static) {
     stream
         .device()
         .launch(stream.raw().expect("stream"), f)
         .expect("launch");
 }
 
-/// Writes `byte` over `len` bytes at `ptr`, in stream order.
-pub fn fill_bytes(stream: Stream<CpuDevice>, ptr: DevicePtr, len: usize, byte: u8) {
+/// The host address a CPU view starts at (for host functions that inspect device memory).
+pub fn host_addr(view: View<'_, CpuDevice>) -> usize {
+    view.buffer.as_ptr() as usize + view.offset
+}
+
+/// The host address of a CPU buffer's block: its identity, for tests of reuse.
+pub fn addr_of(buffer: &Buffer<CpuDevice>) -> usize {
+    buffer.raw().as_ptr() as usize
+}
+
+/// Writes `byte` over the bytes of `view`, in stream order.
+pub fn fill_bytes(stream: Stream<'_, CpuDevice>, view: View<'_, CpuDevice>, byte: u8) {
+    let (addr, len) = (host_addr(view), view.len);
     on_stream(stream, move || {
-        // SAFETY: ptr addresses len live bytes of a buffer that outlives this work by stream order.
-        unsafe { std::ptr::write_bytes(ptr.0 as *mut u8, byte, len) }
+        // SAFETY: addr addresses len live bytes of a buffer that outlives this work by stream order.
+        unsafe { std::ptr::write_bytes(addr as *mut u8, byte, len) }
     });
 }
 
-/// Counts bytes at `ptr` that differ from `byte`, in stream order, adding them to `bad`.
+/// Counts bytes of `view` that differ from `byte`, in stream order, adding them to `bad`.
 pub fn check_bytes(
-    stream: Stream<CpuDevice>,
-    ptr: DevicePtr,
-    len: usize,
+    stream: Stream<'_, CpuDevice>,
+    view: View<'_, CpuDevice>,
     byte: u8,
     bad: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 ) {
+    let (addr, len) = (host_addr(view), view.len);
     on_stream(stream, move || {
         // SAFETY: as in `fill_bytes`.
-        let bytes = unsafe { std::slice::from_raw_parts(ptr.0 as *const u8, len) };
+        let bytes = unsafe { std::slice::from_raw_parts(addr as *const u8, len) };
         let wrong = bytes.iter().filter(|&&b| b != byte).count();
         bad.fetch_add(wrong, std::sync::atomic::Ordering::Relaxed);
     });
