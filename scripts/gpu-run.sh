@@ -2,10 +2,12 @@
 # The CUDA test suite and benchmark on a GPU machine from prebuilt release binaries (the GPU machine has no
 # Rust toolchain and no network). Two halves:
 #
-#   bash scripts/gpu-run.sh pack DIR     # here (with cargo): build, strip, copy binaries + model + fixture into DIR
+#   bash scripts/gpu-run.sh pack DIR     # here (with cargo): build, strip, copy binaries + model + fixture
+#                                        # (crates/model/tests/fixtures) + anchors (scripts/anchors) into DIR
 #   bash DIR/gpu-run.sh run              # there: CUDA tests (GPU required), braid bench on CUDA, PyTorch anchor
 #
-# `run` writes JSON figures under $OUT (or DIR). Set ANCHOR=0 to skip the PyTorch anchor.
+# `run` writes JSON figures under $OUT (or DIR). Set ANCHOR=0 to skip the PyTorch anchor. The other
+# anchors are in DIR/anchors (scripts/anchors/README.md says how to run them).
 set -euo pipefail
 mode="${1:-}"
 case "$mode" in
@@ -23,7 +25,9 @@ pack)
     cp "$target/release/braid" "$dir/braid" && strip "$dir/braid"
     cp "$target/release/examples/alloc_throughput" "$dir/alloc_throughput" && strip "$dir/alloc_throughput"
     cp -r models/all-MiniLM-L6-v2/. "$dir/model/"
-    cp ../shared/fixtures/minilm-golden.json ../shared/anchors/torch_parallel_infer.py "$dir/"
+    cp crates/model/tests/fixtures/minilm-golden.json "$dir/"
+    mkdir -p "$dir/anchors"
+    cp scripts/anchors/*.py scripts/anchors/README.md "$dir/anchors/"
     cp "$0" "$dir/gpu-run.sh"
     du -sh "$dir"
     ;;
@@ -50,7 +54,7 @@ run)
     ./braid bench --device cuda --seconds 2 --json "$out/braid_cuda_sentences.json"
     if [ "${ANCHOR:-1}" != 0 ]; then
         echo "== PyTorch anchor (same machine, right after)"
-        OUT="$out" DUR=2 python3 torch_parallel_infer.py
+        OUT="$out" DUR=1 python3 anchors/torch_parallel_infer.py
     fi
     ;;
 *)

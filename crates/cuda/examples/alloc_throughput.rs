@@ -1,5 +1,5 @@
 //! The caching allocator and the stream pool on CUDA, driven exactly as the PyTorch anchor
-//! (`../shared/anchors/torch_runtime_bench.py`) drives PyTorch's: each of N threads on its own pool
+//! (`scripts/anchors/torch_runtime_bench.py`) drives PyTorch's: each of N threads on its own pool
 //! stream loops { alloc 8 blocks of 512 B – 6 MiB; free them } (alloc and free each count as one op),
 //! and { get a pool stream; set it current; get the current stream } for the stream figure.
 //!

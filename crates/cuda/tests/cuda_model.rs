@@ -35,7 +35,7 @@ fn golden() -> Vec<Case> {
     let path = std::env::var("BRAID_GOLDEN").unwrap_or_else(|_| {
         concat!(
             env!("CARGO_MANIFEST_DIR"),
-            "/../../../shared/fixtures/minilm-golden.json"
+            "/../model/tests/fixtures/minilm-golden.json"
         )
         .into()
     });

@@ -13,10 +13,10 @@ use braid_model::{default_model_dir, ModelDir};
 use safetensors::{Dtype, View};
 use serde::Deserialize;
 
-/// The golden fixture, beside the repository clone.
+/// The golden fixture, in the repository (`tests/fixtures/README.md` says how it was made).
 pub const GOLDEN: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
-    "/../../../shared/fixtures/minilm-golden.json"
+    "/tests/fixtures/minilm-golden.json"
 );
 
 /// One fixture case: the text, its token ids and its float64 reference embedding.
@@ -37,7 +37,7 @@ pub fn golden_cases() -> Vec<Case> {
     let text = std::fs::read_to_string(GOLDEN).unwrap_or_else(|e| {
         panic!(
             "golden fixture {GOLDEN} is missing or unreadable ({e}); \
-             it ships in shared/fixtures beside the repository clone"
+             it ships in crates/model/tests/fixtures"
         )
     });
     let golden: Golden = serde_json::from_str(&text)
