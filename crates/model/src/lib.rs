@@ -33,6 +33,7 @@ mod batch;
 mod config;
 mod encoder;
 mod error;
+pub mod load;
 mod model_dir;
 mod pooling;
 mod tokenizer;
