@@ -7,7 +7,7 @@
 //! Errors belong to the layer that knows them: a backend reports that the device refused an allocation
 //! ([`RuntimeError::DeviceOutOfMemory`], with the bytes asked for); only the caching allocator, which
 //! knows its limit and statistics, reports [`RuntimeError::OutOfMemory`]. This module depends on nothing in the
-//! runtime but [`crate::DType`].
+//! runtime but [`crate::device::DType`].
 
 /// A runtime error. Backends convert their native errors into [`RuntimeError::Device`] at their edge.
 #[derive(Debug, thiserror::Error)]
@@ -88,7 +88,7 @@ pub enum RuntimeError {
         /// The operation.
         op: &'static str,
         /// The dtype asked for.
-        dtype: crate::DType,
+        dtype: crate::device::DType,
         /// The backend's name.
         backend: &'static str,
     },

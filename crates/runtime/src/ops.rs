@@ -4,7 +4,7 @@
 //!
 //! Ops are encoded on a native stream and run in stream order; none blocks the host. Operands are
 //! [`View`]s (a backend buffer, a byte offset, a length) and element counts: the tensor layer
-//! ([`crate::Runtime`]) has already checked shapes, dtypes and that every view covers what the op
+//! ([`crate::runtime::Runtime`]) has already checked shapes, dtypes and that every view covers what the op
 //! reads or writes, so a backend may trust them (wgpu-hal's rule: validation is the caller's job). Every float operand of one op has the op's `dtype` (f32, f16 or bf16; masks are always f32,
 //! ids u32); a backend that lacks a dtype for an op returns [`RuntimeError::Unsupported`] — the CPU
 //! backend computes in f32 only, the CUDA backend in all three (accumulating in f32).

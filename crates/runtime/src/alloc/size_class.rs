@@ -8,7 +8,7 @@
 //! classes and the large ones up to the thread cache's limit also have a thread-cache list (see
 //! [`super::thread_cache`]). Class indices run small first, then large, in order of size, so "the
 //! next class up" is `index + 1` across the boundary too. Every rounded size is a multiple of
-//! [`crate::ALIGNMENT`].
+//! [`crate::device::ALIGNMENT`].
 
 /// The largest request served by the small pools and thread caches.
 pub const SMALL_LIMIT: usize = 1 << 20;

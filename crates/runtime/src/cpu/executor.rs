@@ -30,7 +30,7 @@ use std::thread::JoinHandle;
 use crossbeam_channel::{Receiver, Sender};
 use parking_lot::{Condvar, Mutex};
 
-use crate::{Result, RuntimeError};
+use crate::error::{Result, RuntimeError};
 
 /// One unit of encoded work.
 pub(crate) enum Command {
