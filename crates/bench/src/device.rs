@@ -14,7 +14,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use braid_runtime::cpu::CpuDevice;
-use braid_runtime::{Device, DevicePtr, Result};
+use braid_runtime::device::{Device, View};
+use braid_runtime::Result;
 use crossbeam_utils::CachePadded;
 
 /// The device the benchmarks run on.
@@ -81,9 +82,20 @@ impl<D: Device> CountedDevice<D> {
     }
 }
 
+/// The same byte range, named with the wrapped device's type (the buffers are the same).
+fn inner<D: Device>(view: View<'_, CountedDevice<D>>) -> View<'_, D> {
+    View {
+        buffer: view.buffer,
+        offset: view.offset,
+        len: view.len,
+    }
+}
+
 impl<D: Device> Device for CountedDevice<D> {
+    type Buffer = D::Buffer;
     type Stream = D::Stream;
     type Event = D::Event;
+    type Download = D::Download;
 
     fn backend(&self) -> &'static str {
         self.inner.backend()
@@ -97,13 +109,13 @@ impl<D: Device> Device for CountedDevice<D> {
         self.inner.memory_capacity()
     }
 
-    fn alloc_raw(&self, bytes: usize) -> Result<DevicePtr> {
+    fn alloc_raw(&self, bytes: usize) -> Result<D::Buffer> {
         self.inner.alloc_raw(bytes)
     }
 
-    unsafe fn free_raw(&self, ptr: DevicePtr, bytes: usize) {
-        // SAFETY: the caller keeps `free_raw`'s contract, and `inner` is the device that allocated `ptr`.
-        unsafe { self.inner.free_raw(ptr, bytes) }
+    unsafe fn free_raw(&self, buffer: D::Buffer) {
+        // SAFETY: the caller keeps `free_raw`'s contract, and `inner` is the device that allocated it.
+        unsafe { self.inner.free_raw(buffer) }
     }
 
     fn create_stream(&self, index: usize) -> Result<Self::Stream> {
@@ -145,21 +157,30 @@ impl<D: Device> Device for CountedDevice<D> {
         self.inner.event_synchronize(event)
     }
 
-    fn copy_from_host(&self, stream: &Self::Stream, src: &[u8], dst: DevicePtr) -> Result<()> {
-        self.inner.copy_from_host(stream, src, dst)
-    }
-
-    fn copy_to_host(&self, stream: &Self::Stream, src: DevicePtr, dst: &mut [u8]) -> Result<()> {
-        self.inner.copy_to_host(stream, src, dst)
+    fn copy_from_host(&self, stream: &Self::Stream, src: &[u8], dst: View<'_, Self>) -> Result<()> {
+        self.inner.copy_from_host(stream, src, inner(dst))
     }
 
     fn copy_device(
         &self,
         stream: &Self::Stream,
-        src: DevicePtr,
-        dst: DevicePtr,
-        bytes: usize,
+        src: View<'_, Self>,
+        dst: View<'_, Self>,
     ) -> Result<()> {
-        self.inner.copy_device(stream, src, dst, bytes)
+        self.inner.copy_device(stream, inner(src), inner(dst))
+    }
+
+    fn download(&self, stream: &Self::Stream, src: View<'_, Self>) -> Result<Self::Download> {
+        self.inner.download(stream, inner(src))
+    }
+
+    fn download_ready(&self, download: &Self::Download) -> Result<bool> {
+        self.inner.download_ready(download)
+    }
+
+    fn finish_download(&self, download: Self::Download, dst: &mut [u8]) -> Result<()> {
+        // A host wait, as `synchronize` is.
+        self.counters.host_syncs.fetch_add(1, Ordering::Relaxed);
+        self.inner.finish_download(download, dst)
     }
 }

@@ -200,26 +200,27 @@ pub trait Embedder: Send + Sync {
     /// Leases a worker stream and makes it the calling thread's current stream until the returned guard
     /// is dropped, as an engine's executor threads do; follows the pool's exhaustion policy when every
     /// slot is leased.
-    fn use_worker_stream(&self) -> Result<WorkerStream>;
+    fn use_worker_stream(&self) -> Result<WorkerStream<'_>>;
 }
 
 /// A leased worker stream, current on the thread that leased it until dropped; the slot is returned
 /// (after its work drains) when it is dropped. Not `Send`: it changes its own thread's current stream.
-pub struct WorkerStream {
+pub struct WorkerStream<'a> {
     // Field order is drop order: restore the previous current stream, then return the slot.
     _current: CurrentStreamGuard,
-    _lease: Box<dyn std::any::Any>,
+    /// The `StreamLease` (its device type erased); it borrows the model's stream pool.
+    _lease: Box<dyn Send + 'a>,
     index: usize,
 }
 
-impl WorkerStream {
+impl WorkerStream<'_> {
     /// The stream's index in its pool (1..=worker slots).
     pub fn index(&self) -> usize {
         self.index
     }
 }
 
-impl fmt::Debug for WorkerStream {
+impl fmt::Debug for WorkerStream<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("WorkerStream")
             .field("index", &self.index)
@@ -276,12 +277,12 @@ impl<D: Ops> Embedder for BertModel<D> {
         self.runtime().streams().leased_slots()
     }
 
-    fn use_worker_stream(&self) -> Result<WorkerStream> {
+    fn use_worker_stream(&self) -> Result<WorkerStream<'_>> {
         let streams = self.runtime().streams();
         let lease = streams.lease()?;
         let stream = lease.stream();
         Ok(WorkerStream {
-            _current: streams.set_current_stream(stream),
+            _current: streams.set_current_stream(stream)?,
             _lease: Box::new(lease),
             index: stream.index(),
         })
