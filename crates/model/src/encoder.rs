@@ -25,7 +25,7 @@
 
 use std::sync::Arc;
 
-use braid_runtime::ops::Ops;
+use braid_runtime::ops::{Gelu, Ops};
 use braid_runtime::{DType, Runtime, RuntimeError, Tensor};
 
 use crate::batch::{pad_batch, PaddedBatch};
@@ -250,8 +250,11 @@ impl<D: Ops> BertModel<D> {
         drop((x, attn_out));
         let x = x_attended;
         let mut hidden = rt.linear(&x, &layer.ffn_in_weight, None)?;
-        let tanh = self.config.hidden_act == Activation::GeluTanh;
-        rt.bias_gelu(&mut hidden, &layer.ffn_in_bias, tanh)?;
+        let gelu = match self.config.hidden_act {
+            Activation::GeluTanh => Gelu::Tanh,
+            _ => Gelu::Erf,
+        };
+        rt.bias_gelu(&mut hidden, &layer.ffn_in_bias, gelu)?;
         let ffn_out = rt.linear(&hidden, &layer.ffn_out_weight, None)?;
         drop(hidden);
         Ok(rt.layer_norm(
