@@ -13,8 +13,10 @@ use std::sync::{Arc, Barrier};
 use std::time::Instant;
 
 use braid_cuda::CudaDevice;
+use braid_runtime::alloc::{AllocatorConfig, CachingAllocator};
 use braid_runtime::cpu::CpuDevice;
-use braid_runtime::{AllocatorConfig, CachingAllocator, Device, StreamPool, StreamPoolConfig};
+use braid_runtime::device::Device;
+use braid_runtime::stream::{StreamPool, StreamPoolConfig};
 
 const SIZES: [usize; 8] = [
     512,
@@ -64,11 +66,8 @@ fn main() -> braid_runtime::Result<()> {
 
 fn run<D: Device>(device: D) -> braid_runtime::Result<()> {
     eprintln!("{}", device.describe());
-    let pool = Arc::new(StreamPool::new(
-        device.clone(),
-        StreamPoolConfig::default(),
-    )?);
-    let alloc = Arc::new(CachingAllocator::new(device, AllocatorConfig::default()));
+    let pool = Arc::new(StreamPool::new(device, StreamPoolConfig::default())?);
+    let alloc = Arc::new(CachingAllocator::new(&pool, AllocatorConfig::default()));
     for threads in [1usize, 2, 4, 8, 16] {
         let iters = if threads > 1 {
             200_000 / threads
@@ -97,7 +96,7 @@ fn run<D: Device>(device: D) -> braid_runtime::Result<()> {
                 let mut acc = 0usize;
                 for i in 0..lookups {
                     let s = p.stream(1 + (t + i) % 31).expect("stream");
-                    let _guard = p.set_current_stream(s);
+                    let _guard = p.set_current_stream(s).expect("a stream of this pool");
                     acc += p.current_stream().expect("current").index();
                 }
                 std::hint::black_box(acc);

@@ -3,7 +3,7 @@
 //! # Promises
 //!
 //! - A handle is created on its stream's first GEMM, bound to that stream with `cublasSetStream`, and
-//!   never re-bound; it is destroyed with the stream.
+//!   never re-bound; it is destroyed at the stream's shutdown, before the stream.
 //! - Every GEMM accumulates in fp32 (`CUBLAS_COMPUTE_32F`; alpha and beta are f32) whatever the storage
 //!   dtype (f32, f16 or bf16; f16/bf16 run on tensor cores). fp32 GEMMs use full fp32 by default
 //!   (bit-reproducible run to run, as the model's 16-thread test requires); `BRAID_CUDA_TF32=1` makes
@@ -22,6 +22,8 @@ use braid_runtime::ops::{GemmSpec, MatStrides};
 use braid_runtime::{DType, Result, RuntimeError};
 use cudarc::cublas::sys as cublas;
 use cudarc::driver::sys;
+
+use crate::live;
 
 /// The environment variable that turns on TF32 math for fp32 GEMMs.
 pub const TF32_ENV: &str = "BRAID_CUDA_TF32";
@@ -68,6 +70,8 @@ impl Blas {
                 )
             })?
             .map_err(|e| RuntimeError::Device(format!("cublasCreate failed: {e:?}")))?;
+        live::BLAS_HANDLES.up();
+        // From here on `Drop` destroys the handle, also if binding it to the stream fails.
         let blas = Self { handle };
         // SAFETY: `handle` was just created; `stream` is live (caller's contract). cuBLAS's stream type is
         // the driver's `CUstream` under another name.
@@ -194,7 +198,11 @@ fn dims_error(spec: &GemmSpec) -> RuntimeError {
 impl Drop for Blas {
     fn drop(&mut self) {
         // SAFETY: the handle was created by `Blas::new` and is destroyed once; the owner made the context
-        // current.
-        let _ = unsafe { cublas::cublasDestroy_v2(self.handle) };
+        // current. (cuBLAS synchronizes the device here: handles are destroyed only at stream shutdown.)
+        let status = unsafe { cublas::cublasDestroy_v2(self.handle) };
+        if status != cublas::cublasStatus_t::CUBLAS_STATUS_SUCCESS {
+            tracing::warn!(?status, "cublasDestroy failed");
+        }
+        live::BLAS_HANDLES.down();
     }
 }

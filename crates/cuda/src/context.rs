@@ -22,7 +22,7 @@ use std::sync::Arc;
 use braid_runtime::Result;
 use cudarc::driver::{result, sys, CudaContext};
 
-use crate::error;
+use crate::{error, live};
 
 /// Process-unique context ids; 0 means "none bound by braid" in the thread-local.
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
@@ -32,7 +32,8 @@ thread_local! {
     static BOUND: Cell<u64> = const { Cell::new(0) };
 }
 
-/// A retained primary context (released when the last clone of the device is dropped).
+/// A retained primary context, released when the last holder (device clone, stream, event, download
+/// pool) is dropped.
 pub(crate) struct Context {
     cudarc: Arc<CudaContext>,
     id: u64,
@@ -40,6 +41,7 @@ pub(crate) struct Context {
 
 impl Context {
     pub(crate) fn new(cudarc: Arc<CudaContext>) -> Self {
+        live::CONTEXTS.up();
         Self {
             cudarc,
             // Relaxed: only uniqueness matters.
@@ -77,5 +79,13 @@ impl Context {
             .map_err(|e| error::device("cuCtxSetCurrent", e))?;
         let _ = BOUND.try_with(|b| b.set(self.id));
         Ok(())
+    }
+}
+
+impl Drop for Context {
+    fn drop(&mut self) {
+        // cudarc's `CudaContext` releases the primary context when its last `Arc` goes (this one,
+        // unless code outside braid cloned it through `CudaDevice::context`).
+        live::CONTEXTS.down();
     }
 }

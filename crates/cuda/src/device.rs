@@ -1,10 +1,12 @@
-//! [`CudaDevice`]: braid's [`Device`] on one NVIDIA GPU, through the CUDA driver API.
+//! [`CudaDevice`]: braid's [`Device`] on one NVIDIA GPU, through the CUDA driver API (contract v2: see
+//! [`braid_runtime::device`]).
 //!
 //! # Owns
 //!
-//! The device's primary context (retained through cudarc's `CudaContext`, released when the last clone of
-//! the device, stream or event is gone) and the facts [`Device::describe`] reports. Streams
-//! ([`CudaStream`]) and events ([`CudaEvent`]) hold the context too, so none outlives it.
+//! The device's primary context (retained through cudarc's `CudaContext`), braid's kernels module once
+//! an op has run, and the facts [`Device::describe`] reports. Streams ([`CudaStream`]), events
+//! ([`CudaEvent`]) and downloads ([`CudaDownload`]) hold the context too, so none outlives it; raw
+//! buffers ([`CudaBuffer`]) are plain handles that hold nothing.
 //!
 //! # Promises
 //!
@@ -15,32 +17,51 @@
 //! - cudarc's automatic event tracking is off (`CudaContext::disable_event_tracking`): it records two
 //!   events per `CudaSlice` use, and braid orders memory with its own allocator events. braid allocates
 //!   through `cuMemAlloc` directly and never creates a `CudaSlice` for its buffers.
-//! - Raw memory is `cuMemAlloc` memory (256-byte aligned or better). `CUDA_ERROR_OUT_OF_MEMORY` becomes
-//!   [`RuntimeError::OutOfMemory`], so the caching allocator frees its cache and retries before failing
-//!   with its statistics. `cuMemFree` may synchronise the whole device; the caching allocator is what
-//!   keeps it off the inference path.
+//! - **Memory is handles.** [`Device::alloc_raw`] returns a [`CudaBuffer`] (a `CUdeviceptr` range from
+//!   `cuMemAlloc`, 256-byte aligned or better); ops and copies take [`View`]s and resolve each to
+//!   `buffer.ptr() + view.offset` at encode time. Dropping a `CudaBuffer` does nothing: only
+//!   [`Device::free_raw`] (the caching allocator) frees it. `cuMemFree` may synchronise the whole
+//!   device; the caching allocator is what keeps it off the inference path.
+//! - `CUDA_ERROR_OUT_OF_MEMORY` becomes [`RuntimeError::DeviceOutOfMemory`] with the bytes asked for and
+//!   the driver's free/total figures, so the caching allocator frees its cache and retries before it
+//!   fails with its own statistics. The backend reports no allocator statistics.
 //! - Every driver call is made with the context current on the calling thread (the `context` module: a
 //!   thread-local check, a `cuCtxSetCurrent` only on a thread's first call).
-//! - No method blocks the host except `synchronize`, `event_synchronize`, `copy_to_host` (the trait's
-//!   list) and `free_raw` (see above). `copy_from_host` stages through page-locked memory and does not
-//!   wait for the stream, except on the fallback to pageable memory when page-locked memory is refused
-//!   (see the `staging` module).
+//! - **Downloads do not block.** [`Device::download`] encodes `cuMemcpyDtoHAsync` into page-locked
+//!   buffers of the stream's download pool, records a pooled event and returns;
+//!   [`Device::download_ready`] queries that event; [`Device::finish_download`] waits for that event
+//!   alone, reports a failure of the stream's work, copies the bytes out and returns the buffers and
+//!   event to the pool (the `download` module). [`Device::copy_to_host`] is the trait's: the two in a
+//!   row.
+//! - No method blocks the host except `synchronize`, `event_synchronize`, `finish_download` (and so
+//!   `copy_to_host`) — the trait's list — and `free_raw` (see above). `copy_from_host` stages through
+//!   page-locked memory and does not wait for the stream, except on the fallback to pageable memory
+//!   when page-locked memory is refused (see the `staging` module); `download` likewise.
 //! - `copy_device` ranges must not overlap (CUDA's copies do not handle overlap).
+//! - **Nothing leaks.** The device's state is freed when its last clone goes: it unloads the kernels
+//!   module with the context current, then drops its retain of the context. Each stream's shutdown
+//!   destroys its cuBLAS handle (before the stream), its staging buffers and events, its idle download
+//!   buffers and the stream; events destroy themselves; a download pool is freed with its last download.
+//!   No global holds a device object, nothing is leaked on purpose, and no two of these objects hold
+//!   each other (there is no `Arc` cycle: streams, events and download pools hold the context, the
+//!   context holds nothing of braid's). [`crate::live_objects`] counts every such object for tests.
 //!
 //! [`RuntimeError::Device`]: braid_runtime::RuntimeError::Device
-//! [`RuntimeError::OutOfMemory`]: braid_runtime::RuntimeError::OutOfMemory
+//! [`RuntimeError::DeviceOutOfMemory`]: braid_runtime::RuntimeError::DeviceOutOfMemory
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 
-use braid_runtime::{Device, DevicePtr, Result, ALIGNMENT};
+use braid_runtime::device::{Device, View, ALIGNMENT};
+use braid_runtime::Result;
 use cudarc::driver::{result, sys, CudaContext, DriverError};
 
 use crate::context::Context;
-use crate::error;
+use crate::download::CudaDownload;
 use crate::event::CudaEvent;
 use crate::kernels::Kernels;
 use crate::stream::CudaStream;
+use crate::{error, live};
 
 /// A CUDA GPU. Cheap to clone (an `Arc` inside); shared by every thread.
 #[derive(Clone)]
@@ -49,7 +70,6 @@ pub struct CudaDevice {
 }
 
 struct Inner {
-    context: Arc<Context>,
     ordinal: usize,
     description: String,
     total_memory: usize,
@@ -60,6 +80,53 @@ struct Inner {
     /// braid's kernels, compiled on the first op (see the `kernels` module); a failure is kept and
     /// reported by every op.
     kernels: OnceLock<std::result::Result<Kernels, String>>,
+    /// Declared last, so dropped after the kernels (see `Drop for Inner`).
+    context: Arc<Context>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // The module is unloaded from the current context: bind it first, while this retain of it
+        // still exists. (Every stream has been shut down by its pool, which held a device clone.)
+        if let Some(Ok(kernels)) = self.kernels.take() {
+            if let Err(e) = self.context.bind() {
+                tracing::warn!(error = %e, "binding the CUDA context to unload braid's kernels failed");
+            }
+            drop(kernels);
+        }
+    }
+}
+
+/// One raw allocation of a [`CudaDevice`]: a `CUdeviceptr` range from `cuMemAlloc`. A plain handle:
+/// dropping it frees nothing ([`Device::free_raw`] does), and it holds no reference to the device.
+#[derive(Debug)]
+pub struct CudaBuffer {
+    ptr: sys::CUdeviceptr,
+    len: usize,
+}
+
+impl CudaBuffer {
+    /// The device address of the first byte (for cudarc's or another library's kernels; braid's ops
+    /// take [`View`]s).
+    pub fn ptr(&self) -> sys::CUdeviceptr {
+        self.ptr
+    }
+
+    /// Bytes allocated.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the allocation is empty (never: raw allocations have at least one byte).
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+/// The device address a view starts at: its buffer's address plus its offset.
+#[inline]
+pub(crate) fn addr(view: View<'_, CudaDevice>) -> sys::CUdeviceptr {
+    view.buffer.ptr + view.offset as u64
 }
 
 impl std::fmt::Debug for CudaDevice {
@@ -147,7 +214,6 @@ impl CudaDevice {
         tracing::debug!(device = %description, "opened CUDA device");
         Ok(Self {
             inner: Arc::new(Inner {
-                context,
                 ordinal,
                 description,
                 total_memory,
@@ -155,6 +221,7 @@ impl CudaDevice {
                 driver_version,
                 raw_allocated: AtomicUsize::new(0),
                 kernels: OnceLock::new(),
+                context,
             }),
         })
     }
@@ -206,13 +273,20 @@ impl CudaDevice {
         self.inner.raw_allocated.load(Ordering::Relaxed)
     }
 
+    /// The driver's `(free, total)` bytes of device memory right now (`cuMemGetInfo`: every process's
+    /// use counts, not only braid's).
+    pub fn memory_info(&self) -> Result<(usize, usize)> {
+        self.inner.context.bind()?;
+        result::mem_get_info().map_err(|e| error::device("cuMemGetInfo", e))
+    }
+
     /// Encodes a host function to run in stream order on the driver's callback thread (CUDA's
     /// `cuLaunchHostFunc`; the CPU backend's `CpuDevice::launch`). The stream waits for it to finish.
     ///
-    /// `f` must not call CUDA, and must not drop anything that does (a `Buffer`, a `Tensor`): the driver
-    /// forbids CUDA calls on its callback thread. Device memory is not host-readable, so to check bytes,
-    /// copy them to host memory on the stream first and read that host memory in `f`. A panic in `f`
-    /// fails the stream (see [`crate::stream`]).
+    /// `f` must not call CUDA, and must not drop anything that does (a `Buffer`, a `Tensor`, a download,
+    /// a device handle): the driver forbids CUDA calls on its callback thread. Device memory is not
+    /// host-readable, so to check bytes, download them first and read the host copy in `f`. A panic
+    /// in `f` fails the stream (see [`crate::stream`]).
     pub fn launch_host_fn(
         &self,
         stream: &CudaStream,
@@ -246,8 +320,10 @@ fn driver_version() -> Result<i32, DriverError> {
 }
 
 impl Device for CudaDevice {
+    type Buffer = CudaBuffer;
     type Stream = CudaStream;
     type Event = CudaEvent;
+    type Download = CudaDownload;
 
     fn backend(&self) -> &'static str {
         "cuda"
@@ -261,7 +337,7 @@ impl Device for CudaDevice {
         self.inner.total_memory
     }
 
-    fn alloc_raw(&self, bytes: usize) -> Result<DevicePtr> {
+    fn alloc_raw(&self, bytes: usize) -> Result<CudaBuffer> {
         self.inner.context.bind()?;
         // SAFETY: the context is current; the memory is handed out as bytes of unspecified content, which
         // is what `alloc_raw` promises.
@@ -269,25 +345,29 @@ impl Device for CudaDevice {
             Ok(ptr) => {
                 debug_assert_eq!(ptr % ALIGNMENT as u64, 0, "cuMemAlloc is 256-byte aligned");
                 self.inner.raw_allocated.fetch_add(bytes, Ordering::Relaxed);
-                Ok(DevicePtr(ptr))
+                live::DEVICE_BUFFERS.up();
+                Ok(CudaBuffer { ptr, len: bytes })
             }
-            Err(DriverError(sys::CUresult::CUDA_ERROR_OUT_OF_MEMORY)) => {
-                Err(error::out_of_memory(bytes, result::mem_get_info().ok()))
+            Err(e @ DriverError(sys::CUresult::CUDA_ERROR_OUT_OF_MEMORY)) => {
+                Err(error::out_of_memory(bytes, e, result::mem_get_info().ok()))
             }
             Err(e) => Err(error::device("cuMemAlloc", e)),
         }
     }
 
-    unsafe fn free_raw(&self, ptr: DevicePtr, bytes: usize) {
+    unsafe fn free_raw(&self, buffer: CudaBuffer) {
         if let Err(e) = self.inner.context.bind() {
             tracing::warn!(error = %e, "binding the CUDA context to free memory failed");
         }
-        // SAFETY: the caller guarantees `ptr` came from `alloc_raw` on this device (so from `cuMemAlloc` in
-        // this context), is freed once, and no pending work uses it.
-        if let Err(e) = unsafe { result::free_sync(ptr.0) } {
-            tracing::warn!(?ptr, bytes, error = %error::describe(e), "cuMemFree failed");
+        // SAFETY: the caller guarantees `buffer` came from `alloc_raw` on this device (so from
+        // `cuMemAlloc` in this context), is freed once (it is consumed here), and no pending work uses it.
+        if let Err(e) = unsafe { result::free_sync(buffer.ptr) } {
+            tracing::warn!(?buffer, error = %error::describe(e), "cuMemFree failed");
         }
-        self.inner.raw_allocated.fetch_sub(bytes, Ordering::Relaxed);
+        self.inner
+            .raw_allocated
+            .fetch_sub(buffer.len, Ordering::Relaxed);
+        live::DEVICE_BUFFERS.down();
     }
 
     fn create_stream(&self, index: usize) -> Result<CudaStream> {
@@ -353,29 +433,42 @@ impl Device for CudaDevice {
             .map_err(|e| error::device("cuEventSynchronize", e))
     }
 
-    fn copy_from_host(&self, stream: &CudaStream, src: &[u8], dst: DevicePtr) -> Result<()> {
-        stream.copy_from_host(src, dst.0)
-    }
-
-    fn copy_to_host(&self, stream: &CudaStream, src: DevicePtr, dst: &mut [u8]) -> Result<()> {
-        stream.copy_to_host(src.0, dst)
+    fn copy_from_host(&self, stream: &CudaStream, src: &[u8], dst: View<'_, Self>) -> Result<()> {
+        debug_assert!(
+            src.len() <= dst.len,
+            "copy_from_host: dst covers the source"
+        );
+        stream.copy_from_host(src, addr(dst))
     }
 
     fn copy_device(
         &self,
         stream: &CudaStream,
-        src: DevicePtr,
-        dst: DevicePtr,
-        bytes: usize,
+        src: View<'_, Self>,
+        dst: View<'_, Self>,
     ) -> Result<()> {
+        let bytes = src.len;
         if bytes == 0 {
             return Ok(());
         }
+        let (src, dst) = (addr(src), addr(dst));
         stream.with_raw(|raw| {
             // SAFETY: the stream is live and current; both ranges are `bytes` bytes of live device memory
             // (the caller's contract) and do not overlap (module doc).
-            unsafe { result::memcpy_dtod_async(dst.0, src.0, bytes, raw) }
+            unsafe { result::memcpy_dtod_async(dst, src, bytes, raw) }
                 .map_err(|e| error::device("cuMemcpyDtoDAsync", e))
         })
+    }
+
+    fn download(&self, stream: &CudaStream, src: View<'_, Self>) -> Result<CudaDownload> {
+        stream.download(addr(src), src.len)
+    }
+
+    fn download_ready(&self, download: &CudaDownload) -> Result<bool> {
+        download.is_ready()
+    }
+
+    fn finish_download(&self, download: CudaDownload, dst: &mut [u8]) -> Result<()> {
+        download.finish(dst)
     }
 }

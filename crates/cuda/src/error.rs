@@ -4,11 +4,13 @@
 //! - A failed device call is [`RuntimeError::Device`], naming the call and the driver's error name and text.
 //! - A failure reported by a stream's work (a faulting kernel surfacing at `cuStreamSynchronize`, a
 //!   panicking host function) is [`RuntimeError::StreamFailed`] with the stream's pool index.
-//! - `CUDA_ERROR_OUT_OF_MEMORY` from `cuMemAlloc` is [`RuntimeError::OutOfMemory`] (see [`out_of_memory`]).
+//! - `CUDA_ERROR_OUT_OF_MEMORY` from `cuMemAlloc` is [`RuntimeError::DeviceOutOfMemory`] with the bytes
+//!   asked for and what the driver said (see [`out_of_memory`]); the caching allocator, which knows its
+//!   limit and statistics, turns a refusal it cannot recover from into `RuntimeError::OutOfMemory`.
 //! - No driver, no device, a stub library: one sentence that says so and points at the CPU backend
 //!   ([`no_driver`]).
 
-use braid_runtime::{AllocatorStats, RuntimeError};
+use braid_runtime::RuntimeError;
 use cudarc::driver::{sys, DriverError};
 
 /// What every "there is no usable CUDA" error ends with.
@@ -51,23 +53,25 @@ pub(crate) fn dropped(index: usize) -> RuntimeError {
     }
 }
 
-/// `cuMemAlloc` ran out of device memory. The statistics are empty here: the caching allocator, which
-/// sees this variant, empties its cache, retries, and on a second failure builds its own
-/// `OutOfMemory` carrying its statistics (a [`RuntimeError::Device`] would skip that retry).
+/// `cuMemAlloc` refused `requested` bytes (`CUDA_ERROR_OUT_OF_MEMORY`): the device's word, with its free
+/// and total memory when the driver could say. The caching allocator, which sees this variant, empties
+/// its cache, retries, and on a second failure reports its own `OutOfMemory` with its statistics (a
+/// [`RuntimeError::Device`] would skip that retry).
 #[cold]
 pub(crate) fn out_of_memory(
     requested: usize,
+    e: DriverError,
     free_and_total: Option<(usize, usize)>,
 ) -> RuntimeError {
-    RuntimeError::OutOfMemory {
+    let said = describe(e);
+    RuntimeError::DeviceOutOfMemory {
         requested,
-        limit: match free_and_total {
+        detail: match free_and_total {
             Some((free, total)) => {
-                format!("device memory ({free} of {total} bytes free, cuMemAlloc failed)")
+                format!("cuMemAlloc failed with {said}; {free} of {total} bytes free")
             }
-            None => "device memory (cuMemAlloc failed)".into(),
+            None => format!("cuMemAlloc failed with {said}"),
         },
-        stats: Box::new(AllocatorStats::default()),
     }
 }
 

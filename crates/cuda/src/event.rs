@@ -1,5 +1,7 @@
 //! [`CudaEvent`]: a native `CUevent` created with `CU_EVENT_DISABLE_TIMING` (timing costs a timestamp
-//! per record and braid only orders work with events).
+//! per record and braid only orders work with events), and the raw create/destroy pair that every
+//! event of the crate goes through (the runtime's pooled events, and the events the `staging` and
+//! `download` modules keep per stream), so [`crate::live_objects`] counts them all.
 //!
 //! The runtime's [`braid_runtime::EventPool`] creates these once and reuses them; the [`Device`] methods
 //! in [`crate::device`] record, wait, query and synchronize them. An event owns its handle and destroys it
@@ -10,10 +12,10 @@
 use std::sync::Arc;
 
 use braid_runtime::Result;
-use cudarc::driver::{result, sys};
+use cudarc::driver::{result, sys, DriverError};
 
 use crate::context::Context;
-use crate::error;
+use crate::{error, live};
 
 /// A native CUDA event of one device.
 pub struct CudaEvent {
@@ -30,8 +32,7 @@ unsafe impl Sync for CudaEvent {}
 impl CudaEvent {
     /// Creates an event in `context` (which the caller has made current).
     pub(crate) fn create(context: Arc<Context>) -> Result<Self> {
-        let raw = result::event::create(sys::CUevent_flags::CU_EVENT_DISABLE_TIMING)
-            .map_err(|e| error::device("cuEventCreate", e))?;
+        let raw = create_raw().map_err(|e| error::device("cuEventCreate", e))?;
         Ok(Self { raw, context })
     }
 
@@ -46,10 +47,27 @@ impl Drop for CudaEvent {
         if let Err(e) = self.context.bind() {
             tracing::warn!(error = %e, "binding the CUDA context to destroy an event failed");
         }
-        // SAFETY: `raw` was created by `cuEventCreate` and is destroyed once, here; an event still pending
-        // is released by the driver when it completes.
-        if let Err(e) = unsafe { result::event::destroy(self.raw) } {
-            tracing::warn!(error = %error::describe(e), "cuEventDestroy failed");
-        }
+        // SAFETY: `raw` was created by `create_raw` and is destroyed once, here.
+        unsafe { destroy_raw(self.raw) };
     }
+}
+
+/// A timing-free event in the current context (counted in [`crate::live_objects`]).
+pub(crate) fn create_raw() -> Result<sys::CUevent, DriverError> {
+    let raw = result::event::create(sys::CUevent_flags::CU_EVENT_DISABLE_TIMING)?;
+    live::EVENTS.up();
+    Ok(raw)
+}
+
+/// Destroys an event from [`create_raw`]; an event still pending is released by the driver when it
+/// completes. Failures are logged.
+///
+/// # Safety
+/// `raw` came from [`create_raw`], is destroyed once, and its context is current.
+pub(crate) unsafe fn destroy_raw(raw: sys::CUevent) {
+    // SAFETY: forwarded from the caller.
+    if let Err(e) = unsafe { result::event::destroy(raw) } {
+        tracing::warn!(error = %error::describe(e), "cuEventDestroy failed");
+    }
+    live::EVENTS.down();
 }

@@ -6,7 +6,8 @@
 //! - The source is compiled on the first op a device runs (not at `CudaDevice::new`, so a program that
 //!   only moves memory never needs libnvrtc), for `sm_<major><minor>` of that device; the module and its
 //!   functions live as long as the device. A compile or load failure is reported once, as a clear
-//!   [`RuntimeError::Device`], on every op call.
+//!   [`RuntimeError::Device`], on every op call. The module is unloaded when the device's last clone is
+//!   dropped (the device's `Drop` makes its context current first).
 //! - Every kernel is deterministic: reductions run in a fixed order (warp shuffles, then warp partials
 //!   summed in index order by every thread), no atomics — so the same inputs give the same bits on any
 //!   stream, which the model's "16 threads bit-identical" property needs.
@@ -23,6 +24,8 @@ use std::ffi::{c_void, CString};
 
 use braid_runtime::{DType, Result, RuntimeError};
 use cudarc::driver::{result, sys};
+
+use crate::live;
 
 /// The kernels' source. Grid-stride loops for elementwise ops; one block per row for row reductions;
 /// one warp per row for the softmax (rows are at most a few hundred keys long).
@@ -376,13 +379,17 @@ pub(crate) struct KernelSet {
     pub(crate) l2_normalize: sys::CUfunction,
 }
 
+/// A loaded module, unloaded when dropped (with the context current: the device's `Drop` binds it).
+struct Loaded(sys::CUmodule);
+
 /// The loaded module and its function handles: `fill` (f32) and one [`KernelSet`] per float dtype.
 pub(crate) struct Kernels {
-    module: sys::CUmodule,
     pub(crate) fill: sys::CUfunction,
     f32: KernelSet,
     f16: KernelSet,
     bf16: KernelSet,
+    /// The module the functions above are handles into; unloaded when `Kernels` is dropped.
+    _module: Loaded,
 }
 
 // SAFETY: module and function handles are driver objects usable from any thread (the driver API is
@@ -390,6 +397,10 @@ pub(crate) struct Kernels {
 unsafe impl Send for Kernels {}
 // SAFETY: as for `Send`.
 unsafe impl Sync for Kernels {}
+// SAFETY: as for `Kernels`: the handle is only unloaded once, in `Drop`.
+unsafe impl Send for Loaded {}
+// SAFETY: as for `Send`.
+unsafe impl Sync for Loaded {}
 
 impl Kernels {
     /// The kernels that compute on `dtype` data.
@@ -419,11 +430,14 @@ impl Kernels {
             .map_err(|e| {
                 RuntimeError::Device(format!("cuModuleLoadData (braid's kernels): {e:?}"))
             })?;
+        live::MODULES.up();
+        // From here on the module is unloaded if a function is missing: `Loaded` owns it.
+        let module = Loaded(module);
         let function = |name: &str| {
             // SAFETY: `module` was loaded above and is not unloaded while `Kernels` lives.
             unsafe {
                 result::module::get_function(
-                    module,
+                    module.0,
                     CString::new(name).expect("kernel names have no NUL"),
                 )
             }
@@ -450,15 +464,17 @@ impl Kernels {
             f32: set("f32")?,
             f16: set("f16")?,
             bf16: set("bf16")?,
-            module,
+            _module: module,
         })
     }
 }
 
 /// NVRTC: the source to PTX for `arch`.
 fn compile(arch: &str) -> Result<String> {
+    // The architecture as a plain option: `CompileOptions::arch` wants a `&'static str`, which a
+    // run-time string would have to leak.
     let options = cudarc::nvrtc::CompileOptions {
-        arch: Some(Box::leak(arch.to_owned().into_boxed_str())),
+        options: vec![format!("--gpu-architecture={arch}")],
         name: Some("braid_kernels.cu".into()),
         ..Default::default()
     };
@@ -476,11 +492,15 @@ fn compile(arch: &str) -> Result<String> {
     Ok(ptx.to_src())
 }
 
-impl Drop for Kernels {
+impl Drop for Loaded {
     fn drop(&mut self) {
-        // SAFETY: the module was loaded by `compile_and_load` and is unloaded once; the device (and so
-        // every stream that could still run these kernels) is being dropped.
-        let _ = unsafe { sys::cuModuleUnload(self.module) };
+        // SAFETY: the module was loaded by `compile_and_load` and is unloaded once; its owner (the
+        // device) is being dropped, so no stream of it can launch these kernels any more, and the
+        // device made its context current.
+        if let Err(e) = unsafe { sys::cuModuleUnload(self.0) }.result() {
+            tracing::warn!(error = %crate::error::describe(e), "cuModuleUnload failed");
+        }
+        live::MODULES.down();
     }
 }
 

@@ -1,4 +1,5 @@
-//! [`CudaStream`]: one pool slot's native stream, with its staging buffers and its host-function failure.
+//! [`CudaStream`]: one pool slot's native stream, with its cuBLAS handle, its upload staging, its
+//! download pool and its host-function failure.
 //!
 //! # What a stream owns and promises
 //!
@@ -9,24 +10,32 @@
 //!   implicit barriers: cross-stream order comes only from events.
 //! - Work goes straight to the stream when it is encoded; there is no command buffer, so `commit` is
 //!   a no-op for CUDA.
-//! - The handle is used under a read lock and destroyed under the write lock (`shutdown`),
-//!   so a thread that raced the pool's shutdown gets [`braid_runtime::RuntimeError::Dropped`] instead of
-//!   encoding onto a destroyed stream. The lock is the stream's own (one uncontended atomic per call,
-//!   on a line other streams do not touch); the pool's shutdown is its only writer.
+//! - The handle (and the cuBLAS handle bound to it) is used under a read lock and destroyed under the
+//!   write lock (`shutdown`), so a thread that raced the pool's shutdown gets
+//!   [`braid_runtime::RuntimeError::Dropped`] instead of encoding onto a destroyed stream. The lock is
+//!   the stream's own (one uncontended atomic per call, on a line other streams do not touch); the
+//!   pool's shutdown is its only writer.
 //! - Host functions ([`crate::CudaDevice::launch_host_fn`]) run in stream order on the driver's callback
 //!   thread. A panic in one is caught (unwinding into the driver would abort), marks the stream failed
 //!   as a faulting kernel would on the CPU backend, skips the stream's later host functions, and is
-//!   reported by every later synchronize as [`braid_runtime::RuntimeError::StreamFailed`].
+//!   reported by every later synchronize (and download) as [`braid_runtime::RuntimeError::StreamFailed`].
 //! - Host-to-device copies are staged in page-locked memory (the `staging` module) so the caller's slice
 //!   is free on return and the copy does not wait for the stream.
+//! - Device-to-host copies are downloads (the `download` module): page-locked buffers and an event from
+//!   the stream's own pool, so `download` returns at once and `finish_download` waits for that copy
+//!   alone, not for the whole stream.
 //! - One cuBLAS handle per stream, created on the stream's first GEMM and bound to it for its life
 //!   (cuBLAS handles are cheap to use but costly to create, and one per stream means no two threads ever
 //!   reconfigure a shared handle).
+//! - `shutdown` (the pool's drop) drains the stream and releases everything it holds: the cuBLAS handle
+//!   (before the stream it is bound to), the staging buffers and events, the idle download buffers, the
+//!   stream. Downloads still in flight keep their pool (and the context) until they are finished or
+//!   dropped.
 
 use std::ffi::c_void;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use braid_runtime::{Result, RuntimeError};
 use cudarc::driver::{result, sys};
@@ -34,35 +43,54 @@ use parking_lot::{Mutex, RwLock};
 
 use crate::blas::Blas;
 use crate::context::Context;
-use crate::error;
+use crate::download::{CudaDownload, Downloads};
 use crate::staging::Staging;
+use crate::{error, live};
 
-/// A stream handle that may be null (after shutdown).
-struct RawStream(sys::CUstream);
+/// The native stream and the cuBLAS handle bound to it; the stream is null after shutdown.
+struct Live {
+    stream: sys::CUstream,
+    /// Created on the first GEMM; destroyed by shutdown, before the stream.
+    blas: OnceLock<Blas>,
+}
 
 // SAFETY: a `CUstream` is a driver handle usable from any thread (the driver API is thread-safe); the
-// `RwLock` around it orders its use against its destruction.
-unsafe impl Send for RawStream {}
+// `RwLock` around it orders its use against its destruction. `Blas` is `Send + Sync` itself.
+unsafe impl Send for Live {}
 // SAFETY: as for `Send`.
-unsafe impl Sync for RawStream {}
+unsafe impl Sync for Live {}
 
 /// The failure of a host function on a stream, written by the driver's callback thread.
 #[derive(Default)]
-struct HostFailure {
+pub(crate) struct HostFailure {
     /// Set (Release) after `message` is written; read (Acquire) before reading it.
     failed: AtomicBool,
     message: Mutex<Option<String>>,
+}
+
+impl HostFailure {
+    /// The failure of stream `index`, if one of its host functions panicked.
+    pub(crate) fn check(&self, index: usize) -> Result<()> {
+        // Acquire pairs with the Release in `HostFailure::record`: the message written before is visible.
+        if self.failed.load(Ordering::Acquire) {
+            let message = self.message.lock().clone().unwrap_or_default();
+            return Err(RuntimeError::StreamFailed {
+                stream: index,
+                message: format!("a host function panicked: {message}"),
+            });
+        }
+        Ok(())
+    }
 }
 
 /// A native CUDA stream of one pool slot. See the module doc.
 pub struct CudaStream {
     index: usize,
     context: Arc<Context>,
-    raw: RwLock<RawStream>,
+    live: RwLock<Live>,
     staging: Mutex<Staging>,
+    downloads: Arc<Downloads>,
     host_failure: Arc<HostFailure>,
-    /// The stream's cuBLAS handle, created on first use.
-    blas: std::sync::OnceLock<Blas>,
 }
 
 impl CudaStream {
@@ -70,13 +98,18 @@ impl CudaStream {
     pub(crate) fn create(index: usize, context: Arc<Context>) -> Result<Self> {
         let raw = result::stream::create(result::stream::StreamKind::NonBlocking)
             .map_err(|e| error::device("cuStreamCreate", e))?;
+        live::STREAMS.up();
+        let host_failure = Arc::new(HostFailure::default());
         Ok(Self {
             index,
+            downloads: Arc::new(Downloads::new(index, context.clone(), host_failure.clone())),
             context,
-            raw: RwLock::new(RawStream(raw)),
+            live: RwLock::new(Live {
+                stream: raw,
+                blas: OnceLock::new(),
+            }),
             staging: Mutex::new(Staging::new()),
-            host_failure: Arc::new(HostFailure::default()),
-            blas: std::sync::OnceLock::new(),
+            host_failure,
         })
     }
 
@@ -88,7 +121,7 @@ impl CudaStream {
     /// The raw handle, for cudarc's safe API (`CudaContext::wrap_borrowed_stream`, cuBLAS). Null after the
     /// stream was shut down; valid until then. Do not destroy it.
     pub fn cu_stream(&self) -> sys::CUstream {
-        self.raw.read().0
+        self.live.read().stream
     }
 
     /// Page-locked bytes this stream holds for staging host-to-device copies.
@@ -96,55 +129,60 @@ impl CudaStream {
         self.staging.lock().pinned_bytes()
     }
 
+    /// Page-locked bytes this stream holds for downloads (idle, or in a download not yet finished).
+    pub fn pinned_download_bytes(&self) -> usize {
+        self.downloads.pinned_bytes()
+    }
+
     /// Runs `f` with the live handle, the context current, and shutdown held off.
     #[inline]
     pub(crate) fn with_raw<R>(&self, f: impl FnOnce(sys::CUstream) -> Result<R>) -> Result<R> {
-        let raw = self.raw.read();
-        if raw.0.is_null() {
+        let live = self.live.read();
+        if live.stream.is_null() {
             return Err(error::dropped(self.index));
         }
         self.context.bind()?;
-        f(raw.0)
+        f(live.stream)
     }
 
-    /// This stream's cuBLAS handle, bound to `raw` (the caller holds the read lock, so `raw` is live).
-    pub(crate) fn blas(&self, raw: sys::CUstream) -> Result<&Blas> {
-        if let Some(blas) = self.blas.get() {
-            return Ok(blas);
+    /// [`CudaStream::with_raw`] with the stream's cuBLAS handle too (created on first use).
+    pub(crate) fn with_blas<R>(
+        &self,
+        f: impl FnOnce(sys::CUstream, &Blas) -> Result<R>,
+    ) -> Result<R> {
+        let live = self.live.read();
+        if live.stream.is_null() {
+            return Err(error::dropped(self.index));
         }
-        let created = Blas::new(raw)?;
-        // Two threads may race to create it (a shared stream); the loser's handle is destroyed.
-        Ok(self.blas.get_or_init(|| created))
+        self.context.bind()?;
+        let blas = match live.blas.get() {
+            Some(blas) => blas,
+            None => {
+                let created = Blas::new(live.stream)?;
+                // Two threads may race to create it (a shared stream); the loser's handle is destroyed.
+                live.blas.get_or_init(|| created)
+            }
+        };
+        f(live.stream, blas)
     }
 
     /// Waits for all work on the stream; reports a device fault or a host-function panic.
     pub(crate) fn synchronize(&self) -> Result<()> {
-        self.with_raw(|raw| self.synchronize_raw(raw))
-    }
-
-    /// `synchronize` for a caller that already holds the handle (the read lock is not re-entrant).
-    pub(crate) fn synchronize_raw(&self, raw: sys::CUstream) -> Result<()> {
-        // SAFETY: `raw` is live: the caller holds the read lock that shutdown's destroy needs.
-        unsafe { result::stream::synchronize(raw) }
-            .map_err(|e| error::stream_failed(self.index, "cuStreamSynchronize", e))?;
-        self.check()?;
-        self.staging
-            .lock()
-            .reclaim()
-            .map_err(|e| error::stream_failed(self.index, "cuEventQuery (staging)", e))
+        self.with_raw(|raw| {
+            // SAFETY: `raw` is live: the read lock that shutdown's destroy needs is held.
+            unsafe { result::stream::synchronize(raw) }
+                .map_err(|e| error::stream_failed(self.index, "cuStreamSynchronize", e))?;
+            self.check()?;
+            self.staging
+                .lock()
+                .reclaim()
+                .map_err(|e| error::stream_failed(self.index, "cuEventQuery (staging)", e))
+        })
     }
 
     /// The stream's failure, if one of its host functions panicked.
     pub(crate) fn check(&self) -> Result<()> {
-        // Acquire pairs with the Release in `HostFailure::record`: the message written before is visible.
-        if self.host_failure.failed.load(Ordering::Acquire) {
-            let message = self.host_failure.message.lock().clone().unwrap_or_default();
-            return Err(RuntimeError::StreamFailed {
-                stream: self.index,
-                message: format!("a host function panicked: {message}"),
-            });
-        }
-        Ok(())
+        self.host_failure.check(self.index)
     }
 
     /// Encodes a staged copy of `src` to `dst` (see the `staging` module).
@@ -161,22 +199,13 @@ impl CudaStream {
         })
     }
 
-    /// Copies `dst.len()` bytes from `src` after the stream's earlier work; returns when they are there.
-    pub(crate) fn copy_to_host(&self, src: sys::CUdeviceptr, dst: &mut [u8]) -> Result<()> {
-        if dst.is_empty() {
-            return self.synchronize();
-        }
+    /// Encodes a copy of `len` bytes at `src` into the stream's download buffers and returns at once
+    /// (see the `download` module).
+    pub(crate) fn download(&self, src: sys::CUdeviceptr, len: usize) -> Result<CudaDownload> {
         self.with_raw(|raw| {
-            // SAFETY: `raw` is live; `src` addresses `dst.len()` live device bytes (caller's contract);
-            // `dst` stays mutably borrowed until `synchronize_raw` below has waited for the copy. If that
-            // wait fails the context has a sticky error and runs no further work, so nothing writes `dst`
-            // after this returns.
-            unsafe {
-                sys::cuMemcpyDtoHAsync_v2(dst.as_mut_ptr().cast::<c_void>(), src, dst.len(), raw)
-                    .result()
-            }
-            .map_err(|e| error::device("cuMemcpyDtoHAsync", e))?;
-            self.synchronize_raw(raw)
+            // SAFETY: `raw` is this pool's live stream (read lock held) in the current context; `src`
+            // addresses `len` device bytes kept allocated until the copy has run (the `Device` contract).
+            unsafe { self.downloads.start(raw, src, len) }
         })
     }
 
@@ -201,38 +230,37 @@ impl CudaStream {
         })
     }
 
-    /// Drains the stream, frees its staging buffers and destroys it; later use fails with
-    /// [`RuntimeError::Dropped`]. Waits for threads using the handle right now. Idempotent.
+    /// Drains the stream, releases its cuBLAS handle, staging buffers, idle download buffers and events,
+    /// and destroys it; later use fails with [`RuntimeError::Dropped`]. Waits for threads using the
+    /// handle right now. Idempotent.
     pub(crate) fn shutdown(&self) {
-        let mut raw = self.raw.write();
-        if raw.0.is_null() {
+        let mut live = self.live.write();
+        if live.stream.is_null() {
             return;
         }
         if let Err(e) = self.context.bind() {
             tracing::warn!(stream = self.index, error = %e, "binding the CUDA context for a stream shutdown failed");
         }
-        // SAFETY: `raw.0` is live (not yet null) and no other thread uses it (write lock held).
-        if let Err(e) = unsafe { result::stream::synchronize(raw.0) } {
+        // SAFETY: `live.stream` is live (not yet null) and no other thread uses it (write lock held).
+        if let Err(e) = unsafe { result::stream::synchronize(live.stream) } {
             tracing::warn!(stream = self.index, error = %error::describe(e), "stream failed before shutdown");
         }
+        // The cuBLAS handle is bound to the stream: destroy it while the stream still exists.
+        drop(live.blas.take());
         self.staging.lock().release_all();
-        // SAFETY: `raw.0` was created by `cuStreamCreate`, is destroyed once (it is nulled below, under the
-        // write lock), and has drained.
-        if let Err(e) = unsafe { result::stream::destroy(raw.0) } {
+        self.downloads.close();
+        // SAFETY: `live.stream` was created by `cuStreamCreate`, is destroyed once (it is nulled below,
+        // under the write lock), and has drained.
+        if let Err(e) = unsafe { result::stream::destroy(live.stream) } {
             tracing::warn!(stream = self.index, error = %error::describe(e), "cuStreamDestroy failed");
         }
-        raw.0 = std::ptr::null_mut();
+        live::STREAMS.down();
+        live.stream = std::ptr::null_mut();
     }
 }
 
 impl Drop for CudaStream {
     fn drop(&mut self) {
-        // The cuBLAS handle is bound to the stream: destroy it while the stream still exists. (After a
-        // `shutdown` alone it stays, unused: every use goes through `with_raw`, which refuses.)
-        if let Some(blas) = self.blas.take() {
-            let _ = self.context.bind();
-            drop(blas);
-        }
         self.shutdown();
     }
 }

@@ -1,11 +1,18 @@
-//! The device on its own: construction with and without a driver, raw memory, copies, host functions,
-//! out of memory, and use after shutdown. GPU tests skip on a machine without a driver (see `common`).
+//! The device on its own: construction with and without a driver, raw buffers and views, copies,
+//! non-blocking downloads (and their pooled staging), host functions, out of memory, and use after
+//! shutdown. GPU tests skip on a machine without a driver (see `common`).
 
 mod common;
 
-use braid_cuda::CudaDevice;
-use braid_runtime::{Device, RuntimeError, ALIGNMENT};
+use braid_cuda::{CudaBuffer, CudaDevice};
+use braid_runtime::device::{Device, View, ALIGNMENT};
+use braid_runtime::RuntimeError;
 use common::{device_or_skip, mismatches, Rng};
+
+/// The first `len` bytes of `buffer`.
+fn whole(buffer: &CudaBuffer, len: usize) -> View<'_, CudaDevice> {
+    View::new(buffer, len)
+}
 
 /// Without a driver `CudaDevice::new` is a clear error (never a panic); with one it opens device 0.
 #[test]
@@ -68,21 +75,28 @@ fn alloc_and_copy_round_trip_random_bytes() {
     ] {
         let a = device.alloc_raw(len).unwrap();
         let b = device.alloc_raw(len).unwrap();
-        assert_eq!(a.0 % ALIGNMENT as u64, 0, "cuMemAlloc alignment");
+        assert_eq!(a.ptr() % ALIGNMENT as u64, 0, "cuMemAlloc alignment");
+        assert_eq!(a.len(), len);
         let want = rng.bytes(len);
         let mut src = want.clone();
-        device.copy_from_host(&stream, &src, a).unwrap();
+        device
+            .copy_from_host(&stream, &src, whole(&a, len))
+            .unwrap();
         // The contract: the caller may reuse `src` as soon as copy_from_host returns.
         src.fill(0x5A);
-        device.copy_device(&stream, a, b, len).unwrap();
+        device
+            .copy_device(&stream, whole(&a, len), whole(&b, len))
+            .unwrap();
         let mut got = vec![0u8; len];
-        device.copy_to_host(&stream, b, &mut got).unwrap();
+        device
+            .copy_to_host(&stream, whole(&b, len), &mut got)
+            .unwrap();
         assert_eq!(mismatches(&got, &want), 0, "{len} bytes round trip");
-        // SAFETY: a and b came from alloc_raw(len) on this device, are freed once, and copy_to_host
-        // synchronized the only stream that used them.
+        // SAFETY: a and b came from alloc_raw on this device, are freed once, and copy_to_host waited
+        // for the copy that was the last work using them on the only stream that used them.
         unsafe {
-            device.free_raw(a, len);
-            device.free_raw(b, len);
+            device.free_raw(a);
+            device.free_raw(b);
         }
     }
     assert_eq!(device.raw_allocated(), 0);
@@ -110,15 +124,20 @@ fn back_to_back_uploads_keep_their_staging_until_copied() {
     let mut src = vec![0u8; CHUNK];
     for (i, chunk) in want.chunks(CHUNK).enumerate() {
         src.copy_from_slice(chunk);
-        device
-            .copy_from_host(&stream, &src, dst.offset(i * CHUNK))
-            .unwrap();
+        let at = View {
+            buffer: &dst,
+            offset: i * CHUNK,
+            len: CHUNK,
+        };
+        device.copy_from_host(&stream, &src, at).unwrap();
     }
     let mut got = vec![0u8; CHUNK * CHUNKS];
-    device.copy_to_host(&stream, dst, &mut got).unwrap();
+    device
+        .copy_to_host(&stream, whole(&dst, CHUNK * CHUNKS), &mut got)
+        .unwrap();
     assert_eq!(mismatches(&got, &want), 0);
-    // SAFETY: allocated above, freed once, its stream synchronized by copy_to_host.
-    unsafe { device.free_raw(dst, CHUNK * CHUNKS) };
+    // SAFETY: allocated above, freed once, the copies using it have run (copy_to_host waited).
+    unsafe { device.free_raw(dst) };
     device.shutdown_stream(&stream);
 }
 
@@ -158,12 +177,23 @@ fn a_panicking_host_function_fails_the_stream() {
             flag.store(true, std::sync::atomic::Ordering::SeqCst)
         })
         .unwrap();
+    // A download behind the failure reports it too.
+    let buffer = device.alloc_raw(64).unwrap();
+    let download = device.download(&stream, whole(&buffer, 64)).unwrap();
+    match device.finish_download(download, &mut [0u8; 64]) {
+        Err(RuntimeError::StreamFailed { stream: 3, message }) => {
+            assert!(message.contains("deliberate test panic"), "{message}")
+        }
+        other => panic!("expected StreamFailed on stream 3 from the download, got {other:?}"),
+    }
     match device.synchronize(&stream) {
         Err(RuntimeError::StreamFailed { stream: 3, message }) => {
             assert!(message.contains("deliberate test panic"), "{message}")
         }
         other => panic!("expected StreamFailed on stream 3, got {other:?}"),
     }
+    // SAFETY: allocated above, freed once; the stream has drained (synchronize waited).
+    unsafe { device.free_raw(buffer) };
     assert!(
         !ran_after.load(std::sync::atomic::Ordering::SeqCst),
         "later host functions are skipped"
@@ -171,23 +201,25 @@ fn a_panicking_host_function_fails_the_stream() {
     device.shutdown_stream(&stream);
 }
 
-/// Asking for more than the device has is `OutOfMemory` (so the caching allocator retries after freeing
-/// its cache), not a generic device error.
+/// Asking for more than the device has is `DeviceOutOfMemory` with the bytes asked for (so the caching
+/// allocator retries after freeing its cache), not a generic device error, and carries no allocator
+/// statistics (the backend has none).
 #[test]
-fn allocating_past_device_memory_is_out_of_memory() {
+fn allocating_past_device_memory_is_device_out_of_memory() {
     let Some(device) = device_or_skip() else {
         return;
     };
     match device.alloc_raw(device.memory_capacity() * 2) {
-        Err(RuntimeError::OutOfMemory { requested, .. }) => {
-            assert_eq!(requested, device.memory_capacity() * 2)
+        Err(RuntimeError::DeviceOutOfMemory { requested, detail }) => {
+            assert_eq!(requested, device.memory_capacity() * 2);
+            assert!(detail.contains("CUDA_ERROR_OUT_OF_MEMORY"), "{detail}");
         }
-        other => panic!("expected OutOfMemory, got {other:?}"),
+        other => panic!("expected DeviceOutOfMemory, got {other:?}"),
     }
     // The device is still usable afterwards.
-    let ptr = device.alloc_raw(1024).unwrap();
+    let buffer = device.alloc_raw(1024).unwrap();
     // SAFETY: allocated above, freed once, never used by any stream.
-    unsafe { device.free_raw(ptr, 1024) };
+    unsafe { device.free_raw(buffer) };
 }
 
 /// A stream used after its shutdown reports `Dropped` instead of touching a destroyed handle.
@@ -200,15 +232,149 @@ fn a_stream_used_after_shutdown_is_dropped() {
     device.shutdown_stream(&stream);
     device.shutdown_stream(&stream); // idempotent
     assert!(stream.cu_stream().is_null());
-    let ptr = device.alloc_raw(256).unwrap();
+    let buffer = device.alloc_raw(256).unwrap();
     assert!(matches!(
-        device.copy_from_host(&stream, &[1, 2, 3], ptr),
+        device.copy_from_host(&stream, &[1, 2, 3], whole(&buffer, 3)),
+        Err(RuntimeError::Dropped { .. })
+    ));
+    assert!(matches!(
+        device.download(&stream, whole(&buffer, 3)),
         Err(RuntimeError::Dropped { .. })
     ));
     assert!(matches!(
         device.synchronize(&stream),
         Err(RuntimeError::Dropped { .. })
     ));
-    // SAFETY: allocated above, freed once; the copy was refused, so no work uses it.
-    unsafe { device.free_raw(ptr, 256) };
+    // SAFETY: allocated above, freed once; the copy and download were refused, so no work uses it.
+    unsafe { device.free_raw(buffer) };
+}
+
+/// A download returns before its copy has run: while a host function holds the stream, the download is
+/// not ready; once released, `finish_download` gives the bytes written before it (not those written
+/// after), read from a view at an offset inside its buffer.
+#[test]
+fn a_download_returns_at_once_and_finishes_with_the_bytes_before_it() {
+    let Some(device) = device_or_skip() else {
+        return;
+    };
+    let stream = device.create_stream(1).unwrap();
+    const LEN: usize = (3 << 20) + 123;
+    const OFFSET: usize = 4096;
+    let buffer = device.alloc_raw(OFFSET + LEN).unwrap();
+    let view = View {
+        buffer: &buffer,
+        offset: OFFSET,
+        len: LEN,
+    };
+    let want = Rng::new(5).bytes(LEN);
+    device.copy_from_host(&stream, &want, view).unwrap();
+    let (release, held) = std::sync::mpsc::channel::<()>();
+    device
+        .launch_host_fn(&stream, move || {
+            let _ = held.recv();
+        })
+        .unwrap();
+    let download = device.download(&stream, view).unwrap();
+    // Work encoded after the download does not change what it reads.
+    device
+        .copy_from_host(&stream, &vec![0xEE; LEN], view)
+        .unwrap();
+    assert!(
+        !device.download_ready(&download).unwrap(),
+        "the stream is held, so the copy has not run"
+    );
+    release.send(()).unwrap();
+    let mut got = vec![0u8; LEN];
+    device.finish_download(download, &mut got).unwrap();
+    assert_eq!(mismatches(&got, &want), 0);
+    device.synchronize(&stream).unwrap();
+    // SAFETY: allocated above, freed once, its stream drained.
+    unsafe { device.free_raw(buffer) };
+    device.shutdown_stream(&stream);
+}
+
+/// Steady state allocates no page-locked memory: after a warm-up, repeated downloads of the same sizes
+/// (finished, and dropped unfinished) reuse the stream's download buffers.
+#[test]
+fn downloads_reuse_their_page_locked_buffers() {
+    let Some(device) = device_or_skip() else {
+        return;
+    };
+    let stream = device.create_stream(1).unwrap();
+    let sizes = [4, 4096, 100_000, (1 << 20) + 1];
+    let len = *sizes.iter().max().unwrap();
+    let buffer = device.alloc_raw(len).unwrap();
+    let want = Rng::new(6).bytes(len);
+    device
+        .copy_from_host(&stream, &want, whole(&buffer, len))
+        .unwrap();
+    let round = |drop_unfinished: bool| {
+        for &n in &sizes {
+            let download = device.download(&stream, whole(&buffer, n)).unwrap();
+            if drop_unfinished {
+                drop(download);
+                // The pool reclaims an orphan at the next download once its copy has run; wait for
+                // that here so the count below does not depend on timing.
+                device.synchronize(&stream).unwrap();
+            } else {
+                let mut got = vec![0u8; n];
+                device.finish_download(download, &mut got).unwrap();
+                assert_eq!(mismatches(&got, &want[..n]), 0, "{n} bytes");
+            }
+        }
+        device.synchronize(&stream).unwrap();
+    };
+    round(false);
+    round(true);
+    let warm = stream.pinned_download_bytes();
+    assert!(warm > 0, "downloads were staged in page-locked memory");
+    for i in 0..50 {
+        round(i % 3 == 0);
+    }
+    assert_eq!(
+        stream.pinned_download_bytes(),
+        warm,
+        "no page-locked memory allocated in steady state"
+    );
+    // SAFETY: allocated above, freed once, its stream drained.
+    unsafe { device.free_raw(buffer) };
+    device.shutdown_stream(&stream);
+}
+
+/// A download dropped unfinished, then its stream shut down and the device dropped: nothing is freed
+/// under the copy (the pool keeps its buffers until the copy has run) and the download may still be
+/// finished after the shutdown.
+#[test]
+fn downloads_outlive_their_stream_safely() {
+    let Some(device) = device_or_skip() else {
+        return;
+    };
+    let stream = device.create_stream(2).unwrap();
+    const LEN: usize = 2 << 20;
+    let buffer = device.alloc_raw(LEN).unwrap();
+    let want = Rng::new(8).bytes(LEN);
+    device
+        .copy_from_host(&stream, &want, whole(&buffer, LEN))
+        .unwrap();
+    let (release, held) = std::sync::mpsc::channel::<()>();
+    device
+        .launch_host_fn(&stream, move || {
+            let _ = held.recv();
+        })
+        .unwrap();
+    let dropped = device.download(&stream, whole(&buffer, LEN)).unwrap();
+    let kept = device.download(&stream, whole(&buffer, LEN)).unwrap();
+    drop(dropped); // the copy has not run: its buffers become the pool's orphans
+    release.send(()).unwrap();
+    device.shutdown_stream(&stream); // drains, then releases what is idle
+    let mut got = vec![0u8; LEN];
+    device.finish_download(kept, &mut got).unwrap();
+    assert_eq!(mismatches(&got, &want), 0);
+    assert_eq!(
+        stream.pinned_download_bytes(),
+        0,
+        "a shut-down stream keeps nothing idle"
+    );
+    // SAFETY: allocated above, freed once; the stream that used it has drained.
+    unsafe { device.free_raw(buffer) };
 }

@@ -5,7 +5,8 @@ mod common;
 
 use std::sync::mpsc;
 
-use braid_runtime::{Device, EventPool, StreamPool, StreamPoolConfig};
+use braid_runtime::device::{Device, View};
+use braid_runtime::stream::{EventPool, StreamPool, StreamPoolConfig};
 use common::{device_or_skip, mismatches, Rng};
 
 /// Stream A is held by a host function until the test releases it, then writes a buffer; an event
@@ -30,8 +31,9 @@ fn an_event_orders_stream_b_after_stream_a() {
 
     let x = device.alloc_raw(LEN).unwrap();
     let y = device.alloc_raw(LEN).unwrap();
-    device.copy_from_host(a_raw, &vec![0u8; LEN], x).unwrap();
-    device.copy_from_host(a_raw, &vec![0u8; LEN], y).unwrap();
+    let (xv, yv) = (View::new(&x, LEN), View::new(&y, LEN));
+    device.copy_from_host(a_raw, &vec![0u8; LEN], xv).unwrap();
+    device.copy_from_host(a_raw, &vec![0u8; LEN], yv).unwrap();
     a.synchronize().unwrap();
 
     let want = Rng::new(3).bytes(LEN);
@@ -42,12 +44,12 @@ fn an_event_orders_stream_b_after_stream_a() {
             let _ = held.recv();
         })
         .unwrap();
-    device.copy_from_host(a_raw, &want, x).unwrap();
+    device.copy_from_host(a_raw, &want, xv).unwrap();
     let mut written = events.event().unwrap();
     written.record(&a).unwrap();
 
     b.wait(&written).unwrap();
-    device.copy_device(b_raw, x, y, LEN).unwrap();
+    device.copy_device(b_raw, xv, yv).unwrap();
     let mut copied = events.event().unwrap();
     copied.record(&b).unwrap();
 
@@ -64,7 +66,7 @@ fn an_event_orders_stream_b_after_stream_a() {
     copied.synchronize().unwrap();
     assert!(written.query().unwrap(), "B's work finished after A's");
     let mut got = vec![0u8; LEN];
-    device.copy_to_host(b_raw, y, &mut got).unwrap();
+    device.copy_to_host(b_raw, yv, &mut got).unwrap();
     assert_eq!(
         mismatches(&got, &want),
         0,
@@ -72,10 +74,10 @@ fn an_event_orders_stream_b_after_stream_a() {
     );
 
     pool.synchronize_all().unwrap();
-    // SAFETY: both came from alloc_raw(LEN), are freed once, and every stream that used them has drained.
+    // SAFETY: both came from alloc_raw, are freed once, and every stream that used them has drained.
     unsafe {
-        device.free_raw(x, LEN);
-        device.free_raw(y, LEN);
+        device.free_raw(x);
+        device.free_raw(y);
     }
     assert_eq!(events.created(), 2, "the event pool created two events");
 }

@@ -8,7 +8,7 @@ mod common;
 
 use braid_cuda::CudaDevice;
 use braid_runtime::cpu::CpuDevice;
-use braid_runtime::ops::{GemmSpec, MatStrides, Ops};
+use braid_runtime::ops::{Gelu, Gemm, GemmSpec, MatStrides, Ops};
 use braid_runtime::{DType, Runtime, RuntimeConfig, Tensor};
 use common::Rng;
 
@@ -118,7 +118,7 @@ fn layer_norm_bias_residual<D: Ops>(rt: &Runtime<D>, dt: DType, v: &[Vec<f32>]) 
 /// inputs: y [ROWS, N], b [N].
 fn bias_gelu<D: Ops>(rt: &Runtime<D>, dt: DType, v: &[Vec<f32>]) -> Tensor<D> {
     let mut y = up(rt, dt, &v[0], &[ROWS, N]);
-    rt.bias_gelu(&mut y, &up(rt, dt, &v[1], &[N]), false)
+    rt.bias_gelu(&mut y, &up(rt, dt, &v[1], &[N]), Gelu::Erf)
         .unwrap();
     y
 }
@@ -140,7 +140,9 @@ fn gather_pool_normalize<D: Ops>(rt: &Runtime<D>, dt: DType, v: &[Vec<f32>]) -> 
     pooled
 }
 
-/// inputs: qk [2 * 9, 3 * 2 * 8]: two heads of Q·Kᵀ read as strided views of one fused matrix.
+/// inputs: qk [2 * 9, 3 * 2 * 8]: two heads of Q·Kᵀ read as strided views of one fused matrix, K a view
+/// starting `heads * head_dim` elements into the buffer. The tensor layer takes whole tensors, so this
+/// chain encodes the op descriptor itself, on the current stream.
 fn strided_batched_gemm<D: Ops>(rt: &Runtime<D>, dt: DType, v: &[Vec<f32>]) -> Tensor<D> {
     let (seq, heads, hd) = (9usize, 2usize, 8usize);
     let row = (3 * heads * hd) as isize;
@@ -154,7 +156,6 @@ fn strided_batched_gemm<D: Ops>(rt: &Runtime<D>, dt: DType, v: &[Vec<f32>]) -> T
             row_stride: 1,
             col_stride: row,
             batch_stride: [seq as isize * row, hd as isize],
-            offset: heads * hd,
         },
         c: MatStrides::row_major(seq)
             .with_batch((heads * seq * seq) as isize, (seq * seq) as isize),
@@ -162,7 +163,23 @@ fn strided_batched_gemm<D: Ops>(rt: &Runtime<D>, dt: DType, v: &[Vec<f32>]) -> T
         beta: 0.0,
     };
     let t = up(rt, dt, &v[0], &[2 * seq, 3 * heads * hd]);
-    rt.gemm(&spec, &t, &t, None, &[2, heads, seq, seq]).unwrap()
+    let out = rt.empty(&[2, heads, seq, seq], dt).unwrap();
+    let stream = rt.current_stream().unwrap();
+    rt.device()
+        .gemm(
+            stream.raw().unwrap(),
+            &Gemm {
+                dtype: dt,
+                spec,
+                a: t.view(),
+                b: t.view().skip(heads * hd * dt.size()),
+                c: out.view(),
+                bias: None,
+            },
+        )
+        .unwrap();
+    stream.encoded().unwrap();
+    out
 }
 
 /// inputs: shape [batch, seq, heads, head_dim] (as f32), qkv, mask [batch, seq].

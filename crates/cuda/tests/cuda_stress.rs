@@ -1,19 +1,23 @@
 //! The runtime's `CachingAllocator` and `StreamPool` over `CudaDevice` under 16 threads: every byte of
-//! every round trip checked, nothing allocated or leased at the end. Behaviour only, never timings.
-//! Skips without a driver (see `common`).
+//! every round trip checked (blocking copies and non-blocking downloads), nothing allocated or leased
+//! at the end. Behaviour only, never timings. Skips without a driver (see `common`).
 
 mod common;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use braid_runtime::{AllocatorConfig, CachingAllocator, Device, StreamPool, StreamPoolConfig};
+use braid_runtime::alloc::{AllocatorConfig, CachingAllocator};
+use braid_runtime::device::Device;
+use braid_runtime::stream::{StreamPool, StreamPoolConfig};
 use common::{device_or_skip, mismatches, Rng};
 
 /// 16 threads, each on its own leased stream, loop: allocate A and B, upload random bytes into A (and
 /// overwrite the host source at once), copy A → B on the device, free A and reallocate it as C (the same
 /// stream reuses the block at once), overwrite C, download B and check every byte. One round in four
-/// hands B to a neighbour's stream (event + `record_stream`) and downloads it there instead.
+/// hands B to a neighbour's stream (event + `record_stream`) and downloads it there instead; one in
+/// four starts a non-blocking download, frees B and C, encodes the next upload, and only then finishes
+/// the download.
 #[test]
 fn sixteen_threads_round_trip_every_byte_and_leak_nothing() {
     let Some(device) = device_or_skip() else {
@@ -24,7 +28,7 @@ fn sixteen_threads_round_trip_every_byte_and_leak_nothing() {
     let pool = Arc::new(StreamPool::new(device.clone(), StreamPoolConfig::default()).unwrap());
     // A small thread cache so blocks keep moving through the shared pools between streams.
     let alloc = Arc::new(CachingAllocator::new(
-        device.clone(),
+        &pool,
         AllocatorConfig {
             thread_cache_bytes: 512 << 10,
             ..Default::default()
@@ -55,30 +59,46 @@ fn sixteen_threads_round_trip_every_byte_and_leak_nothing() {
                     let a = alloc.alloc(len, own).unwrap();
                     let mut b = alloc.alloc(len, own).unwrap();
                     let mut src = want.clone();
-                    device.copy_from_host(raw, &src, a.ptr()).unwrap();
+                    device.copy_from_host(raw, &src, a.view()).unwrap();
                     src.fill(0xA5);
-                    device.copy_device(raw, a.ptr(), b.ptr(), len).unwrap();
+                    device.copy_device(raw, a.view(), b.view()).unwrap();
                     drop(a);
                     let c = alloc.alloc(len, own).unwrap();
-                    device.copy_from_host(raw, &src, c.ptr()).unwrap();
+                    device.copy_from_host(raw, &src, c.view()).unwrap();
                     own.encoded().unwrap();
 
                     let mut got = vec![0u8; len];
-                    if round % 4 == 0 {
-                        let mut written = alloc.event_pool().event().unwrap();
-                        written.record(&own).unwrap();
-                        neighbour.wait(&written).unwrap();
-                        b.record_stream(neighbour);
-                        device
-                            .copy_to_host(neighbour.raw().unwrap(), b.ptr(), &mut got)
-                            .unwrap();
-                    } else {
-                        device.copy_to_host(raw, b.ptr(), &mut got).unwrap();
+                    match round % 4 {
+                        0 => {
+                            let mut written = alloc.event_pool().event().unwrap();
+                            written.record(&own).unwrap();
+                            neighbour.wait(&written).unwrap();
+                            b.record_stream(neighbour).unwrap();
+                            device
+                                .copy_to_host(neighbour.raw().unwrap(), b.view(), &mut got)
+                                .unwrap();
+                            drop(b);
+                            drop(c);
+                        }
+                        1 => {
+                            // Non-blocking: the buffers go back and the next upload is encoded while
+                            // the bytes come down (stream order keeps B's block until the copy ran).
+                            let pending = device.download(raw, b.view()).unwrap();
+                            drop(b);
+                            drop(c);
+                            let next = alloc.alloc(len, own).unwrap();
+                            device.copy_from_host(raw, &src, next.view()).unwrap();
+                            drop(next);
+                            device.finish_download(pending, &mut got).unwrap();
+                        }
+                        _ => {
+                            device.copy_to_host(raw, b.view(), &mut got).unwrap();
+                            drop(b);
+                            drop(c);
+                        }
                     }
                     bad.fetch_add(mismatches(&got, &want), Ordering::Relaxed);
                     checked.fetch_add(len, Ordering::Relaxed);
-                    drop(b);
-                    drop(c);
                 }
                 own.synchronize().unwrap();
             })
@@ -105,6 +125,13 @@ fn sixteen_threads_round_trip_every_byte_and_leak_nothing() {
     );
     let stats = alloc.stats();
     assert_eq!(stats.allocated_bytes, 0, "every buffer freed: {stats}");
+    for index in 1..=THREADS {
+        let stream = pool.stream(index).unwrap().raw().unwrap();
+        assert!(
+            stream.pinned_download_bytes() <= 16 << 20,
+            "stream {index} keeps at most 16 MiB of idle download buffers"
+        );
+    }
     assert_eq!(
         stats.thread_cached_bytes, 0,
         "exited threads flushed their caches: {stats}"
