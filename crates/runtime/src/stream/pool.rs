@@ -49,9 +49,10 @@ pub(super) struct Slot<D: Device> {
 /// A pool's shared state (module doc, "Lifetime").
 pub(crate) struct StreamPoolState<D: Device> {
     pub(super) id: u64,
-    pub(super) device: D,
-    /// Index 0 = default stream, 1..=workers = worker slots.
+    /// Index 0 = default stream, 1..=workers = worker slots. Declared before `device`, so the native
+    /// streams are dropped while the device handle (a CUDA context, its kernels) still exists.
     pub(super) slots: Box<[CachePadded<Slot<D>>]>,
+    pub(super) device: D,
     /// Worker slot `i` ↔ bit `i - 1`.
     leased: SlotBitmask,
     workers: usize,
@@ -94,8 +95,8 @@ impl<D: Device> StreamPool<D> {
             .collect();
         let state = Arc::new(StreamPoolState {
             id: NEXT_POOL_ID.fetch_add(1, Ordering::Relaxed),
-            device,
             slots,
+            device,
             leased: SlotBitmask::new(config.worker_slots),
             workers: config.worker_slots,
             exhaustion: Mutex::new(config.exhaustion),
