@@ -34,6 +34,7 @@ pub mod alloc;
 pub mod commit;
 pub mod cpu;
 mod device;
+mod env;
 mod error;
 pub mod event;
 mod lazy;
