@@ -3,9 +3,10 @@
 //! One enum for the crate (STYLE.md, "Applied to braid" 11). Every message names the file it is
 //! about, says what was wrong, and says what is allowed or how to fix it, so that a user who points
 //! braid at the wrong directory learns what to do from the message alone. An input longer than the
-//! model's `max_seq_length` is not an error: the tokenizer truncates it, as sentence-transformers
-//! does. The two file readers here attach the file's path to I/O and JSON failures, so that every
-//! config file is read the same way.
+//! model's `max_seq_length` tokens is not an error: the tokenizer truncates it, as
+//! sentence-transformers does. An embedding that comes out NaN or infinite is an error
+//! ([`ModelError::NonFiniteEmbedding`]), never a silently wrong vector. The two file readers here
+//! attach the file's path to I/O and JSON failures, so that every config file is read the same way.
 
 use std::path::{Path, PathBuf};
 
@@ -182,6 +183,21 @@ pub enum ModelError {
     Encode {
         /// The tokenizers crate's message.
         message: String,
+    },
+
+    /// An embedding came out with a NaN or infinite component.
+    #[error(
+        "the embedding of input {index} (of {batch} in this call) has a non-finite value ({value}); \
+         likely causes: NaN or infinite values in the model's weights (check the checkpoint), or \
+         an overflow of f16 compute (compute in f32 or bf16 instead)"
+    )]
+    NonFiniteEmbedding {
+        /// The index, in the call's inputs, of the first input whose embedding is not finite.
+        index: usize,
+        /// How many inputs the call embedded.
+        batch: usize,
+        /// The first non-finite value in that embedding (NaN, inf or -inf).
+        value: f32,
     },
 }
 

@@ -15,7 +15,7 @@
 //! - **BertWeights**: the checkpoint's tensors as `HostTensor`s (f32), Q, K and V fused per layer.
 //! - **BertModel**: the weights on a runtime's device and the forward pass (`embed`, `forward`).
 //! - **ModelError**: every loading failure, with the file and the fix in its message, and every
-//!   forward failure (unsupported model, invalid batch, runtime error).
+//!   forward failure (unsupported model, invalid batch, runtime error, a non-finite embedding).
 //!
 //! ```no_run
 //! use std::sync::Arc;
@@ -33,6 +33,7 @@ mod batch;
 mod config;
 mod encoder;
 mod error;
+mod finite;
 mod model_dir;
 mod pooling;
 mod tokenizer;
