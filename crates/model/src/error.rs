@@ -185,6 +185,24 @@ pub enum ModelError {
         message: String,
     },
 
+    /// `modules.json` names a module directory outside the model directory.
+    #[error(
+        "{}: module path {value:?} leads outside the model directory {} ({why}); module paths \
+         must be relative paths that stay inside the model directory",
+        .file.display(),
+        .model_dir.display()
+    )]
+    ModulePathOutsideModelDir {
+        /// The `modules.json` file.
+        file: PathBuf,
+        /// The path as written in the file.
+        value: String,
+        /// The model directory.
+        model_dir: PathBuf,
+        /// What is wrong with it: an absolute path, a `..` component, or where a symlink leads.
+        why: String,
+    },
+
     /// An embedding came out with a NaN or infinite component.
     #[error(
         "the embedding of input {index} (of {batch} in this call) has a non-finite value ({value}); \
