@@ -4,7 +4,8 @@
 //! about, says what was wrong, and says what is allowed or how to fix it, so that a user who points
 //! braid at the wrong directory learns what to do from the message alone. An input longer than the
 //! model's `max_seq_length` tokens is not an error: the tokenizer truncates it, as
-//! sentence-transformers does. An embedding that comes out NaN or infinite is an error
+//! sentence-transformers does; one longer than `MAX_INPUT_BYTES` bytes is
+//! ([`ModelError::InputTooLong`]). An embedding that comes out NaN or infinite is an error too
 //! ([`ModelError::NonFiniteEmbedding`]), never a silently wrong vector. The two file readers here
 //! attach the file's path to I/O and JSON failures, so that every config file is read the same way.
 
@@ -201,6 +202,21 @@ pub enum ModelError {
         model_dir: PathBuf,
         /// What is wrong with it: an absolute path, a `..` component, or where a symlink leads.
         why: String,
+    },
+
+    /// An input is longer than braid tokenizes; it is refused before any tokenization.
+    #[error(
+        "input {index} is {bytes} bytes long, over the limit of {limit} bytes (MAX_INPUT_BYTES); \
+         only its first max_seq_length tokens would be embedded, so pass a shorter prefix of it \
+         or split it into several inputs"
+    )]
+    InputTooLong {
+        /// The input's index in the call (0 for a single input).
+        index: usize,
+        /// Its length in bytes (UTF-8).
+        bytes: usize,
+        /// The limit, [`crate::MAX_INPUT_BYTES`].
+        limit: usize,
     },
 
     /// An embedding came out with a NaN or infinite component.
