@@ -15,8 +15,9 @@ use serde::Serialize;
 
 use crate::output::{escape_for_terminal, to_stdout};
 
-/// The most bytes of one stdin line (its line ending excluded); said in `braid embed --help`.
-pub const MAX_LINE_BYTES: usize = 1 << 20;
+/// The most bytes of one stdin line (its line ending excluded): the model's input limit, said in
+/// `braid embed --help`.
+pub const MAX_LINE_BYTES: usize = braid_model::MAX_INPUT_BYTES;
 
 /// Characters of an input shown in a table row.
 const TABLE_TEXT_CHARS: usize = 60;

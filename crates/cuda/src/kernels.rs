@@ -12,7 +12,8 @@
 //!   summed in index order by every thread), no atomics — so the same inputs give the same bits on any
 //!   stream, which the model's "16 threads bit-identical" property needs.
 //! - Semantics match the CPU backend's kernels (`braid_runtime::cpu::kernels`): masked keys get
-//!   probability 0 and a fully masked row is all zeros; mean pooling divides by `max(Σ mask, 1e-9)`;
+//!   probability 0 and a fully masked row is all zeros, while a NaN or infinite score propagates as NaN
+//!   (the maxima propagate NaN, unlike `fmaxf`); mean pooling divides by `max(Σ mask, 1e-9)`;
 //!   L2 normalisation divides by `max(‖x‖, 1e-12)`; GELU is the exact erf form unless `tanh` is asked.
 //! - Every op exists for f32, f16 and bf16 storage (`braid_<op>_<dtype>`); f16/bf16 values are widened
 //!   to f32 on load and rounded to nearest even on store, so all arithmetic is f32.
@@ -61,8 +62,10 @@ __device__ __forceinline__ float warp_sum(float v) {
     for (int o = WARP / 2; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
     return v;
 }
+// max that propagates NaN (fmaxf returns the other operand), so a NaN score is not skipped.
+__device__ __forceinline__ float max_nan(float a, float b) { return a > b || a != a ? a : b; }
 __device__ __forceinline__ float warp_max(float v) {
-    for (int o = WARP / 2; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    for (int o = WARP / 2; o > 0; o >>= 1) v = max_nan(v, __shfl_xor_sync(0xffffffffu, v, o));
     return v;
 }
 // Sum over the block, the same bits in every thread: warp sums, then the warp partials in index order.
@@ -142,7 +145,8 @@ __device__ void layer_norm(const T* x, const T* bias, const T* residual, const T
     #undef LN_INPUT
 }
 
-// One warp per row of `scores [batch, heads, q, k]`; keys with mask[b, j] == 0 get probability 0.
+// One warp per row of `scores [batch, heads, q, k]`; keys with mask[b, j] == 0 get probability 0. A kept
+// NaN or +inf score (or only -inf kept scores) makes the kept keys NaN; a fully masked row is zeros.
 template <typename T>
 __device__ void masked_softmax(T* scores, const float* mask, u64 rows, u64 rows_per_batch, u64 k, float scale) {
     const u64 row = blockIdx.x * (u64)(blockDim.x / WARP) + threadIdx.x / WARP;
@@ -151,7 +155,7 @@ __device__ void masked_softmax(T* scores, const float* mask, u64 rows, u64 rows_
     T* r = scores + row * k;
     const float* m = mask + (row / rows_per_batch) * k;
     float top = __int_as_float(0xff800000);  // -infinity (NVRTC has no math.h)
-    for (u64 j = lane; j < k; j += WARP) if (m[j] != 0.0f) top = fmaxf(top, load(r + j) * scale);
+    for (u64 j = lane; j < k; j += WARP) if (m[j] != 0.0f) top = max_nan(top, load(r + j) * scale);
     top = warp_max(top);
     float sum = 0.0f;
     for (u64 j = lane; j < k; j += WARP) {
@@ -159,7 +163,7 @@ __device__ void masked_softmax(T* scores, const float* mask, u64 rows, u64 rows_
         sum += e;
     }
     sum = warp_sum(sum);
-    const float inv = sum > 0.0f ? 1.0f / sum : 0.0f;
+    const float inv = sum == 0.0f ? 0.0f : 1.0f / sum;  // 0 only when every key is masked; NaN stays NaN
     for (u64 j = lane; j < k; j += WARP)
         store(r + j, m[j] != 0.0f ? expf(load(r + j) * scale - top) * inv : 0.0f);
 }
@@ -241,8 +245,9 @@ __device__ void attention(const T* qkv, const float* mask, T* out, u64 seq, u64 
         float p[ATT_PER_WARP], rescale[ATT_PER_WARP];
         #pragma unroll
         for (int i = 0; i < ATT_PER_WARP; ++i) {
-            const float new_top = fmaxf(top[i], warp_max(kept ? s[i] : neg_inf));
-            // -infinity only while every key so far is masked: nothing to add, nothing to rescale.
+            const float new_top = max_nan(top[i], warp_max(kept ? s[i] : neg_inf));
+            // -infinity only while every key so far is masked or -inf: nothing to rescale (a kept -inf
+            // score gives p = NaN). NaN once a kept score is NaN, and it stays NaN: the output is NaN.
             rescale[i] = new_top == neg_inf ? 1.0f : expf(top[i] - new_top);
             p[i] = kept ? expf(s[i] - new_top) : 0.0f;
             top[i] = new_top;
@@ -269,7 +274,7 @@ __device__ void attention(const T* qkv, const float* mask, T* out, u64 seq, u64 
     #pragma unroll
     for (int i = 0; i < ATT_PER_WARP; ++i) {
         if (q0 + i >= n) break;
-        const float inv = total[i] > 0.0f ? 1.0f / total[i] : 0.0f;
+        const float inv = total[i] == 0.0f ? 0.0f : 1.0f / total[i];  // 0: every key masked; NaN stays
         #pragma unroll
         for (int c = 0; c < ATT_MAX_HD / WARP; ++c) {
             const unsigned d = lane + c * WARP;

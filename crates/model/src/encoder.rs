@@ -172,6 +172,7 @@ impl<D: Ops> BertModel<D> {
         }
         let pooled = self.forward(batch)?;
         let flat = self.runtime.to_vec_f32(&pooled)?;
+        crate::finite::check_embeddings(&flat, self.dim())?;
         Ok(flat.chunks(self.dim()).map(<[f32]>::to_vec).collect())
     }
 

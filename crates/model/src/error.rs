@@ -3,9 +3,11 @@
 //! One enum for the crate (STYLE.md, "Applied to braid" 11). Every message names the file it is
 //! about, says what was wrong, and says what is allowed or how to fix it, so that a user who points
 //! braid at the wrong directory learns what to do from the message alone. An input longer than the
-//! model's `max_seq_length` is not an error: the tokenizer truncates it, as sentence-transformers
-//! does. The two file readers here attach the file's path to I/O and JSON failures, so that every
-//! config file is read the same way.
+//! model's `max_seq_length` tokens is not an error: the tokenizer truncates it, as
+//! sentence-transformers does; one longer than `MAX_INPUT_BYTES` bytes is
+//! ([`ModelError::InputTooLong`]). An embedding that comes out NaN or infinite is an error too
+//! ([`ModelError::NonFiniteEmbedding`]), never a silently wrong vector. The two file readers here
+//! attach the file's path to I/O and JSON failures, so that every config file is read the same way.
 
 use std::path::{Path, PathBuf};
 
@@ -182,6 +184,54 @@ pub enum ModelError {
     Encode {
         /// The tokenizers crate's message.
         message: String,
+    },
+
+    /// `modules.json` names a module directory outside the model directory.
+    #[error(
+        "{}: module path {value:?} leads outside the model directory {} ({why}); module paths \
+         must be relative paths that stay inside the model directory",
+        .file.display(),
+        .model_dir.display()
+    )]
+    ModulePathOutsideModelDir {
+        /// The `modules.json` file.
+        file: PathBuf,
+        /// The path as written in the file.
+        value: String,
+        /// The model directory.
+        model_dir: PathBuf,
+        /// What is wrong with it: an absolute path, a `..` component, or where a symlink leads.
+        why: String,
+    },
+
+    /// An input is longer than braid tokenizes; it is refused before any tokenization.
+    #[error(
+        "input {index} is {bytes} bytes long, over the limit of {limit} bytes (MAX_INPUT_BYTES); \
+         only its first max_seq_length tokens would be embedded, so pass a shorter prefix of it \
+         or split it into several inputs"
+    )]
+    InputTooLong {
+        /// The input's index in the call (0 for a single input).
+        index: usize,
+        /// Its length in bytes (UTF-8).
+        bytes: usize,
+        /// The limit, [`crate::MAX_INPUT_BYTES`].
+        limit: usize,
+    },
+
+    /// An embedding came out with a NaN or infinite component.
+    #[error(
+        "the embedding of input {index} (of {batch} in this call) has a non-finite value ({value}); \
+         likely causes: NaN or infinite values in the model's weights (check the checkpoint), or \
+         an overflow of f16 compute (compute in f32 or bf16 instead)"
+    )]
+    NonFiniteEmbedding {
+        /// The index, in the call's inputs, of the first input whose embedding is not finite.
+        index: usize,
+        /// How many inputs the call embedded.
+        batch: usize,
+        /// The first non-finite value in that embedding (NaN, inf or -inf).
+        value: f32,
     },
 }
 

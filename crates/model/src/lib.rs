@@ -15,7 +15,8 @@
 //! - **BertWeights**: the checkpoint's tensors as `HostTensor`s (f32), Q, K and V fused per layer.
 //! - **BertModel**: the weights on a runtime's device and the forward pass (`embed`, `forward`).
 //! - **ModelError**: every loading failure, with the file and the fix in its message, and every
-//!   forward failure (unsupported model, invalid batch, runtime error).
+//!   forward failure (unsupported model, invalid batch, runtime error, an input over
+//!   `MAX_INPUT_BYTES`, a non-finite embedding).
 //!
 //! ```no_run
 //! use std::sync::Arc;
@@ -33,6 +34,7 @@ mod batch;
 mod config;
 mod encoder;
 mod error;
+mod finite;
 pub mod load;
 mod model_dir;
 mod pooling;
@@ -47,5 +49,5 @@ pub use model_dir::{
     default_model_dir, ModelDir, ModelSpec, DEFAULT_MODEL_NAME, MODELS_DIR_ENV, MODEL_ENV,
 };
 pub use pooling::{Modules, Pooling, PoolingConfig, SentenceBertConfig};
-pub use tokenizer::{Encoding, Tokenizer};
+pub use tokenizer::{Encoding, Tokenizer, MAX_INPUT_BYTES};
 pub use weights::{BertWeights, EmbeddingWeights, HostTensor, LayerWeights};

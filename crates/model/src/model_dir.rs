@@ -11,6 +11,10 @@
 //!
 //! Promise: `ModelDir::open` succeeds only when every file the directory needs is present (so a
 //! missing file is reported before anything slow happens); it parses nothing but `modules.json`.
+//! The module directories `modules.json` names stay inside the model directory: an absolute path,
+//! a `..` component or a symbolic link that resolves outside it is refused
+//! (`ModelError::ModulePathOutsideModelDir`). Files themselves may be symbolic links (a Hugging Face
+//! cache snapshot links every file into its blob store).
 //! `load_spec` parses and validates the small files; `load_weights` reads the tensors.
 
 use std::ffi::OsString;
@@ -64,6 +68,29 @@ fn resolve_model_dir(model: Option<OsString>, models_dir: Option<OsString>, cwd:
         .unwrap_or(relative)
 }
 
+/// `root.join(rel)` for a module directory named in `modules.json` (already known to be relative
+/// with no `..`), refused when symbolic links make it resolve outside `root`. A directory that does
+/// not exist is returned as is: the file looked for in it is then reported missing.
+fn module_dir(root: &Path, rel: &Path, modules_json: &Path) -> Result<PathBuf> {
+    let dir = root.join(rel);
+    let Ok(resolved) = dir.canonicalize() else {
+        return Ok(dir);
+    };
+    let resolved_root = root.canonicalize().map_err(|source| ModelError::Io {
+        path: root.to_owned(),
+        source,
+    })?;
+    if resolved.starts_with(&resolved_root) {
+        return Ok(dir);
+    }
+    Err(ModelError::ModulePathOutsideModelDir {
+        file: modules_json.to_owned(),
+        value: rel.display().to_string(),
+        model_dir: root.to_owned(),
+        why: format!("a symbolic link makes it {}", resolved.display()),
+    })
+}
+
 /// A model directory whose required files all exist.
 #[derive(Debug, Clone)]
 pub struct ModelDir {
@@ -104,7 +131,7 @@ impl ModelDir {
             None
         };
         let transformer = match &modules {
-            Some(m) => root.join(&m.transformer),
+            Some(m) => module_dir(&root, &m.transformer, &modules_path)?,
             None => root.clone(),
         };
         let require = |path: PathBuf, why: &'static str| {
@@ -129,7 +156,7 @@ impl ModelDir {
         let pooling = match &modules {
             Some(m) => Some((
                 require(
-                    root.join(&m.pooling).join("config.json"),
+                    module_dir(&root, &m.pooling, &modules_path)?.join("config.json"),
                     "modules.json lists a Pooling module, whose settings live here",
                 )?,
                 m.normalize,

@@ -11,8 +11,11 @@
 //!   sentence-transformers gives one: mean pooling, no normalisation (`PoolingConfig::default`).
 //! - Without `sentence_bert_config.json`, `max_seq_length` is `min(512, max_position_embeddings)`
 //!   and `do_lower_case` is false.
+//! - A module path in `modules.json` is relative and has no `..` component, so it names a
+//!   directory inside the model directory (`ModelDir::open` also refuses one that a symbolic link
+//!   leads outside): a model directory from elsewhere cannot make braid read other files.
 
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 
 use serde::Deserialize;
 
@@ -53,9 +56,11 @@ impl Default for PoolingConfig {
 /// The module pipeline listed in `modules.json`, checked to be one braid can run.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Modules {
-    /// Directory of the `Transformer` module, relative to the model directory ("" for the root).
+    /// Directory of the `Transformer` module, relative to the model directory ("" for the root);
+    /// never absolute, never with a `..` component.
     pub transformer: PathBuf,
-    /// Directory of the `Pooling` module, relative to the model directory.
+    /// Directory of the `Pooling` module, relative to the model directory; never absolute, never
+    /// with a `..` component.
     pub pooling: PathBuf,
     /// Whether a `Normalize` module follows the pooling.
     pub normalize: bool,
@@ -70,7 +75,8 @@ struct RawModule {
 }
 
 impl Modules {
-    /// Reads `modules.json`; it must list Transformer, Pooling and optionally Normalize.
+    /// Reads `modules.json`; it must list Transformer, Pooling and optionally Normalize, at
+    /// relative paths that stay inside the directory holding `modules.json`.
     pub fn load(path: &Path) -> Result<Self> {
         let raw: Vec<RawModule> = read_json(
             path,
@@ -83,8 +89,8 @@ impl Modules {
             .collect();
         match kinds.as_slice() {
             ["Transformer", "Pooling"] | ["Transformer", "Pooling", "Normalize"] => Ok(Self {
-                transformer: PathBuf::from(&raw[0].path),
-                pooling: PathBuf::from(&raw[1].path),
+                transformer: module_path(path, &raw[0].path)?,
+                pooling: module_path(path, &raw[1].path)?,
                 normalize: kinds.len() == 3,
             }),
             _ => Err(ModelError::UnsupportedConfig {
@@ -96,6 +102,26 @@ impl Modules {
                     .to_owned(),
             }),
         }
+    }
+}
+
+/// A module path from `modules.json` (the file at `file`), refused when it is absolute or has a
+/// `..` component: either could name a directory outside the model directory.
+fn module_path(file: &Path, value: &str) -> Result<PathBuf> {
+    let path = PathBuf::from(value);
+    let why = path.components().find_map(|component| match component {
+        Component::Normal(_) | Component::CurDir => None,
+        Component::ParentDir => Some("it has a `..` component"),
+        Component::RootDir | Component::Prefix(_) => Some("it is an absolute path"),
+    });
+    match why {
+        None => Ok(path),
+        Some(why) => Err(ModelError::ModulePathOutsideModelDir {
+            file: file.to_owned(),
+            value: value.to_owned(),
+            model_dir: file.parent().unwrap_or(Path::new("")).to_owned(),
+            why: why.to_owned(),
+        }),
     }
 }
 
@@ -300,6 +326,36 @@ mod tests {
             Modules::load(&f.0),
             Err(ModelError::UnsupportedConfig { .. })
         ));
+    }
+
+    #[test]
+    fn module_paths_outside_the_model_directory_are_refused() {
+        for (path, why) in [
+            ("/etc", "absolute"),
+            ("../1_Pooling", "`..`"),
+            ("1_Pooling/../../x", "`..`"),
+        ] {
+            let json = format!(
+                "[{}, {}]",
+                module("Transformer", ""),
+                module("Pooling", path)
+            );
+            let f = TempFile::new("modules-outside.json", &json);
+            let err = Modules::load(&f.0).unwrap_err();
+            assert!(
+                matches!(err, ModelError::ModulePathOutsideModelDir { ref value, .. } if value == path),
+                "{path}: {err:?}"
+            );
+            assert!(err.to_string().contains(why), "{path}: {err}");
+        }
+        let json = format!(
+            "[{}, {}]",
+            module("Transformer", "./0_T"),
+            module("Pooling", "a/b")
+        );
+        let f = TempFile::new("modules-inside.json", &json);
+        let m = Modules::load(&f.0).unwrap();
+        assert_eq!((m.transformer, m.pooling), ("./0_T".into(), "a/b".into()));
     }
 
     #[test]

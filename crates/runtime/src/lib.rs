@@ -36,12 +36,13 @@
 //! # Environment
 //!
 //! `BRAID_STREAM_POOL_EXHAUSTED` (`error` | `wait:<ms>` | `share`), `BRAID_COMMIT_AND_CONTINUE`
-//! (`auto` | `on` | `off`), `BRAID_MEMORY_LIMIT` (a fraction of device memory or a size). Read by
+//! (`auto` | `on` | `off`), `BRAID_MEMORY_LIMIT` (a share of device memory, `80%` or `0.8`, or a size such as `12GiB`). Read by
 //! [`RuntimeConfig::from_env`]; an invalid value is an error naming the variable and what is allowed.
 
 pub mod alloc;
 pub mod cpu;
 pub mod device;
+mod env;
 mod error;
 pub mod ops;
 pub mod runtime;

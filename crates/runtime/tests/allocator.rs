@@ -175,29 +175,33 @@ fn device_out_of_memory_is_reported_with_stats() {
 }
 
 #[test]
-fn memory_limit_parses_bytes_and_fractions() {
+fn memory_limit_parses_sizes_and_fractions() {
     assert_eq!(
-        "1048576".parse::<MemoryLimit>().unwrap(),
+        "1MiB".parse::<MemoryLimit>().unwrap(),
         MemoryLimit::Bytes(1 << 20)
+    );
+    assert_eq!(
+        "1MB".parse::<MemoryLimit>().unwrap(),
+        MemoryLimit::Bytes(1_000_000)
     );
     assert_eq!(
         "0.5".parse::<MemoryLimit>().unwrap(),
         MemoryLimit::Fraction(0.5)
     );
-    assert_eq!("none".parse::<MemoryLimit>().unwrap(), MemoryLimit::None);
     assert_eq!(
-        "0".parse::<MemoryLimit>().unwrap(),
-        MemoryLimit::Bytes(0),
-        "a byte count, not a fraction"
+        "50%".parse::<MemoryLimit>().unwrap(),
+        MemoryLimit::Fraction(0.5)
     );
-    for bad in ["1.5", "-3", "lots"] {
+    assert_eq!("none".parse::<MemoryLimit>().unwrap(), MemoryLimit::None);
+    // A bare integer is ambiguous (`1`: one byte, or all of memory?) and refused.
+    for bad in ["1", "1048576", "0", "1.5", "-3", "lots"] {
         let err = bad
             .parse::<MemoryLimit>()
             .map(|_| ())
             .unwrap_err()
             .to_string();
         assert!(
-            err.contains("BRAID_MEMORY_LIMIT") && err.contains("fraction"),
+            err.contains("BRAID_MEMORY_LIMIT") && err.contains("fraction") && err.contains("GiB"),
             "{err}"
         );
     }

@@ -37,12 +37,10 @@ pub enum CommitPolicy {
 }
 
 impl CommitPolicy {
-    /// The policy from `BRAID_COMMIT_AND_CONTINUE`, or `Auto` when unset.
+    /// The policy from `BRAID_COMMIT_AND_CONTINUE`, or `Auto` when unset; a value that is not
+    /// UTF-8 is an error, like any other invalid value.
     pub fn from_env() -> Result<Self> {
-        match std::env::var(COMMIT_POLICY_ENV) {
-            Ok(v) => v.parse(),
-            Err(_) => Ok(Self::Auto),
-        }
+        crate::env::var(COMMIT_POLICY_ENV)?.map_or(Ok(Self::Auto), |v| v.parse())
     }
 
     pub(crate) fn from_u8(v: u8) -> Self {

@@ -6,6 +6,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use super::commit::CommitPolicy;
+use crate::env;
 use crate::error::{Result, RuntimeError};
 
 /// The environment variable that sets the exhaustion policy.
@@ -26,9 +27,9 @@ pub enum ExhaustionPolicy {
 impl ExhaustionPolicy {
     /// The policy from `BRAID_STREAM_POOL_EXHAUSTED`, or `Error` when unset.
     pub fn from_env() -> Result<Self> {
-        match std::env::var(EXHAUSTION_POLICY_ENV) {
-            Ok(v) => v.parse(),
-            Err(_) => Ok(Self::Error),
+        match env::var(EXHAUSTION_POLICY_ENV)? {
+            Some(v) => v.parse(),
+            None => Ok(Self::Error),
         }
     }
 }
