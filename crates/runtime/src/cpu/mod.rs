@@ -350,7 +350,16 @@ impl Ops for CpuDevice {
             let residual = residual.map(|r| unsafe { f32s(r, n) });
             // SAFETY: as above; bias holds `cols` f32.
             let bias = bias.map(|b| unsafe { f32s(b, cols) });
-            kernels::layer_norm_f32(x, bias, residual, gamma, beta, out, cols, eps);
+            let inputs = kernels::LayerNormInputs {
+                x,
+                bias,
+                residual,
+                gamma,
+                beta,
+                cols,
+                eps,
+            };
+            kernels::layer_norm_f32(&inputs, out);
         })
     }
 

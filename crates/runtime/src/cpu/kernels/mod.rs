@@ -100,6 +100,6 @@ pub use self::elementwise::add_f32;
 pub use self::gather::gather_rows_f32;
 pub use self::gelu::{bias_gelu_f32, gelu_f32, gelu_tanh_f32};
 pub use self::gemm::{gemm_f32, GemmSpec, MatStrides};
-pub use self::norm::{l2_normalize_f32, layer_norm_f32};
+pub use self::norm::{l2_normalize_f32, layer_norm_f32, LayerNormInputs};
 pub use self::pooling::mean_pool_f32;
 pub use self::softmax::masked_softmax_f32;

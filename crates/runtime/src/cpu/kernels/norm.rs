@@ -41,21 +41,38 @@ fn layer_norm_row(v: &[f32], gamma: &[f32], beta: &[f32], out: &mut [f32], eps: 
     }
 }
 
+/// The inputs of [`layer_norm_f32`]: x, residual and out are `[rows x cols]`; bias, gamma and beta
+/// are `[cols]`.
+pub struct LayerNormInputs<'a> {
+    /// `[rows x cols]`.
+    pub x: &'a [f32],
+    /// `[cols]`, added to every row of x first.
+    pub bias: Option<&'a [f32]>,
+    /// `[rows x cols]`, added to x first.
+    pub residual: Option<&'a [f32]>,
+    /// `[cols]`.
+    pub gamma: &'a [f32],
+    /// `[cols]`.
+    pub beta: &'a [f32],
+    /// Row length.
+    pub cols: usize,
+    /// Added to the variance.
+    pub eps: f32,
+}
+
 /// `out[r] = LayerNorm(x[r] + bias + residual[r]) * gamma + beta` over rows of length `cols` (bias and
-/// residual optional). Shapes: x, residual and out are `[rows x cols]`; bias, gamma and beta are
-/// `[cols]`. `(x + bias) + residual` is rounded to f32 first; mean and (biased) variance are
+/// residual optional). `(x + bias) + residual` is rounded to f32 first; mean and (biased) variance are
 /// accumulated in f64.
-#[allow(clippy::too_many_arguments)]
-pub fn layer_norm_f32(
-    x: &[f32],
-    bias: Option<&[f32]>,
-    residual: Option<&[f32]>,
-    gamma: &[f32],
-    beta: &[f32],
-    out: &mut [f32],
-    cols: usize,
-    eps: f32,
-) {
+pub fn layer_norm_f32(inputs: &LayerNormInputs<'_>, out: &mut [f32]) {
+    let LayerNormInputs {
+        x,
+        bias,
+        residual,
+        gamma,
+        beta,
+        cols,
+        eps,
+    } = *inputs;
     check_len("layer_norm: out", out.len(), x.len());
     if x.is_empty() {
         return;
@@ -149,7 +166,16 @@ mod tests {
                     want.extend(layer_norm_ref(&v, &gamma, &beta, eps));
                 }
                 let mut out = vec![f32::NAN; rows * cols];
-                layer_norm_f32(&x, bias, residual, &gamma, &beta, &mut out, cols, eps);
+                let inputs = LayerNormInputs {
+                    x: &x,
+                    bias,
+                    residual,
+                    gamma: &gamma,
+                    beta: &beta,
+                    cols,
+                    eps,
+                };
+                layer_norm_f32(&inputs, &mut out);
                 assert_close(&out, &want, 1e-5, 1e-5, "layer_norm");
             }
         }
@@ -159,9 +185,16 @@ mod tests {
     #[should_panic(expected = "invariant violated:")]
     fn layer_norm_bad_gamma_panics() {
         let mut out = [0.0; 8];
-        layer_norm_f32(
-            &[0.0; 8], None, None, &[1.0; 3], &[0.0; 4], &mut out, 4, 1e-5,
-        );
+        let inputs = LayerNormInputs {
+            x: &[0.0; 8],
+            bias: None,
+            residual: None,
+            gamma: &[1.0; 3],
+            beta: &[0.0; 4],
+            cols: 4,
+            eps: 1e-5,
+        };
+        layer_norm_f32(&inputs, &mut out);
     }
 
     #[test]
