@@ -5,7 +5,9 @@
 //! stream ([`Device::synchronize`]), host waits on an event ([`Device::event_synchronize`]) and event
 //! creations ([`Device::create_event`]). Hot calls (record, query, commit, raw memory) are forwarded
 //! with no counting, so the wrapper adds no shared write to any per-op path and both arms pay exactly
-//! the backend's own costs.
+//! the backend's own costs. Buffers, views and downloads are the wrapped device's own types
+//! ([`inner_view`] renames a view for the wrapped device's ops); a download's host wait is not counted
+//! (no scenario downloads).
 //!
 //! Counters are per device instance (each repetition builds its own), `CachePadded`, and Relaxed: they
 //! are statistics read after the work they count, with no data ordered by them.
@@ -14,8 +16,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use braid_runtime::cpu::CpuDevice;
-use braid_runtime::device::{Device, View};
-use braid_runtime::Result;
+use braid_runtime::{Device, Result, View};
 use crossbeam_utils::CachePadded;
 
 /// The device the benchmarks run on.
@@ -82,15 +83,6 @@ impl<D: Device> CountedDevice<D> {
     }
 }
 
-/// The same byte range, named with the wrapped device's type (the buffers are the same).
-fn inner<D: Device>(view: View<'_, CountedDevice<D>>) -> View<'_, D> {
-    View {
-        buffer: view.buffer,
-        offset: view.offset,
-        len: view.len,
-    }
-}
-
 impl<D: Device> Device for CountedDevice<D> {
     type Buffer = D::Buffer;
     type Stream = D::Stream;
@@ -109,12 +101,13 @@ impl<D: Device> Device for CountedDevice<D> {
         self.inner.memory_capacity()
     }
 
-    fn alloc_raw(&self, bytes: usize) -> Result<D::Buffer> {
+    fn alloc_raw(&self, bytes: usize) -> Result<Self::Buffer> {
         self.inner.alloc_raw(bytes)
     }
 
-    unsafe fn free_raw(&self, buffer: D::Buffer) {
-        // SAFETY: the caller keeps `free_raw`'s contract, and `inner` is the device that allocated it.
+    unsafe fn free_raw(&self, buffer: Self::Buffer) {
+        // SAFETY: the caller keeps `free_raw`'s contract, and `inner` is the device that allocated
+        // `buffer`.
         unsafe { self.inner.free_raw(buffer) }
     }
 
@@ -158,7 +151,7 @@ impl<D: Device> Device for CountedDevice<D> {
     }
 
     fn copy_from_host(&self, stream: &Self::Stream, src: &[u8], dst: View<'_, Self>) -> Result<()> {
-        self.inner.copy_from_host(stream, src, inner(dst))
+        self.inner.copy_from_host(stream, src, inner_view(dst))
     }
 
     fn copy_device(
@@ -167,11 +160,12 @@ impl<D: Device> Device for CountedDevice<D> {
         src: View<'_, Self>,
         dst: View<'_, Self>,
     ) -> Result<()> {
-        self.inner.copy_device(stream, inner(src), inner(dst))
+        self.inner
+            .copy_device(stream, inner_view(src), inner_view(dst))
     }
 
     fn download(&self, stream: &Self::Stream, src: View<'_, Self>) -> Result<Self::Download> {
-        self.inner.download(stream, inner(src))
+        self.inner.download(stream, inner_view(src))
     }
 
     fn download_ready(&self, download: &Self::Download) -> Result<bool> {
@@ -179,8 +173,26 @@ impl<D: Device> Device for CountedDevice<D> {
     }
 
     fn finish_download(&self, download: Self::Download, dst: &mut [u8]) -> Result<()> {
-        // A host wait, as `synchronize` is.
-        self.counters.host_syncs.fetch_add(1, Ordering::Relaxed);
         self.inner.finish_download(download, dst)
+    }
+
+    fn copy_to_host(
+        &self,
+        stream: &Self::Stream,
+        src: View<'_, Self>,
+        dst: &mut [u8],
+    ) -> Result<()> {
+        self.inner.copy_to_host(stream, inner_view(src), dst)
+    }
+}
+
+/// The same byte range named for the wrapped device (the buffer types are the same), for the wrapped
+/// device's own calls: its ops, which the scenarios encode on `inner()`.
+#[inline]
+pub fn inner_view<D: Device>(view: View<'_, CountedDevice<D>>) -> View<'_, D> {
+    View {
+        buffer: view.buffer,
+        offset: view.offset,
+        len: view.len,
     }
 }

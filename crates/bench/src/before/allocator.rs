@@ -20,20 +20,32 @@
 //!   checks it against braid's `Buffer::capacity`).
 //! - Pools: small (≤ 1 MiB, exact size) and large (a block up to a quarter larger may serve), each a
 //!   map from block size to a LIFO list — the seed's `std::set` pools keyed by size.
+//! - Streams: like braid's allocator, it serves the streams of one [`StreamPool`] (given at creation)
+//!   and blocks remember their stream by index; a stream of another pool is refused.
 //! - Stream-ordered reuse: a block freed on stream S is reused by S at once; another stream takes it
 //!   only once the event recorded at the free has completed (known from an earlier query, else asked
 //!   of the device for the most recent block). Events come from braid's [`EventPool`], so none is
 //!   created in steady state.
-//! - On a failed raw allocation the cache is freed (after its events) and the allocation retried once.
+//! - On a refused raw allocation ([`RuntimeError::DeviceOutOfMemory`]) the cache is freed (after its
+//!   events) and the allocation retried once; a second refusal is [`RuntimeError::OutOfMemory`] with
+//!   the statistics, as braid's allocator reports it.
 //!
 //! `record_stream` is not reproduced: no scenario uses a buffer on a second stream.
 //!
 //! # Lifetime
 //!
-//! As braid's allocator does, the shared state is leaked for the life of the process (it is small;
-//! cached memory is freed when the [`BeforeAllocator`] is dropped), so a buffer holds a `&'static`
-//! reference and no reference count is touched per operation. A buffer dropped after its allocator
-//! frees its memory directly, after its stream has drained.
+//! Nothing is leaked. The shared state (the pools, the stream pool and the event pool) is an `Arc`
+//! owned by the [`BeforeAllocator`] and, once it is dropped, by the buffers still live. The seed's
+//! buffers were bare pointers whose bookkeeping (its `m_allocated_buffers` map) lived under the global
+//! lock, and so it is here: a buffer holds a plain pointer to the state, and the state counts live
+//! buffers under the lock. While the allocator lives it keeps the state alive for its buffers; when
+//! it is dropped with buffers still live it hands one strong reference to them, and the free that
+//! brings the count to zero gives it back. The count is updated inside the critical section every
+//! alloc and free already hold, so the baseline touches no reference count per operation (an `Arc`
+//! clone per buffer would add a second contended cache line to the one the lock bounces, making the
+//! baseline slower than the design it models). Cached memory is freed when the [`BeforeAllocator`] is
+//! dropped; a buffer dropped after its allocator frees its memory directly, after its stream has
+//! drained; the state goes with the last of the two.
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -42,7 +54,8 @@ use std::sync::Arc;
 
 use braid_runtime::alloc::SMALL_LIMIT;
 use braid_runtime::{
-    AllocatorStats, Device, DevicePtr, Event, EventPool, PoolStats, Result, RuntimeError, Stream,
+    AllocatorStats, Device, Event, EventPool, PoolStats, Result, RuntimeError, Stream, StreamPool,
+    View,
 };
 use parking_lot::ReentrantMutex;
 
@@ -65,15 +78,15 @@ pub fn rounded_size(bytes: usize) -> usize {
     bytes.div_ceil(step) * step
 }
 
-/// Raw device memory with the stream of its last allocation.
+/// Raw device memory with the stream (its index in the allocator's pool) of its last allocation.
 struct Block<D: Device> {
-    ptr: DevicePtr,
+    raw: D::Buffer,
     size: usize,
-    stream: Stream<D>,
+    stream: u32,
 }
 
 /// A block in a pool, with the event recorded on its stream when it was freed (`None` when no event
-/// could be recorded because the stream's pool was gone: its work was drained then).
+/// could be recorded: then the stream was synchronized instead).
 struct CachedBlock<D: Device> {
     block: Block<D>,
     freed_at: Option<Event<D>>,
@@ -81,12 +94,12 @@ struct CachedBlock<D: Device> {
 
 impl<D: Device> CachedBlock<D> {
     /// Reusable by `stream` without asking the device.
-    fn ready_known(&self, stream: Stream<D>) -> bool {
+    fn ready_known(&self, stream: u32) -> bool {
         self.block.stream == stream || self.freed_at.as_ref().is_none_or(Event::is_known_complete)
     }
 
     /// Reusable by `stream`, asking the device (a failed query counts as "not yet").
-    fn ready_query(&self, stream: Stream<D>) -> bool {
+    fn ready_query(&self, stream: u32) -> bool {
         self.block.stream == stream
             || self
                 .freed_at
@@ -103,11 +116,18 @@ struct State<D: Device> {
     small: Pool<D>,
     large: Pool<D>,
     stats: AllocatorStats,
+    /// Live buffers (module doc, "Lifetime").
+    live_buffers: usize,
+    /// Whether the live buffers own a strong reference to the [`Shared`] state: set when the
+    /// allocator is dropped with buffers still live, cleared by the free that brings the count to zero.
+    buffers_own_state: bool,
 }
 
-/// The allocator's shared state (leaked; module doc, "Lifetime").
+/// The allocator's shared state (module doc, "Lifetime").
 struct Shared<D: Device> {
     device: D,
+    /// The pool whose streams the blocks name by index.
+    streams: Arc<StreamPool<D>>,
     events: Arc<EventPool<D>>,
     /// The seed's one recursive mutex (module doc). `RefCell` because a reentrant lock hands out
     /// shared references; no code path re-enters while a borrow is live.
@@ -118,19 +138,35 @@ struct Shared<D: Device> {
 
 /// The seed's allocator design on a braid device (module doc).
 pub struct BeforeAllocator<D: Device> {
-    shared: &'static Shared<D>,
+    shared: Arc<Shared<D>>,
 }
 
 /// A buffer from a [`BeforeAllocator`]; dropping it frees the block (under the global lock).
 pub struct BeforeBuffer<D: Device> {
     block: Option<Block<D>>,
-    owner: &'static Shared<D>,
+    /// Bytes requested.
+    len: usize,
+    /// The allocator's state (from `Arc::as_ptr`), kept alive by the live-buffer count (module doc,
+    /// "Lifetime").
+    owner: *const Shared<D>,
 }
 
+// SAFETY: a buffer owns its block (`D::Buffer: Send`) and reaches the shared state only through `&`
+// (`Shared<D>` is `Sync`: its mutable parts are behind the reentrant mutex or atomic); the state
+// outlives the buffer by the live-buffer count, whichever thread frees it.
+unsafe impl<D: Device> Send for BeforeBuffer<D> {}
+// SAFETY: `&BeforeBuffer` only reads the block's handle and length (`D::Buffer: Sync`).
+unsafe impl<D: Device> Sync for BeforeBuffer<D> {}
+
 impl<D: Device> BeforeBuffer<D> {
-    /// The device address of the first byte.
-    pub fn ptr(&self) -> DevicePtr {
-        self.block().ptr
+    /// The backend buffer (the whole block, which may be larger than the request).
+    pub fn raw(&self) -> &D::Buffer {
+        &self.block().raw
+    }
+
+    /// The view of the bytes asked for: what ops and copies take.
+    pub fn view(&self) -> View<'_, D> {
+        View::new(self.raw(), self.len)
     }
 
     /// Bytes the block really has (the rounded size).
@@ -149,33 +185,56 @@ impl<D: Device> BeforeBuffer<D> {
 impl<D: Device> Drop for BeforeBuffer<D> {
     fn drop(&mut self) {
         if let Some(block) = self.block.take() {
-            self.owner.free(block);
+            // SAFETY: this buffer is live until here, so the state is alive: the allocator owns it,
+            // or the live buffers do (module doc, "Lifetime").
+            let owner = unsafe { &*self.owner };
+            if owner.free(block) {
+                // SAFETY: `free` brought the count to zero after the allocator was dropped and released
+                // the lock, so this gives back the strong reference the allocator handed to its buffers
+                // (`BeforeAllocator::drop`); `self.owner` came from `Arc::as_ptr` and is not used again.
+                unsafe { Arc::decrement_strong_count(self.owner) };
+            }
         }
     }
 }
 
 impl<D: Device> BeforeAllocator<D> {
-    /// An allocator for `device`.
-    pub fn new(device: D) -> Self {
-        let shared = Box::leak(Box::new(Shared {
+    /// An allocator for the device of `streams`, serving those streams.
+    pub fn new(streams: Arc<StreamPool<D>>) -> Self {
+        let device = streams.device().clone();
+        let shared = Arc::new(Shared {
             events: EventPool::new(device.clone()),
             device,
+            streams,
             state: ReentrantMutex::new(RefCell::new(State {
                 small: Pool::new(),
                 large: Pool::new(),
                 stats: AllocatorStats::default(),
+                live_buffers: 0,
+                buffers_own_state: false,
             })),
             closed: AtomicBool::new(false),
-        }));
+        });
         Self { shared }
     }
 
-    /// A buffer of at least `bytes` bytes for use on `stream`.
-    pub fn alloc(&self, bytes: usize, stream: Stream<D>) -> Result<BeforeBuffer<D>> {
-        let block = self.shared.alloc(rounded_size(bytes), stream)?;
+    /// A buffer of at least `bytes` bytes for use on `stream` (one of the allocator's pool).
+    pub fn alloc(&self, bytes: usize, stream: Stream<'_, D>) -> Result<BeforeBuffer<D>> {
+        // The pool a stream belongs to is the one whose device it borrows (braid checks the same).
+        if !std::ptr::eq(stream.device(), self.shared.streams.device()) {
+            return Err(RuntimeError::InvalidConfig {
+                name: "stream",
+                value: format!("{stream:?}"),
+                allowed: "a stream of the pool the allocator was created with",
+            });
+        }
+        let block = self
+            .shared
+            .alloc(rounded_size(bytes), stream.index() as u32)?;
         Ok(BeforeBuffer {
             block: Some(block),
-            owner: self.shared,
+            len: bytes,
+            owner: Arc::as_ptr(&self.shared),
         })
     }
 
@@ -201,6 +260,26 @@ impl<D: Device> Drop for BeforeAllocator<D> {
             self.shared
                 .free_raw_cached(&mut lock.borrow_mut().stats, cached);
         }
+        // Buffers still live keep the state from here on (module doc, "Lifetime"); under the lock, so
+        // no free decides alone whether it is the last.
+        let mut state = lock.borrow_mut();
+        if state.live_buffers > 0 {
+            state.buffers_own_state = true;
+            std::mem::forget(Arc::clone(&self.shared));
+        }
+    }
+}
+
+impl<D: Device> Drop for Shared<D> {
+    fn drop(&mut self) {
+        // A block freed while the allocator closed may have reached a pool after `BeforeAllocator::drop`
+        // drained them (its free saw the allocator open); nothing else can reach it now.
+        let state = self.state.get_mut().get_mut();
+        let cached = drain(state);
+        let mut stats = std::mem::take(&mut state.stats);
+        for cached in cached {
+            self.free_raw_cached(&mut stats, cached);
+        }
     }
 }
 
@@ -215,47 +294,84 @@ fn drain<D: Device>(state: &mut State<D>) -> Vec<CachedBlock<D>> {
 }
 
 impl<D: Device> Shared<D> {
-    fn alloc(&self, size: usize, stream: Stream<D>) -> Result<Block<D>> {
+    /// The handle of this allocator's stream `index` (an index a stream of the pool gave).
+    fn stream(&self, index: u32) -> Stream<'_, D> {
+        self.streams
+            .stream(index as usize)
+            .expect("invariant violated: a block names a stream its pool lacks (this is a bug)")
+    }
+
+    /// Uncounts a freed buffer (under the lock); whether the caller must give back the buffers'
+    /// strong reference once the lock is released (the last buffer of a dropped allocator).
+    fn uncount_buffer(state: &mut State<D>) -> bool {
+        state.live_buffers -= 1;
+        let last = state.live_buffers == 0 && state.buffers_own_state;
+        if last {
+            state.buffers_own_state = false;
+        }
+        last
+    }
+
+    fn alloc(&self, size: usize, stream: u32) -> Result<Block<D>> {
         let lock = self.state.lock();
         let cached = take_cached(&mut lock.borrow_mut(), size, stream);
         if let Some(block) = cached {
+            let state = &mut *lock.borrow_mut();
             // A reused large block may be up to a quarter larger than asked: count what it holds.
-            count_alloc(&mut lock.borrow_mut().stats, block.size, true);
+            count_alloc(&mut state.stats, block.size, true);
+            state.live_buffers += 1;
             return Ok(block);
         }
-        // A miss: raw memory, allocated under the lock as the seed did; on failure free the cache
+        // A miss: raw memory, allocated under the lock as the seed did; on a refusal free the cache
         // (after its events) and retry once.
-        let ptr = match self.device.alloc_raw(size) {
-            Ok(ptr) => ptr,
-            Err(RuntimeError::OutOfMemory { .. }) => {
+        let raw = match self.device.alloc_raw(size) {
+            Ok(raw) => raw,
+            Err(RuntimeError::DeviceOutOfMemory { .. }) => {
                 let cached = drain(&mut lock.borrow_mut());
                 for cached in cached {
                     self.free_raw_cached(&mut lock.borrow_mut().stats, cached);
                 }
-                self.device.alloc_raw(size)?
+                match self.device.alloc_raw(size) {
+                    Ok(raw) => raw,
+                    Err(RuntimeError::DeviceOutOfMemory { .. }) => {
+                        return Err(RuntimeError::OutOfMemory {
+                            requested: size,
+                            limit: "none (device memory)".into(),
+                            stats: lock.borrow().stats.to_string(),
+                        })
+                    }
+                    Err(e) => return Err(e),
+                }
             }
             Err(e) => return Err(e),
         };
-        let stats = &mut lock.borrow_mut().stats;
+        let state = &mut *lock.borrow_mut();
+        let stats = &mut state.stats;
         stats.raw_allocs += 1;
         stats.reserved_bytes += size as u64;
         stats.peak_reserved_bytes = stats.peak_reserved_bytes.max(stats.reserved_bytes);
         count_alloc(stats, size, false);
-        Ok(Block { ptr, size, stream })
+        state.live_buffers += 1;
+        Ok(Block { raw, size, stream })
     }
 
-    fn free(&self, block: Block<D>) {
+    /// Frees a buffer's block; returns whether it was the last live buffer of a dropped allocator
+    /// (module doc, "Lifetime": the caller then gives back the buffers' strong reference, and must
+    /// not use `self` after).
+    fn free(&self, block: Block<D>) -> bool {
         // Acquire pairs with the Release in `BeforeAllocator::drop`.
         if self.closed.load(Ordering::Acquire) {
-            if let Err(e) = block.stream.synchronize() {
+            if let Err(e) = self.stream(block.stream).synchronize() {
                 if !matches!(e, RuntimeError::Dropped { .. }) {
                     eprintln!("warning: stream failed before a block was freed: {e}");
                 }
             }
-            // SAFETY: the block came from `alloc_raw(block.size)` on this device, is freed once (the
-            // buffer gave it up), and its stream has drained, so no pending work uses it.
-            unsafe { self.device.free_raw(block.ptr, block.size) };
-            return;
+            // SAFETY: the block came from `alloc_raw` on this device, is freed once (the buffer gave
+            // it up), and its stream has drained, so no pending work uses it.
+            unsafe { self.device.free_raw(block.raw) };
+            let lock = self.state.lock();
+            let last = Self::uncount_buffer(&mut lock.borrow_mut());
+            return last;
         }
         let lock = self.state.lock();
         // Event recording under the global lock: the seed's design.
@@ -263,6 +379,7 @@ impl<D: Device> Shared<D> {
         let mut state = lock.borrow_mut();
         state.stats.allocated_bytes -= block.size as i64;
         state.stats.frees += 1;
+        let last = Self::uncount_buffer(&mut state);
         let pool = if block.size <= SMALL_LIMIT {
             &mut state.small
         } else {
@@ -271,11 +388,13 @@ impl<D: Device> Shared<D> {
         pool.entry(block.size)
             .or_default()
             .push(CachedBlock { block, freed_at });
+        last
     }
 
-    /// A pooled event recorded on `stream`, or `None` when the stream's pool is gone (then its work was
-    /// drained) or recording failed (then the stream is synchronized instead).
-    fn record_event(&self, stream: Stream<D>) -> Option<Event<D>> {
+    /// A pooled event recorded on stream `index`, or `None` when the stream's pool is gone (then its
+    /// work was drained) or recording failed (then the stream is synchronized instead).
+    fn record_event(&self, index: u32) -> Option<Event<D>> {
+        let stream = self.stream(index);
         let mut event = match self.events.event() {
             Ok(event) => event,
             Err(_) => {
@@ -297,7 +416,7 @@ impl<D: Device> Shared<D> {
     fn free_raw_cached(&self, stats: &mut AllocatorStats, cached: CachedBlock<D>) {
         let idle = match &cached.freed_at {
             Some(event) => event.synchronize(),
-            None => match cached.block.stream.synchronize() {
+            None => match self.stream(cached.block.stream).synchronize() {
                 Err(RuntimeError::Dropped { .. }) => Ok(()),
                 other => other,
             },
@@ -305,10 +424,10 @@ impl<D: Device> Shared<D> {
         if let Err(e) = idle {
             eprintln!("warning: stream failed before a cached block was freed: {e}");
         }
-        let Block { ptr, size, .. } = cached.block;
-        // SAFETY: the block came from `alloc_raw(size)` on this device, left its pool here (so it is
-        // freed once), and the wait above means no pending work uses it.
-        unsafe { self.device.free_raw(ptr, size) };
+        let Block { raw, size, .. } = cached.block;
+        // SAFETY: the block came from `alloc_raw` on this device, left its pool here (so it is freed
+        // once), and the wait above means no pending work uses it.
+        unsafe { self.device.free_raw(raw) };
         stats.reserved_bytes -= size as u64;
         stats.raw_frees += 1;
     }
@@ -331,11 +450,7 @@ fn count_alloc(stats: &mut AllocatorStats, size: usize, hit: bool) {
 
 /// A cached block of `size` (small: exactly; large: up to a quarter more) reusable by `stream`. Asks
 /// the device about the most recent candidate when no block is known to be ready (under the lock).
-fn take_cached<D: Device>(
-    state: &mut State<D>,
-    size: usize,
-    stream: Stream<D>,
-) -> Option<Block<D>> {
+fn take_cached<D: Device>(state: &mut State<D>, size: usize, stream: u32) -> Option<Block<D>> {
     let (pool, largest) = if size <= SMALL_LIMIT {
         (&mut state.small, size)
     } else {
@@ -376,21 +491,30 @@ mod tests {
     use std::sync::atomic::AtomicUsize;
 
     use braid_runtime::cpu::CpuDevice;
-    use braid_runtime::{AllocatorConfig, CachingAllocator, StreamPool, StreamPoolConfig};
+    use braid_runtime::{AllocatorConfig, CachingAllocator, StreamPoolConfig};
 
     use super::*;
 
-    fn setup() -> (StreamPool<CpuDevice>, BeforeAllocator<CpuDevice>) {
-        let device = CpuDevice::with_memory_capacity(1 << 30);
-        let pool = StreamPool::new(device.clone(), StreamPoolConfig::default()).unwrap();
-        (pool, BeforeAllocator::new(device))
+    fn pool(capacity: usize) -> Arc<StreamPool<CpuDevice>> {
+        let device = CpuDevice::with_memory_capacity(capacity);
+        Arc::new(StreamPool::new(device, StreamPoolConfig::default()).unwrap())
+    }
+
+    fn setup() -> (Arc<StreamPool<CpuDevice>>, BeforeAllocator<CpuDevice>) {
+        let pool = pool(1 << 30);
+        let alloc = BeforeAllocator::new(pool.clone());
+        (pool, alloc)
+    }
+
+    /// The host address of a buffer's first byte.
+    fn addr(buffer: &BeforeBuffer<CpuDevice>) -> usize {
+        buffer.raw().as_ptr() as usize
     }
 
     #[test]
     fn rounding_matches_braids_size_classes() {
-        let device = CpuDevice::with_memory_capacity(1 << 30);
-        let pool = StreamPool::new(device.clone(), StreamPoolConfig::default()).unwrap();
-        let braid = CachingAllocator::new(device, AllocatorConfig::default());
+        let pool = pool(1 << 30);
+        let braid = CachingAllocator::new(&pool, AllocatorConfig::default());
         let stream = pool.stream(1).unwrap();
         let sizes = (1..5000).chain((1000..(3 << 20)).step_by(4099)).chain([
             SMALL_LIMIT,
@@ -410,10 +534,11 @@ mod tests {
         let s = pool.stream(1).unwrap();
         let a = alloc.alloc(1000, s).unwrap();
         assert_eq!(a.capacity(), 1024);
-        let ptr = a.ptr();
+        assert_eq!(a.view().len, 1000);
+        let ptr = addr(&a);
         drop(a);
         let b = alloc.alloc(900, s).unwrap();
-        assert_eq!(b.ptr(), ptr, "freed on S, reused by S at once");
+        assert_eq!(addr(&b), ptr, "freed on S, reused by S at once");
         drop(b);
         let stats = alloc.stats();
         assert_eq!((stats.small.hits, stats.small.misses), (1, 1));
@@ -443,7 +568,7 @@ mod tests {
         let (pool, alloc) = setup();
         let (s1, s2) = (pool.stream(1).unwrap(), pool.stream(2).unwrap());
         let a = alloc.alloc(4 << 20, s1).unwrap();
-        let ptr = a.ptr();
+        let ptr = addr(&a);
         let gate = Arc::new(AtomicUsize::new(0));
         let g = gate.clone();
         let raw = s1.raw().unwrap();
@@ -457,14 +582,25 @@ mod tests {
         drop(a);
         let b = alloc.alloc(4 << 20, s2).unwrap();
         assert_ne!(
-            b.ptr(),
+            addr(&b),
             ptr,
             "s1's work is pending: s2 must not get the block"
         );
         gate.store(1, Ordering::SeqCst);
         s1.synchronize().unwrap();
         let c = alloc.alloc(4 << 20, s2).unwrap();
-        assert_eq!(c.ptr(), ptr, "after s1's work, s2 reuses the block");
+        assert_eq!(addr(&c), ptr, "after s1's work, s2 reuses the block");
+    }
+
+    #[test]
+    fn a_stream_of_another_pool_is_refused() {
+        let (_pool, alloc) = setup();
+        let other = pool(1 << 20);
+        let err = alloc.alloc(256, other.stream(1).unwrap()).err();
+        assert!(
+            matches!(err, Some(RuntimeError::InvalidConfig { .. })),
+            "{err:?}"
+        );
     }
 
     #[test]
@@ -475,7 +611,7 @@ mod tests {
         let violations = AtomicUsize::new(0);
         // Live ranges of all threads: start -> end. Checked and updated under one lock, so a block
         // handed out while another live block overlaps it is seen.
-        let live = parking_lot::Mutex::new(BTreeMap::<u64, u64>::new());
+        let live = parking_lot::Mutex::new(BTreeMap::<usize, usize>::new());
         std::thread::scope(|scope| {
             for t in 0..4u64 {
                 let (live, violations) = (&live, &violations);
@@ -489,7 +625,7 @@ mod tests {
                             .wrapping_add(1442695040888963407);
                         let bytes = 256 << ((x >> 60) as usize % 15);
                         let buffer = alloc.alloc(bytes, stream).unwrap();
-                        let (start, end) = (buffer.ptr().0, buffer.ptr().0 + bytes as u64);
+                        let (start, end) = (addr(&buffer), addr(&buffer) + bytes);
                         {
                             let mut live = live.lock();
                             let before = live.range(..end).next_back();
@@ -517,10 +653,15 @@ mod tests {
     }
 
     #[test]
-    fn drop_returns_every_byte_to_the_device() {
-        let device = CpuDevice::with_memory_capacity(1 << 30);
-        let pool = StreamPool::new(device.clone(), StreamPoolConfig::default()).unwrap();
-        let alloc = BeforeAllocator::new(device.clone());
+    fn drop_returns_every_byte_and_the_state_goes_with_the_last_buffer() {
+        let pool = pool(1 << 30);
+        let device = pool.device().clone();
+        let alloc = BeforeAllocator::new(pool.clone());
+        assert_eq!(
+            Arc::strong_count(&pool),
+            2,
+            "the allocator's state holds the pool"
+        );
         let s = pool.stream(3).unwrap();
         let buffers: Vec<_> = (0..20)
             .map(|i| alloc.alloc(1000 << i, s).unwrap())
@@ -528,21 +669,43 @@ mod tests {
         drop(buffers);
         assert!(device.raw_allocated() > 0);
         let outliving = alloc.alloc(5000, s).unwrap();
+        let moved = std::thread::spawn(move || outliving).join().unwrap();
         drop(alloc);
-        drop(outliving);
+        assert_eq!(
+            Arc::strong_count(&pool),
+            2,
+            "a live buffer keeps the state after its allocator"
+        );
+        drop(moved);
+        assert_eq!(device.raw_allocated(), 0);
+        assert_eq!(
+            Arc::strong_count(&pool),
+            1,
+            "the state (and its hold on the pool) is freed with the last buffer"
+        );
+        // Without live buffers the state goes with the allocator.
+        let alloc = BeforeAllocator::new(pool.clone());
+        drop(alloc.alloc(5000, s).unwrap());
+        drop(alloc);
+        assert_eq!(Arc::strong_count(&pool), 1);
         assert_eq!(device.raw_allocated(), 0);
     }
 
     #[test]
     fn out_of_memory_frees_the_cache_and_retries() {
-        let device = CpuDevice::with_memory_capacity(8 << 20);
-        let pool = StreamPool::new(device.clone(), StreamPoolConfig::default()).unwrap();
-        let alloc = BeforeAllocator::new(device);
+        let pool = pool(8 << 20);
+        let alloc = BeforeAllocator::new(pool.clone());
         let s = pool.stream(1).unwrap();
         drop(alloc.alloc(6 << 20, s).unwrap());
         // 6 MiB cached; 7 MiB does not fit beside it, nor in the 6 MiB block.
         let b = alloc.alloc(7 << 20, s).unwrap();
         assert_eq!(b.capacity(), 7 << 20);
         assert_eq!(alloc.stats().raw_frees, 1);
+        // With the cache empty and 7 MiB live, 2 MiB fails as braid's allocator reports it.
+        let err = alloc.alloc(2 << 20, s).err();
+        assert!(
+            matches!(err, Some(RuntimeError::OutOfMemory { .. })),
+            "{err:?}"
+        );
     }
 }

@@ -26,12 +26,15 @@
 //!
 //! # Lifetime
 //!
-//! Like braid's pool, the shared state is leaked for the process so that streams are `&'static` and
-//! leases held by exiting threads can always be returned; dropping the pool shuts its streams down.
+//! Nothing is leaked. The shared state is an `Arc` owned by the [`BeforeStreamPool`]; streams it hands
+//! out and explicit leases ([`BeforeLease`]) borrow the pool, so they cannot outlive it, as braid's
+//! `Stream` and `StreamLease` cannot. A thread's implicit lease (taken by `current_stream`) holds the
+//! state only weakly, as braid's does: a thread that exits after its pool was dropped has nothing to
+//! return. Dropping the pool shuts its streams down.
 
 use std::cell::{Cell, RefCell};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::Instant;
 
 use braid_runtime::{Device, ExhaustionPolicy, Result, RuntimeError};
@@ -64,18 +67,18 @@ struct Shared<D: Device> {
 
 /// The seed's stream pool design on a braid device (module doc).
 pub struct BeforeStreamPool<D: Device> {
-    shared: &'static Shared<D>,
+    shared: Arc<Shared<D>>,
 }
 
 /// An explicitly leased worker slot; returned (after its stream drains) on [`release`](Self::release)
-/// or drop.
-pub struct BeforeLease {
-    owner: &'static dyn SlotOwner,
+/// or drop. Borrows its pool.
+pub struct BeforeLease<'a> {
+    owner: &'a dyn SlotOwner,
     index: usize,
     released: bool,
 }
 
-impl BeforeLease {
+impl BeforeLease<'_> {
     /// The leased slot's stream index.
     pub fn index(&self) -> usize {
         self.index
@@ -89,9 +92,25 @@ impl BeforeLease {
     }
 }
 
-impl Drop for BeforeLease {
+impl Drop for BeforeLease<'_> {
     fn drop(&mut self) {
         self.release();
+    }
+}
+
+/// A slot leased implicitly by `current_stream`, returned when the thread exits (if its pool is
+/// still there).
+struct ImplicitLease {
+    pool_id: u64,
+    owner: Weak<dyn SlotOwner>,
+    index: usize,
+}
+
+impl Drop for ImplicitLease {
+    fn drop(&mut self) {
+        if let Some(owner) = self.owner.upgrade() {
+            owner.release(self.index);
+        }
     }
 }
 
@@ -107,7 +126,7 @@ impl Drop for BeforeCurrentGuard {
     }
 }
 
-trait SlotOwner: Sync {
+trait SlotOwner: Send + Sync {
     fn release(&self, index: usize);
 }
 
@@ -115,7 +134,7 @@ thread_local! {
     /// (pool id, slot index) of this thread's current stream — the seed's thread-local index.
     static CURRENT: Cell<(u64, usize)> = const { Cell::new((0, 0)) };
     /// Leases taken implicitly by `current_stream`, returned when the thread exits.
-    static IMPLICIT_LEASES: RefCell<Vec<BeforeLease>> = const { RefCell::new(Vec::new()) };
+    static IMPLICIT_LEASES: RefCell<Vec<ImplicitLease>> = const { RefCell::new(Vec::new()) };
 }
 
 impl<D: Device> BeforeStreamPool<D> {
@@ -128,7 +147,7 @@ impl<D: Device> BeforeStreamPool<D> {
                 allowed: "at least one worker slot and the error or wait:<ms> policy",
             });
         }
-        let shared = Box::leak(Box::new(Shared {
+        let shared = Arc::new(Shared {
             id: NEXT_POOL_ID.fetch_add(1, Ordering::Relaxed),
             device,
             streams: (0..=worker_slots).map(|_| OnceLock::new()).collect(),
@@ -141,13 +160,13 @@ impl<D: Device> BeforeStreamPool<D> {
             workers: worker_slots,
             exhaustion,
             closed: AtomicBool::new(false),
-        }));
+        });
         Ok(Self { shared })
     }
 
     /// Stream `index`, created on first use; takes the creation mutex on every call (problem 4).
-    pub fn get_stream(&self, index: usize) -> Result<&'static D::Stream> {
-        let shared = self.shared;
+    pub fn get_stream(&self, index: usize) -> Result<&D::Stream> {
+        let shared = &*self.shared;
         let slot = shared
             .streams
             .get(index)
@@ -165,7 +184,7 @@ impl<D: Device> BeforeStreamPool<D> {
     }
 
     /// This thread's current stream: the thread-local index, then `get_stream(index)` (module doc).
-    pub fn current_stream(&self) -> Result<&'static D::Stream> {
+    pub fn current_stream(&self) -> Result<&D::Stream> {
         self.get_stream(self.current_index()?)
     }
 
@@ -184,23 +203,35 @@ impl<D: Device> BeforeStreamPool<D> {
     /// on the main thread, or a newly leased slot kept until the thread exits.
     #[cold]
     fn implicit_slot(&self) -> Result<usize> {
-        let owner: &'static dyn SlotOwner = self.shared;
-        let earlier = IMPLICIT_LEASES.with_borrow(|leases| {
-            leases
-                .iter()
-                .find(|l| std::ptr::addr_eq(l.owner, owner))
-                .map(BeforeLease::index)
+        let id = self.shared.id;
+        // Leases of pools that are gone go first, so a long-lived thread's list does not grow (dropped
+        // outside the borrow: returning a lease may drain a stream).
+        let (earlier, gone) = IMPLICIT_LEASES.with_borrow_mut(|leases| {
+            let (live, gone): (Vec<_>, Vec<_>) =
+                leases.drain(..).partition(|l| l.owner.strong_count() > 0);
+            *leases = live;
+            let earlier = leases.iter().find(|l| l.pool_id == id).map(|l| l.index);
+            (earlier, gone)
         });
+        drop(gone);
         if let Some(index) = earlier {
             return Ok(index);
         }
         if std::thread::current().name() == Some("main") {
             return Ok(0);
         }
-        let lease = self.lease()?;
-        let index = lease.index;
-        IMPLICIT_LEASES.with_borrow_mut(|leases| leases.push(lease));
-        Ok(index)
+        let mut lease = self.lease()?;
+        // The slot now belongs to the thread: the borrowed lease hands it over without returning it.
+        lease.released = true;
+        let owner: Weak<Shared<D>> = Arc::downgrade(&self.shared);
+        IMPLICIT_LEASES.with_borrow_mut(|leases| {
+            leases.push(ImplicitLease {
+                pool_id: id,
+                owner,
+                index: lease.index,
+            })
+        });
+        Ok(lease.index)
     }
 
     /// Makes `stream` this thread's current stream, finding its index by scanning the stream array
@@ -222,8 +253,8 @@ impl<D: Device> BeforeStreamPool<D> {
     }
 
     /// Leases a worker slot from the free list, following the exhaustion policy.
-    pub fn lease(&self) -> Result<BeforeLease> {
-        let shared = self.shared;
+    pub fn lease(&self) -> Result<BeforeLease<'_>> {
+        let shared = &*self.shared;
         let mut list = shared.free_list.lock();
         if let Some(index) = list.free.pop() {
             return Ok(shared.lease_of(index));
@@ -270,7 +301,7 @@ impl<D: Device> Drop for BeforeStreamPool<D> {
 }
 
 impl<D: Device> Shared<D> {
-    fn lease_of(&'static self, index: usize) -> BeforeLease {
+    fn lease_of(&self, index: usize) -> BeforeLease<'_> {
         BeforeLease {
             owner: self,
             index,
@@ -384,10 +415,11 @@ mod tests {
 
     #[test]
     fn current_stream_leases_once_and_returns_the_slot_at_thread_exit() {
-        let pool: &'static BeforeStreamPool<CpuDevice> = Box::leak(Box::new(
-            BeforeStreamPool::new(CpuDevice::new(), 2, ExhaustionPolicy::Error).unwrap(),
-        ));
+        let pool =
+            Arc::new(BeforeStreamPool::new(CpuDevice::new(), 2, ExhaustionPolicy::Error).unwrap());
+        let shared = pool.clone();
         std::thread::spawn(move || {
+            let pool = shared;
             let a = pool.current_stream().unwrap();
             let b = pool.current_stream().unwrap();
             assert!(std::ptr::eq(a, b));
@@ -406,5 +438,32 @@ mod tests {
             0,
             "the thread's slot came back at exit"
         );
+    }
+
+    #[test]
+    fn a_thread_that_outlives_its_pool_returns_nothing_and_frees_nothing_twice() {
+        let pool =
+            Arc::new(BeforeStreamPool::new(CpuDevice::new(), 1, ExhaustionPolicy::Error).unwrap());
+        let weak = Arc::downgrade(&pool.shared);
+        let (leased_tx, leased_rx) = std::sync::mpsc::channel();
+        let (dropped_tx, dropped_rx) = std::sync::mpsc::channel::<()>();
+        let shared = pool.clone();
+        let thread = std::thread::spawn(move || {
+            shared.current_stream().unwrap();
+            drop(shared);
+            leased_tx.send(()).unwrap();
+            dropped_rx.recv().unwrap();
+            // Exits holding an implicit lease of a pool that is gone.
+        });
+        leased_rx.recv().unwrap();
+        assert_eq!(pool.leased_slots(), 1);
+        drop(pool);
+        assert_eq!(
+            weak.strong_count(),
+            0,
+            "the pool's state is freed with the pool"
+        );
+        dropped_tx.send(()).unwrap();
+        thread.join().unwrap();
     }
 }

@@ -3,8 +3,11 @@
 //!
 //! # Phases
 //!
-//! 1. Each thread builds its [`Worker`] (leases a stream, fills caches …), then waits at the start
-//!    gate until every thread is ready.
+//! 1. Each thread builds its [`Worker`] (leases a stream, fills caches …) with the scenario's
+//!    [`MakeWorker`], then waits at the start gate until every thread is ready. Every thread holds the
+//!    one `MakeWorker` through an `Arc` and its worker may borrow from it — a stream pool and the
+//!    stream handles and leases that borrow the pool, an allocator — so a worker touches no reference
+//!    count per op.
 //! 2. *Warm-up*: workers run batches that are not counted.
 //! 3. *Measure*: a batch that starts in this phase is counted, even if it ends after the phase. A
 //!    thread's rate is its counted ops over its measured span: from the start of its first counted
@@ -39,6 +42,47 @@ pub trait Worker {
     /// Runs one batch of ops and returns how many ran. `measuring` says whether this batch counts,
     /// for workers that record figures of their own.
     fn batch(&mut self, measuring: bool) -> Result<u64, BenchError>;
+}
+
+/// Builds each thread's [`Worker`], on that thread (module doc, phase 1). Shared by every worker
+/// thread through an `Arc`; a worker may borrow from it for as long as it lives.
+///
+/// [`from_fn`] makes one of a closure, for workers that borrow nothing.
+pub trait MakeWorker: Send + Sync + 'static {
+    /// The worker, borrowing from `self`.
+    type Worker<'a>: Worker
+    where
+        Self: 'a;
+
+    /// The worker of thread `index` (0-based).
+    fn make(&self, index: usize) -> Result<Self::Worker<'_>, BenchError>;
+}
+
+/// A [`MakeWorker`] of a closure that builds thread `index`'s worker (see [`from_fn`]).
+pub struct FromFn<F>(F);
+
+/// A [`MakeWorker`] that calls `make(thread_index)`: for workers that borrow nothing from it.
+pub fn from_fn<W, F>(make: F) -> FromFn<F>
+where
+    W: Worker,
+    F: Fn(usize) -> Result<W, BenchError> + Send + Sync + 'static,
+{
+    FromFn(make)
+}
+
+impl<W, F> MakeWorker for FromFn<F>
+where
+    W: Worker,
+    F: Fn(usize) -> Result<W, BenchError> + Send + Sync + 'static,
+{
+    type Worker<'a>
+        = W
+    where
+        F: 'a;
+
+    fn make(&self, index: usize) -> Result<W, BenchError> {
+        (self.0)(index)
+    }
 }
 
 /// Points at which a scenario reads figures; each runs on the thread that called [`run_workers`].
@@ -153,18 +197,15 @@ struct ThreadMeasure {
     latency: LatencyHistogram,
 }
 
-/// Runs `threads` workers built by `make_worker(thread_index)` on their own threads through the
-/// phases of the module doc.
-pub fn run_workers<W, F>(
+/// Runs `threads` workers built by `make_worker.make(thread_index)` on their own threads through the
+/// phases of the module doc. `make_worker` (and so whatever the workers borrow from it) is dropped
+/// when every thread has been joined, before this returns.
+pub fn run_workers<M: MakeWorker>(
     threads: usize,
     timing: &Timing,
-    make_worker: F,
+    make_worker: M,
     hooks: &mut dyn PhaseHooks,
-) -> Result<Measured, BenchError>
-where
-    W: Worker,
-    F: Fn(usize) -> Result<W, BenchError> + Send + Sync + 'static,
-{
+) -> Result<Measured, BenchError> {
     let control = Arc::new(Control::default());
     let make_worker = Arc::new(make_worker);
     let handles: Vec<_> = (0..threads)
@@ -247,12 +288,12 @@ fn drive(
     Ok(())
 }
 
-fn worker_thread<W: Worker>(
+fn worker_thread<M: MakeWorker>(
     index: usize,
-    make_worker: &dyn Fn(usize) -> Result<W, BenchError>,
+    make_worker: &M,
     control: &Control,
 ) -> Result<ThreadMeasure, BenchError> {
-    let mut worker = make_worker(index)?;
+    let mut worker = make_worker.make(index)?;
     control.arrive(|g| &mut g.ready, |g| g.started)?;
     let mut measure = ThreadMeasure::default();
     let mut first_start = None;
@@ -331,7 +372,7 @@ mod tests {
             }
         }
         let mut order = Order::default();
-        let measured = run_workers(3, &SHORT, |_| Ok(Counter(0)), &mut order).unwrap();
+        let measured = run_workers(3, &SHORT, from_fn(|_| Ok(Counter(0))), &mut order).unwrap();
         assert!(measured.ops > 0 && measured.ops % 4 == 0);
         assert!(measured.ops_per_sec > 0.0);
         let sampled = measured.latency.count();
@@ -353,13 +394,13 @@ mod tests {
         let err = run_workers(
             4,
             &SHORT,
-            |i| {
+            from_fn(|i| {
                 if i == 2 {
                     Err(BenchError::Worker("setup failed".into()))
                 } else {
                     Ok(Failing)
                 }
-            },
+            }),
             &mut NoHooks,
         )
         .err()
@@ -373,12 +414,36 @@ mod tests {
         let panicking = run_workers(
             2,
             &SHORT,
-            |i| {
+            from_fn(|i| {
                 assert_ne!(i, 1, "boom");
                 Ok(Counter(0))
-            },
+            }),
             &mut NoHooks,
         );
         assert!(panicking.err().unwrap().to_string().contains("boom"));
+    }
+
+    #[test]
+    fn workers_borrow_their_maker_and_the_maker_is_gone_when_the_run_returns() {
+        /// Each worker borrows its thread's slot of the maker.
+        struct Slots(Arc<Vec<std::sync::atomic::AtomicU64>>);
+        struct Borrowing<'a>(&'a std::sync::atomic::AtomicU64);
+        impl Worker for Borrowing<'_> {
+            fn batch(&mut self, _measuring: bool) -> Result<u64, BenchError> {
+                self.0.fetch_add(1, Ordering::Relaxed);
+                Ok(1)
+            }
+        }
+        impl MakeWorker for Slots {
+            type Worker<'a> = Borrowing<'a>;
+            fn make(&self, index: usize) -> Result<Borrowing<'_>, BenchError> {
+                Ok(Borrowing(&self.0[index]))
+            }
+        }
+        let slots: Arc<Vec<_>> = Arc::new((0..2).map(|_| Default::default()).collect());
+        let measured = run_workers(2, &SHORT, Slots(slots.clone()), &mut NoHooks).unwrap();
+        assert_eq!(Arc::strong_count(&slots), 1, "the maker was dropped");
+        let batches: u64 = slots.iter().map(|s| s.load(Ordering::Relaxed)).sum();
+        assert!(batches >= measured.ops && slots.iter().all(|s| s.load(Ordering::Relaxed) > 0));
     }
 }

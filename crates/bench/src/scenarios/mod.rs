@@ -217,10 +217,11 @@ pub fn allocator_streams(commit: CommitPolicy) -> Result<StreamPool<BenchDevice>
     )?)
 }
 
-/// An allocator under test, the braid streams its workers lease, and the device both run on.
-/// [`teardown`](Self::teardown) checks that every byte came back.
+/// An allocator under test, the braid streams its workers lease (the allocator serves them), and the
+/// device both run on. [`teardown`](Self::teardown) checks that every byte came back.
 pub struct AllocFixture<A> {
-    /// Shared by the workers (cloned once per thread; no reference count per op).
+    /// Shared by the workers through their [`MakeWorker`](crate::harness::workers::MakeWorker) (no
+    /// reference count per op).
     pub allocator: Arc<A>,
     /// Each worker leases its own stream here.
     pub streams: Arc<StreamPool<BenchDevice>>,
@@ -228,20 +229,39 @@ pub struct AllocFixture<A> {
     pub device: BenchDevice,
 }
 
+/// What an allocator scenario's [`MakeWorker`](crate::harness::workers::MakeWorker) holds and its
+/// workers borrow: the allocator, and the pool each worker leases its stream from (the lease and the
+/// stream handle borrow it).
+pub struct AllocShared<A> {
+    /// The allocator under test.
+    pub allocator: Arc<A>,
+    /// The pool the allocator serves.
+    pub streams: Arc<StreamPool<BenchDevice>>,
+}
+
 impl<A: AllocatorUnderTest> AllocFixture<A> {
-    /// A fresh device, stream pool (with `commit` policy) and allocator.
+    /// A fresh device, stream pool (with `commit` policy) and allocator serving the pool.
     pub fn new(commit: CommitPolicy) -> Result<Self, BenchError> {
-        let streams = allocator_streams(commit)?;
-        let device = streams.device().clone();
+        let streams = Arc::new(allocator_streams(commit)?);
         Ok(Self {
-            allocator: Arc::new(A::create(device.clone())),
-            streams: Arc::new(streams),
-            device,
+            allocator: Arc::new(A::create(&streams)),
+            device: streams.device().clone(),
+            streams,
         })
     }
 
+    /// The allocator and the pool, for the workers (dropped with the workers' `MakeWorker`, before
+    /// [`teardown`](Self::teardown)).
+    pub fn shared(&self) -> AllocShared<A> {
+        AllocShared {
+            allocator: self.allocator.clone(),
+            streams: self.streams.clone(),
+        }
+    }
+
     /// Once every worker has been joined: checks that no buffer is live and that dropping the
-    /// allocator returns all device memory, then drops the allocator and the streams (in that order).
+    /// allocator returns all device memory, then drops the allocator and the streams (in that order;
+    /// the seed's allocator holds the pool until its state goes, braid's holds the pool's state).
     pub fn teardown(self) -> Vec<Check> {
         let allocated = self.allocator.stats().allocated_bytes;
         let sole_owner = Arc::into_inner(self.allocator).is_some();

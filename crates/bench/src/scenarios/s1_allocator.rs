@@ -11,15 +11,13 @@
 //! Every thread replays the same seeded sequence of sizes under both arms. Reported besides
 //! throughput and latency: cache hit rate, raw device allocations and peak reserved bytes.
 
-use std::sync::Arc;
-
 use braid_runtime::{CachingAllocator, CommitPolicy, Stream, StreamLease};
 
-use super::{AllocFixture, Ctx, Rng, STANDARD_THREADS};
+use super::{AllocFixture, AllocShared, Ctx, Rng, STANDARD_THREADS};
 use crate::before::allocator::BeforeAllocator;
 use crate::device::BenchDevice;
 use crate::error::BenchError;
-use crate::harness::workers::{run_workers, NoHooks, Worker};
+use crate::harness::workers::{run_workers, MakeWorker, NoHooks, Worker};
 use crate::harness::{CaseSpec, Extra, RepResult, Role, Timing, Unit, AFTER, BEFORE};
 use crate::subjects::AllocatorUnderTest;
 
@@ -78,13 +76,11 @@ fn repetition<A: AllocatorUnderTest>(
     timing: &Timing,
 ) -> Result<RepResult, BenchError> {
     let fixture = AllocFixture::<A>::new(CommitPolicy::Auto)?;
-    let (allocator, streams) = (fixture.allocator.clone(), fixture.streams.clone());
-    let measured = run_workers(
-        threads,
-        timing,
-        move |index| WindowWorker::new(allocator.clone(), streams.lease()?, sizes, index),
-        &mut NoHooks,
-    )?;
+    let windows = Windows {
+        shared: fixture.shared(),
+        sizes,
+    };
+    let measured = run_workers(threads, timing, windows, &mut NoHooks)?;
     let stats = fixture.allocator.stats();
     Ok(RepResult {
         ops_per_sec: measured.ops_per_sec,
@@ -102,22 +98,40 @@ fn repetition<A: AllocatorUnderTest>(
     })
 }
 
+/// Builds the window workers; they borrow its allocator and pool.
+struct Windows<A> {
+    shared: AllocShared<A>,
+    sizes: Sizes,
+}
+
+impl<A: AllocatorUnderTest> MakeWorker for Windows<A> {
+    type Worker<'a>
+        = WindowWorker<'a, A>
+    where
+        Self: 'a;
+
+    fn make(&self, index: usize) -> Result<WindowWorker<'_, A>, BenchError> {
+        let lease = self.shared.streams.lease()?;
+        WindowWorker::new(&self.shared.allocator, lease, self.sizes, index)
+    }
+}
+
 /// One thread: a window of live buffers, replaced one op at a time (module doc).
-struct WindowWorker<A: AllocatorUnderTest> {
+struct WindowWorker<'a, A: AllocatorUnderTest> {
     // Field order is drop order: buffers are freed before the stream's lease is returned.
     window: Vec<Option<A::Buffer>>,
     /// (bytes, window slot) per op, replayed cyclically.
     plan: Vec<(usize, usize)>,
     next: usize,
-    allocator: Arc<A>,
-    stream: Stream<BenchDevice>,
-    _lease: StreamLease<BenchDevice>,
+    allocator: &'a A,
+    stream: Stream<'a, BenchDevice>,
+    _lease: StreamLease<'a, BenchDevice>,
 }
 
-impl<A: AllocatorUnderTest> WindowWorker<A> {
+impl<'a, A: AllocatorUnderTest> WindowWorker<'a, A> {
     fn new(
-        allocator: Arc<A>,
-        lease: StreamLease<BenchDevice>,
+        allocator: &'a A,
+        lease: StreamLease<'a, BenchDevice>,
         sizes: Sizes,
         index: usize,
     ) -> Result<Self, BenchError> {
@@ -141,7 +155,7 @@ impl<A: AllocatorUnderTest> WindowWorker<A> {
     }
 }
 
-impl<A: AllocatorUnderTest> Worker for WindowWorker<A> {
+impl<A: AllocatorUnderTest> Worker for WindowWorker<'_, A> {
     fn batch(&mut self, _measuring: bool) -> Result<u64, BenchError> {
         for _ in 0..OPS_PER_BATCH {
             let (bytes, slot) = self.plan[self.next % PLAN_LEN];

@@ -29,11 +29,11 @@ use braid_runtime::{CachingAllocator, CommitPolicy, Stream, StreamLease};
 use crossbeam_utils::CachePadded;
 use parking_lot::Mutex;
 
-use super::{AllocFixture, Ctx, Rng, STANDARD_THREADS};
+use super::{AllocFixture, AllocShared, Ctx, Rng, STANDARD_THREADS};
 use crate::before::allocator::BeforeAllocator;
 use crate::device::BenchDevice;
 use crate::error::BenchError;
-use crate::harness::workers::{run_workers, PhaseHooks, Worker};
+use crate::harness::workers::{run_workers, MakeWorker, PhaseHooks, Worker};
 use crate::harness::{CaseSpec, Extra, RepResult, Role, Timing, Unit, AFTER, BEFORE};
 use crate::subjects::AllocatorUnderTest;
 
@@ -100,40 +100,14 @@ fn repetition<A: AllocatorUnderTest>(
         allocator: fixture.allocator.clone(),
         thread_cached: 0,
     };
-    let (allocator, streams, shared_inboxes, shared_handoffs) = (
-        fixture.allocator.clone(),
-        fixture.streams.clone(),
-        inboxes.clone(),
-        handoffs.clone(),
-    );
-    let measured = run_workers(
+    let bursts = Bursts {
+        shared: fixture.shared(),
+        inboxes: inboxes.clone(),
+        handoffs: handoffs.clone(),
         threads,
-        timing,
-        move |index| {
-            let lease = streams.lease()?;
-            Ok(BurstWorker {
-                stack: Vec::with_capacity(MAX_BURST as usize),
-                inboxes: shared_inboxes.clone(),
-                me: index,
-                next_thread: (index + 1) % threads,
-                cross_percent,
-                sizes: Rng::new(0x52 + index as u64).log_uniform_sizes(
-                    PLAN_LEN,
-                    4 << 10,
-                    256 << 10,
-                ),
-                next: 0,
-                rng: Rng::new(0x5200 + index as u64),
-                frees: 0,
-                handed_over: 0,
-                handoffs: shared_handoffs.clone(),
-                allocator: allocator.clone(),
-                stream: lease.stream(),
-                _lease: lease,
-            })
-        },
-        &mut probe,
-    )?;
+        cross_percent,
+    };
+    let measured = run_workers(threads, timing, bursts, &mut probe)?;
     // Buffers still in transit are freed here, before the leak checks.
     drop(inboxes);
     let thread_cached = probe.thread_cached;
@@ -175,11 +149,47 @@ impl Handoffs {
     }
 }
 
+/// Builds the burst workers; they borrow its allocator, pool, inboxes and tallies.
+struct Bursts<A: AllocatorUnderTest> {
+    shared: AllocShared<A>,
+    inboxes: Inboxes<A::Buffer>,
+    handoffs: Arc<Handoffs>,
+    threads: usize,
+    cross_percent: u64,
+}
+
+impl<A: AllocatorUnderTest> MakeWorker for Bursts<A> {
+    type Worker<'a>
+        = BurstWorker<'a, A>
+    where
+        Self: 'a;
+
+    fn make(&self, index: usize) -> Result<BurstWorker<'_, A>, BenchError> {
+        let lease = self.shared.streams.lease()?;
+        Ok(BurstWorker {
+            stack: Vec::with_capacity(MAX_BURST as usize),
+            inboxes: &self.inboxes,
+            me: index,
+            next_thread: (index + 1) % self.threads,
+            cross_percent: self.cross_percent,
+            sizes: Rng::new(0x52 + index as u64).log_uniform_sizes(PLAN_LEN, 4 << 10, 256 << 10),
+            next: 0,
+            rng: Rng::new(0x5200 + index as u64),
+            frees: 0,
+            handed_over: 0,
+            handoffs: &self.handoffs,
+            allocator: &self.shared.allocator,
+            stream: lease.stream(),
+            _lease: lease,
+        })
+    }
+}
+
 /// One thread: LIFO bursts, some frees handed to the next thread (module doc).
-struct BurstWorker<A: AllocatorUnderTest> {
+struct BurstWorker<'a, A: AllocatorUnderTest> {
     // Field order is drop order: buffers are freed before the stream's lease is returned.
     stack: Vec<A::Buffer>,
-    inboxes: Inboxes<A::Buffer>,
+    inboxes: &'a [CachePadded<Mutex<Vec<A::Buffer>>>],
     me: usize,
     next_thread: usize,
     cross_percent: u64,
@@ -189,13 +199,13 @@ struct BurstWorker<A: AllocatorUnderTest> {
     /// This thread's measured frees and hand-overs, added to `handoffs` when the worker drops.
     frees: u64,
     handed_over: u64,
-    handoffs: Arc<Handoffs>,
-    allocator: Arc<A>,
-    stream: Stream<BenchDevice>,
-    _lease: StreamLease<BenchDevice>,
+    handoffs: &'a Handoffs,
+    allocator: &'a A,
+    stream: Stream<'a, BenchDevice>,
+    _lease: StreamLease<'a, BenchDevice>,
 }
 
-impl<A: AllocatorUnderTest> Worker for BurstWorker<A> {
+impl<A: AllocatorUnderTest> Worker for BurstWorker<'_, A> {
     fn batch(&mut self, measuring: bool) -> Result<u64, BenchError> {
         self.free_handed_to_me();
         let burst = 1 + self.rng.below(MAX_BURST);
@@ -221,7 +231,7 @@ impl<A: AllocatorUnderTest> Worker for BurstWorker<A> {
     }
 }
 
-impl<A: AllocatorUnderTest> BurstWorker<A> {
+impl<A: AllocatorUnderTest> BurstWorker<'_, A> {
     /// Frees what other threads handed over, outside the inbox lock.
     fn free_handed_to_me(&mut self) {
         let handed_to_me = std::mem::take(&mut *self.inboxes[self.me].lock());
@@ -250,7 +260,7 @@ impl<A: AllocatorUnderTest> BurstWorker<A> {
     }
 }
 
-impl<A: AllocatorUnderTest> Drop for BurstWorker<A> {
+impl<A: AllocatorUnderTest> Drop for BurstWorker<'_, A> {
     fn drop(&mut self) {
         self.handoffs.frees.fetch_add(self.frees, Ordering::Relaxed);
         self.handoffs

@@ -22,14 +22,15 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use braid_runtime::ops::Ops;
+use braid_runtime::cpu::CpuDevice;
+use braid_runtime::ops::{Fill, Ops};
 use braid_runtime::{CachingAllocator, CommitPolicy, Stream, StreamLease};
 
-use super::{AllocFixture, Ctx, STANDARD_THREADS};
+use super::{AllocFixture, AllocShared, Ctx, STANDARD_THREADS};
 use crate::before::allocator::BeforeAllocator;
-use crate::device::{BenchDevice, DeviceCounts};
+use crate::device::{inner_view, BenchDevice, DeviceCounts};
 use crate::error::BenchError;
-use crate::harness::workers::{run_workers, PhaseHooks, Worker};
+use crate::harness::workers::{run_workers, MakeWorker, PhaseHooks, Worker};
 use crate::harness::{CaseSpec, Check, Extra, RepResult, Role, Timing, Unit, AFTER, BEFORE};
 use crate::subjects::{AllocatorUnderTest, RawStream};
 
@@ -99,28 +100,8 @@ fn repetition<A: AllocatorUnderTest>(
         at_start: Default::default(),
         during: Default::default(),
     };
-    let (allocator, streams, device) = (
-        fixture.allocator.clone(),
-        fixture.streams.clone(),
-        fixture.device.clone(),
-    );
-    let measured = run_workers(
-        threads,
-        timing,
-        move |_| {
-            let lease = streams.lease()?;
-            let stream = lease.stream();
-            Ok(ReuseWorker {
-                next: 0,
-                allocator: allocator.clone(),
-                device: device.clone(),
-                raw: stream.raw()?,
-                stream,
-                _lease: lease,
-            })
-        },
-        &mut steady,
-    )?;
+    let reusers = Reusers(fixture.shared());
+    let measured = run_workers(threads, timing, reusers, &mut steady)?;
     let (counts, raw_allocs) = steady.during;
     drop(steady);
     // braid's promise, checked on the after-arm only (module doc).
@@ -144,25 +125,52 @@ fn repetition<A: AllocatorUnderTest>(
     })
 }
 
-/// One thread: alloc, kernel, free on its own stream (module doc).
-struct ReuseWorker<A: AllocatorUnderTest> {
-    next: usize,
-    allocator: Arc<A>,
-    device: BenchDevice,
-    raw: &'static RawStream,
-    stream: Stream<BenchDevice>,
-    _lease: StreamLease<BenchDevice>,
+/// Builds the reuse workers; they borrow its allocator and pool.
+struct Reusers<A>(AllocShared<A>);
+
+impl<A: AllocatorUnderTest> MakeWorker for Reusers<A> {
+    type Worker<'a>
+        = ReuseWorker<'a, A>
+    where
+        Self: 'a;
+
+    fn make(&self, _index: usize) -> Result<ReuseWorker<'_, A>, BenchError> {
+        let lease = self.0.streams.lease()?;
+        let stream = lease.stream();
+        Ok(ReuseWorker {
+            next: 0,
+            allocator: &self.0.allocator,
+            device: stream.device().inner(),
+            raw: stream.raw()?,
+            stream,
+            _lease: lease,
+        })
+    }
 }
 
-impl<A: AllocatorUnderTest> Worker for ReuseWorker<A> {
+/// One thread: alloc, kernel, free on its own stream (module doc).
+struct ReuseWorker<'a, A: AllocatorUnderTest> {
+    next: usize,
+    allocator: &'a A,
+    /// The CPU backend under the counting wrapper, whose `fill` kernel the ops encode.
+    device: &'a CpuDevice,
+    raw: &'a RawStream,
+    stream: Stream<'a, BenchDevice>,
+    _lease: StreamLease<'a, BenchDevice>,
+}
+
+impl<A: AllocatorUnderTest> Worker for ReuseWorker<'_, A> {
     fn batch(&mut self, _measuring: bool) -> Result<u64, BenchError> {
         for _ in 0..OPS_PER_BATCH {
             let bytes = SIZES[self.next % SIZES.len()];
             self.next += 1;
             let buffer = self.allocator.alloc(bytes, self.stream)?;
-            self.device
-                .inner()
-                .fill(self.raw, A::ptr(&buffer), KERNEL_ELEMENTS, 1.0)?;
+            let fill = Fill {
+                dst: inner_view(A::view(&buffer)),
+                len: KERNEL_ELEMENTS,
+                value: 1.0,
+            };
+            self.device.fill(self.raw, &fill)?;
             self.stream.encoded()?;
             drop(buffer);
         }

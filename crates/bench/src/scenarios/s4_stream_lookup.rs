@@ -22,7 +22,7 @@ use super::{Ctx, STANDARD_THREADS};
 use crate::before::stream_pool::BeforeStreamPool;
 use crate::device::{bench_device, BenchDevice};
 use crate::error::BenchError;
-use crate::harness::workers::{run_workers, NoHooks, Worker};
+use crate::harness::workers::{run_workers, MakeWorker, NoHooks, Worker};
 use crate::harness::{CaseSpec, Check, RepResult, Role, Timing, AFTER, BEFORE};
 use crate::subjects::PoolUnderTest;
 
@@ -84,25 +84,12 @@ fn repetition<P: PoolUnderTest>(
 ) -> Result<RepResult, BenchError> {
     let slots = threads.clamp(SEED_WORKER_SLOTS, MAX_WORKER_SLOTS);
     let pool = Arc::new(P::create(bench_device(), slots, ExhaustionPolicy::Error)?);
-    let shared = pool.clone();
-    let measured = run_workers(
-        threads,
-        timing,
-        move |index| {
-            // First use leases this thread's slot; creating the streams is not part of the loop.
-            let current = shared.current_stream()?;
-            shared.current_raw()?;
-            let other = 1 + index % slots;
-            shared.get_raw(other)?;
-            Ok(LookupWorker {
-                pool: shared.clone(),
-                lookup,
-                current,
-                other,
-            })
-        },
-        &mut NoHooks,
-    )?;
+    let lookups = Lookups {
+        pool: pool.clone(),
+        lookup,
+        slots,
+    };
+    let measured = run_workers(threads, timing, lookups, &mut NoHooks)?;
     Ok(RepResult {
         ops_per_sec: measured.ops_per_sec,
         latency: measured.latency,
@@ -115,18 +102,47 @@ fn repetition<P: PoolUnderTest>(
     })
 }
 
-/// One thread's lookup loop.
-struct LookupWorker<P: PoolUnderTest> {
+/// Builds the lookup workers; they borrow its pool (and the current stream of each, from it).
+struct Lookups<P> {
     pool: Arc<P>,
     lookup: Lookup,
-    current: P::Current,
+    slots: usize,
+}
+
+impl<P: PoolUnderTest> MakeWorker for Lookups<P> {
+    type Worker<'a>
+        = LookupWorker<'a, P>
+    where
+        Self: 'a;
+
+    fn make(&self, index: usize) -> Result<LookupWorker<'_, P>, BenchError> {
+        let pool = &*self.pool;
+        // First use leases this thread's slot; creating the streams is not part of the loop.
+        let current = pool.current_stream()?;
+        pool.current_raw()?;
+        let other = 1 + index % self.slots;
+        pool.get_raw(other)?;
+        Ok(LookupWorker {
+            pool,
+            lookup: self.lookup,
+            current,
+            other,
+        })
+    }
+}
+
+/// One thread's lookup loop.
+struct LookupWorker<'a, P: PoolUnderTest> {
+    pool: &'a P,
+    lookup: Lookup,
+    current: P::Current<'a>,
     /// The stream `get_stream` looks up.
     other: usize,
 }
 
-impl<P: PoolUnderTest> Worker for LookupWorker<P> {
+impl<P: PoolUnderTest> Worker for LookupWorker<'_, P> {
     fn batch(&mut self, _measuring: bool) -> Result<u64, BenchError> {
-        let pool = &*self.pool;
+        let pool = self.pool;
         match self.lookup {
             Lookup::Current => {
                 for _ in 0..LOOKUPS_PER_BATCH {
@@ -135,7 +151,16 @@ impl<P: PoolUnderTest> Worker for LookupWorker<P> {
             }
             Lookup::SetCurrent => {
                 for _ in 0..LOOKUPS_PER_BATCH {
-                    drop(black_box(pool.set_current_stream(black_box(self.current))));
+                    // Checked, then dropped where it lies (the guard restores the previous stream
+                    // at the end of this block): moving a guard out of its `Result` (`?`, `match`)
+                    // reloads it with one 16-byte load over the smaller stores that built it, a
+                    // store-forwarding stall that costs more than the switch. `black_box` keeps
+                    // the switch and its restore from being folded away.
+                    let switched = pool.set_current_stream(black_box(self.current));
+                    if let Err(e) = switched {
+                        return Err(e.into());
+                    }
+                    black_box(&switched);
                 }
             }
             Lookup::Get => {

@@ -27,7 +27,7 @@ use crate::before::stream_pool::BeforeStreamPool;
 use crate::device::{bench_device, BenchDevice};
 use crate::error::BenchError;
 use crate::harness::latency::LatencyHistogram;
-use crate::harness::workers::{run_workers, NoHooks, Worker};
+use crate::harness::workers::{from_fn, run_workers, NoHooks, Worker};
 use crate::harness::{CaseSpec, Check, Extra, RepResult, Role, Timing, Unit, AFTER, BEFORE};
 use crate::subjects::PoolUnderTest;
 
@@ -120,12 +120,12 @@ fn lease_loop<P: PoolUnderTest>(threads: usize, timing: &Timing) -> Result<RepRe
     let measured = run_workers(
         threads,
         timing,
-        move |_| {
+        from_fn(move |_| {
             Ok(LeaseLoop {
                 pool: shared.clone(),
                 flags: shared_flags.clone(),
             })
-        },
+        }),
         &mut NoHooks,
     )?;
     Ok(RepResult {
@@ -239,7 +239,7 @@ fn oversubscribed<P: PoolUnderTest>(
     let measured = run_workers(
         threads,
         timing,
-        move |_| {
+        from_fn(move |_| {
             Ok(Contender {
                 pool: shared.clone(),
                 flags: shared_flags.clone(),
@@ -247,7 +247,7 @@ fn oversubscribed<P: PoolUnderTest>(
                 all_waits: shared_waits.clone(),
                 timeouts: shared_timeouts.clone(),
             })
-        },
+        }),
         &mut NoHooks,
     )?;
     let waits = std::mem::take(&mut *waits.lock());

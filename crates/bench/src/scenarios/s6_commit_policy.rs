@@ -15,15 +15,14 @@
 //! on). The after/before column is each policy's throughput over `off`'s: what `off` costs.
 //! Cases: 1 and 8 threads (1 and 2 under `--quick`).
 
-use std::sync::Arc;
+use braid_runtime::cpu::CpuDevice;
+use braid_runtime::ops::{Fill, Ops};
+use braid_runtime::{CachingAllocator, CommitPolicy, Device, Stream, StreamLease, View};
 
-use braid_runtime::ops::Ops;
-use braid_runtime::{CachingAllocator, CommitPolicy, Device, Stream, StreamLease};
-
-use super::{AllocFixture, Ctx};
-use crate::device::BenchDevice;
+use super::{AllocFixture, AllocShared, Ctx};
+use crate::device::{inner_view, BenchDevice};
 use crate::error::BenchError;
-use crate::harness::workers::{run_workers, NoHooks, Worker};
+use crate::harness::workers::{run_workers, MakeWorker, NoHooks, Worker};
 use crate::harness::{Arm, CaseSpec, RepResult, Role, Timing};
 use crate::subjects::RawStream;
 
@@ -65,28 +64,8 @@ fn repetition(
     timing: &Timing,
 ) -> Result<RepResult, BenchError> {
     let fixture = AllocFixture::<CachingAllocator<BenchDevice>>::new(policy)?;
-    let (allocator, streams, device) = (
-        fixture.allocator.clone(),
-        fixture.streams.clone(),
-        fixture.device.clone(),
-    );
-    let measured = run_workers(
-        threads,
-        timing,
-        move |index| {
-            let lease = streams.lease()?;
-            let stream = lease.stream();
-            Ok(EncodeWorker {
-                staging: vec![index as u8; STAGED_BYTES],
-                allocator: allocator.clone(),
-                device: device.clone(),
-                raw: stream.raw()?,
-                stream,
-                _lease: lease,
-            })
-        },
-        &mut NoHooks,
-    )?;
+    let encoders = Encoders(fixture.shared());
+    let measured = run_workers(threads, timing, encoders, &mut NoHooks)?;
     Ok(RepResult {
         ops_per_sec: measured.ops_per_sec,
         latency: measured.latency,
@@ -95,26 +74,61 @@ fn repetition(
     })
 }
 
-/// One thread's encode loop (module doc).
-struct EncodeWorker {
-    staging: Vec<u8>,
-    allocator: Arc<CachingAllocator<BenchDevice>>,
-    device: BenchDevice,
-    raw: &'static RawStream,
-    stream: Stream<BenchDevice>,
-    _lease: StreamLease<BenchDevice>,
+/// Builds the encode workers; they borrow its allocator and pool.
+struct Encoders(AllocShared<CachingAllocator<BenchDevice>>);
+
+impl MakeWorker for Encoders {
+    type Worker<'a> = EncodeWorker<'a>;
+
+    fn make(&self, index: usize) -> Result<EncodeWorker<'_>, BenchError> {
+        let lease = self.0.streams.lease()?;
+        let stream = lease.stream();
+        Ok(EncodeWorker {
+            staging: vec![index as u8; STAGED_BYTES],
+            allocator: &self.0.allocator,
+            device: stream.device(),
+            raw: stream.raw()?,
+            stream,
+            _lease: lease,
+        })
+    }
 }
 
-impl Worker for EncodeWorker {
+/// One thread's encode loop (module doc).
+struct EncodeWorker<'a> {
+    staging: Vec<u8>,
+    allocator: &'a CachingAllocator<BenchDevice>,
+    device: &'a BenchDevice,
+    raw: &'a RawStream,
+    stream: Stream<'a, BenchDevice>,
+    _lease: StreamLease<'a, BenchDevice>,
+}
+
+impl EncodeWorker<'_> {
+    /// The CPU backend under the counting wrapper, whose `fill` kernel the ops encode.
+    fn cpu(&self) -> &CpuDevice {
+        self.device.inner()
+    }
+}
+
+impl Worker for EncodeWorker<'_> {
     fn batch(&mut self, _measuring: bool) -> Result<u64, BenchError> {
         for op in 0..OPS_PER_SYNC / 2 {
             let buffer = self.allocator.alloc(OP_BYTES, self.stream)?;
+            // The staged parameters land at the buffer's start.
+            let staged = View {
+                len: STAGED_BYTES,
+                ..buffer.view()
+            };
             self.device
-                .copy_from_host(self.raw, &self.staging, buffer.ptr())?;
+                .copy_from_host(self.raw, &self.staging, staged)?;
             self.stream.encoded()?;
-            self.device
-                .inner()
-                .fill(self.raw, buffer.ptr(), OP_BYTES / 4, op as f32)?;
+            let fill = Fill {
+                dst: inner_view(buffer.view()),
+                len: OP_BYTES / 4,
+                value: op as f32,
+            };
+            self.cpu().fill(self.raw, &fill)?;
             self.stream.encoded()?;
         }
         self.stream.synchronize()?;
