@@ -1,20 +1,20 @@
 //! The one place the lock-free pieces get their atomics, cells and threads from.
 //!
 //! Under `--cfg loom` these are loom's model-checked versions, otherwise std's. Only the code that loom
-//! models (`crate::stream::slots` and `crate::stream::lazy`) imports from here; everything else uses std directly,
+//! models (`crate::stream::slots`, `crate::stream::lazy` and `crate::alloc::anchor`) imports from here; everything else uses std directly,
 //! because loom's atomics cannot live in `static`s and the rest of the runtime is checked by stress tests
 //! instead.
 
 #[cfg(loom)]
 pub(crate) use loom::{
     cell::UnsafeCell,
-    sync::atomic::{AtomicU64, AtomicU8, Ordering},
+    sync::atomic::{AtomicIsize, AtomicU64, AtomicU8, Ordering},
     thread::yield_now,
 };
 
 #[cfg(not(loom))]
 pub(crate) use std::{
-    sync::atomic::{AtomicU64, AtomicU8, Ordering},
+    sync::atomic::{AtomicIsize, AtomicU64, AtomicU8, Ordering},
     thread::yield_now,
 };
 

@@ -1,7 +1,12 @@
 //! Nothing leaked: creating a runtime, using it from 8 threads (streams leased, buffers cached per
-//! thread, a non-blocking download) and dropping it, 100 times, brings the process's thread count and
-//! its heap bytes back to where they started. The heap is counted by this binary's global allocator
-//! (so this test lives alone in its file).
+//! thread, a non-blocking download) and dropping it, 100 times, brings the process's thread count back
+//! to where it started and its heap bytes to within one small, one-time growth. The heap is counted by
+//! this binary's global allocator (so this test lives alone in its file).
+//!
+//! The one-time growth: parking_lot's global table of parked threads grows with the most threads that
+//! ever parked at once and never shrinks (2,080 bytes seen here, in some runs, once). One runtime's
+//! state alone is larger than the tolerance (its stream pool has 32 cache-padded slots, its allocator
+//! 52 cache-padded free lists), so leaking even one of the 100 runtimes fails the test.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicIsize, Ordering};
@@ -104,10 +109,10 @@ fn dropping_runtimes_returns_threads_and_heap_bytes() {
         threads_after, threads_before,
         "executor and worker threads exited"
     );
-    assert_eq!(
-        bytes_after,
-        bytes_before,
-        "heap bytes after 100 runtimes: {} more than before",
+    const ONE_TIME_GROWTH: isize = 4 << 10;
+    assert!(
+        bytes_after - bytes_before <= ONE_TIME_GROWTH,
+        "heap bytes after 100 runtimes: {} more than before (tolerance {ONE_TIME_GROWTH})",
         bytes_after - bytes_before
     );
 }

@@ -2,30 +2,25 @@
 //! the streams that used it — and [`ThreadAnchor`], what keeps its allocator alive.
 //!
 //! A buffer must reach its allocator's state when dropped, even after the allocator's owner is gone.
-//! Holding an `Arc` of the state itself would make every allocation and free on every thread bump one
-//! shared counter — one contended cache line, the cost fix 1 removes. So each thread's cache holds one
-//! [`ThreadAnchor`] (an `Arc` of the state) and buffers clone that anchor: the counter they touch is
-//! their thread's own, and another thread writes it only when it frees a buffer this thread allocated.
+//! Holding an `Arc` of the state would make every allocation and free on every thread bump one shared
+//! counter — one contended cache line, the cost fix 1 removes — and even a per-thread `Arc` costs two
+//! atomic operations per buffer. So a buffer holds a share of its thread's [`ThreadAnchor`] (an
+//! [`Anchor`] of the state, owned by the thread's cache): issued and taken back by that cache with a
+//! plain integer, released atomically only when freed elsewhere (see `super::anchor`).
 
 use std::fmt;
+use std::ptr::NonNull;
 use std::sync::Arc;
 
+use super::anchor::Anchor;
 use super::block::Block;
 use super::AllocatorState;
 use crate::device::{Device, View};
 use crate::error::Result;
 use crate::stream::Stream;
 
-/// One thread's reference to an allocator's state, shared by the buffers the thread allocates.
-pub(crate) struct ThreadAnchor<D: Device> {
-    state: Arc<AllocatorState<D>>,
-}
-
-impl<D: Device> ThreadAnchor<D> {
-    pub(crate) fn new(state: Arc<AllocatorState<D>>) -> Self {
-        Self { state }
-    }
-}
+/// One thread's share of an allocator's state, lent to the buffers it allocates.
+pub(crate) type ThreadAnchor<D> = Anchor<Arc<AllocatorState<D>>>;
 
 /// A device buffer from a [`super::CachingAllocator`]. Dropping it returns its block to the allocator.
 pub struct Buffer<D: Device> {
@@ -33,11 +28,19 @@ pub struct Buffer<D: Device> {
     len: usize,
     /// Streams (by index) other than the block's that used the buffer (`record_stream`).
     used_on: Vec<u32>,
-    anchor: Arc<ThreadAnchor<D>>,
+    /// One issued share of a thread's anchor (module doc): it keeps the allocator's state alive.
+    anchor: NonNull<ThreadAnchor<D>>,
 }
 
+// SAFETY: the anchor pointer is a counted share of a `ThreadAnchor`, which is only read through `&`
+// (its state is `Sync`, its count atomic) and freed by whichever thread releases the last share; the
+// rest of the buffer is plain data and a backend buffer, which is `Send`.
+unsafe impl<D: Device> Send for Buffer<D> {}
+// SAFETY: `&Buffer` reads the block and the anchor's state only.
+unsafe impl<D: Device> Sync for Buffer<D> {}
+
 impl<D: Device> Buffer<D> {
-    pub(super) fn new(block: Block<D>, len: usize, anchor: Arc<ThreadAnchor<D>>) -> Self {
+    pub(super) fn new(block: Block<D>, len: usize, anchor: NonNull<ThreadAnchor<D>>) -> Self {
         Self {
             block: Some(block),
             len,
@@ -82,15 +85,21 @@ impl<D: Device> Buffer<D> {
         self.block().size
     }
 
+    /// The allocator's state, kept alive by this buffer's share of its anchor.
+    fn state(&self) -> &Arc<AllocatorState<D>> {
+        // SAFETY: the buffer holds a share of the anchor until its drop (module doc).
+        unsafe { self.anchor.as_ref() }.value()
+    }
+
     /// The stream the buffer was allocated for.
     pub fn stream(&self) -> Stream<'_, D> {
-        self.anchor.state.streams.stream(self.block().stream)
+        self.state().streams.stream(self.block().stream)
     }
 
     /// Marks that `stream` uses this buffer too, so its block is not reused until `stream`'s work up to
     /// the buffer's drop is done (PyTorch's `record_stream`). `stream` must be of the allocator's pool.
     pub fn record_stream(&mut self, stream: Stream<'_, D>) -> Result<()> {
-        if !stream.is_of(&self.anchor.state.streams) {
+        if !stream.is_of(&self.state().streams) {
             return Err(super::foreign_stream(stream));
         }
         let index = stream.index() as u32;
@@ -112,8 +121,15 @@ impl<D: Device> fmt::Debug for Buffer<D> {
 
 impl<D: Device> Drop for Buffer<D> {
     fn drop(&mut self) {
-        if let Some(block) = self.block.take() {
-            self.anchor.state.free(block, &self.used_on);
+        let Some(block) = self.block.take() else {
+            return;
+        };
+        let anchor = self.anchor;
+        let taken_back = self.state().free(block, &self.used_on, anchor);
+        if !taken_back {
+            // SAFETY: this buffer's share is given up here and neither it nor the state is touched
+            // afterwards (this is the last statement).
+            unsafe { Anchor::release_remote(anchor) };
         }
     }
 }

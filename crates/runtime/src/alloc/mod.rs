@@ -47,6 +47,7 @@
 //! the last of those is gone. Dropping the [`CachingAllocator`] frees the cache it can reach; a buffer
 //! dropped afterwards frees its memory directly, after its stream has drained.
 
+mod anchor;
 pub(crate) mod block;
 mod buffer;
 mod config;
@@ -55,14 +56,16 @@ mod size_class;
 mod stats;
 mod thread_cache;
 
+use std::ptr::NonNull;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use self::block::Block;
+use self::buffer::ThreadAnchor;
 use self::free_lists::SharedFreeLists;
 use self::size_class::SizeClass;
 use self::stats::{GlobalStats, StatsRegistry, ThreadStats, Writer};
-use self::thread_cache::{CacheLimits, LargeCaches};
+use self::thread_cache::{CacheLimits, LargeCaches, ThreadCache};
 use crate::device::Device;
 use crate::error::{Result, RuntimeError};
 use crate::stream::{Event, EventPool, Stream, StreamPool, StreamPoolState};
@@ -138,7 +141,7 @@ impl<D: Device> CachingAllocator<D> {
                 let stats = &c.stats;
                 Writer::Owner.add(&stats.allocs, 1);
                 Writer::Owner.add_signed(&stats.allocated, block.size as i64);
-                Some((block, c.anchor.clone()))
+                Some((block, c.issue()))
             });
             if let Some(Some((block, anchor))) = hit {
                 return Ok(Buffer::new(block, bytes, anchor));
@@ -222,11 +225,11 @@ impl<D: Device> AllocatorState<D> {
         self.streams.stream(index)
     }
 
-    /// What a buffer allocated now on this thread holds to keep the state alive: the thread cache's
-    /// anchor, or a fresh one while the thread-local is unavailable.
-    fn anchor(self: &Arc<Self>) -> Arc<buffer::ThreadAnchor<D>> {
-        thread_cache::with_cache(self, |c| c.anchor.clone())
-            .unwrap_or_else(|| Arc::new(buffer::ThreadAnchor::new(self.clone())))
+    /// What a buffer allocated now on this thread holds to keep the state alive: a share of the thread
+    /// cache's anchor, or a detached anchor while no cache is at hand.
+    fn anchor(self: &Arc<Self>) -> NonNull<ThreadAnchor<D>> {
+        thread_cache::with_cache(self, ThreadCache::issue)
+            .unwrap_or_else(|| anchor::Anchor::detached(self.clone()))
     }
     fn stats_snapshot(&self) -> AllocatorStats {
         let limit = self.limit.load(Ordering::Relaxed);
@@ -448,27 +451,44 @@ impl<D: Device> AllocatorState<D> {
         }
     }
 
-    /// The free path of a buffer: thread cache when possible, else shared pools with events.
+    /// The free path of a buffer: thread cache when possible, else shared pools with events. In the
+    /// same thread-local visit, this thread's cache takes back the buffer's share of `anchor` if it
+    /// issued it; the result says whether it did (else the caller releases it remotely).
     #[inline]
-    fn free(self: &Arc<Self>, block: Block<D>, used_on: &[u32]) {
+    fn free(
+        self: &Arc<Self>,
+        block: Block<D>,
+        used_on: &[u32],
+        anchor: NonNull<ThreadAnchor<D>>,
+    ) -> bool {
         let size = block.size as i64;
         let count_free = |s: &ThreadStats, w: Writer| {
             w.add_signed(&s.allocated, -size);
             w.add(&s.frees, 1);
         };
-        let block = if used_on.is_empty()
+        let cacheable = used_on.is_empty()
             && self.cache.caches(block.class)
-            && !self.closed.load(Ordering::Acquire)
-        {
-            match thread_cache::try_push(self, block, count_free) {
-                Ok(()) => return,
-                Err(block) => block,
+            && !self.closed.load(Ordering::Acquire);
+        let mut block = Some(block);
+        let taken_back = thread_cache::with_cache(self, |c| {
+            let taken_back = c.take_back(anchor);
+            if cacheable {
+                let freed = block
+                    .take()
+                    .expect("invariant violated: block taken twice (this is a bug)");
+                match c.push(freed) {
+                    Ok(()) => count_free(&c.stats, Writer::Owner),
+                    Err(refused) => block = Some(refused),
+                }
             }
-        } else {
-            block
-        };
-        self.count(count_free);
-        self.free_shared(block, used_on);
+            taken_back
+        })
+        .unwrap_or(false);
+        if let Some(block) = block {
+            self.count(count_free);
+            self.free_shared(block, used_on);
+        }
+        taken_back
     }
 
     /// Makes `stream`'s later work wait (device-side) for `previous`'s work so far: a block freed on

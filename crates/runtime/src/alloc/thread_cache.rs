@@ -33,11 +33,13 @@
 
 use std::any::Any;
 use std::cell::RefCell;
+use std::ptr::NonNull;
 use std::sync::Arc;
 
 use crossbeam_utils::CachePadded;
 use parking_lot::Mutex;
 
+use super::anchor::Anchor;
 use super::block::Block;
 use super::buffer::ThreadAnchor;
 use super::free_lists::LARGE_REUSE_CLASSES;
@@ -79,9 +81,11 @@ impl CacheLimits {
 
 pub(crate) struct ThreadCache<D: Device> {
     owner: Arc<AllocatorState<D>>,
-    /// What this thread's buffers hold to keep the allocator alive: cloned per allocation, so the
-    /// reference count they touch is this thread's own (see `super::buffer`).
-    pub(crate) anchor: Arc<ThreadAnchor<D>>,
+    /// This thread's share of the allocator's state, lent to the buffers it allocates
+    /// (`super::buffer`, "biased reference counting"); orphaned when the cache is dropped.
+    anchor: NonNull<ThreadAnchor<D>>,
+    /// Buffers issued with `anchor` and not taken back by this cache.
+    issued: usize,
     /// One LIFO list per small class; this thread's alone.
     small: Vec<Vec<Block<D>>>,
     small_bytes: usize,
@@ -178,7 +182,8 @@ thread_local! {
 
 /// Runs `f` on this thread's cache for `owner`, creating it on first use (and dropping the caches of
 /// allocators that are gone). `None` when the thread-local is gone (thread exit in progress) or
-/// already borrowed further up the stack; callers then take the shared path.
+/// already borrowed further up the stack, or when `owner` was dropped and this thread has no cache for
+/// it; callers then take the shared path.
 #[inline]
 pub(crate) fn with_cache<D: Device, R>(
     owner: &Arc<AllocatorState<D>>,
@@ -190,6 +195,7 @@ pub(crate) fn with_cache<D: Device, R>(
             let mut caches = caches.try_borrow_mut().ok()?;
             let position = match caches.iter().position(|c| c.allocator_id() == owner.id) {
                 Some(p) => p,
+                None if owner.is_closed() => return None,
                 None => {
                     let (live, gone) = std::mem::take(&mut *caches)
                         .into_iter()
@@ -226,36 +232,25 @@ pub(crate) fn remove_cache(id: u64) {
     drop(cache);
 }
 
-/// Offers a freed block (of a cached class) to this thread's cache; hands it back when the cache cannot
-/// take it (other stream, pending events, or no thread-local available). On success `count` runs on
-/// this thread's counters (the free is accounted in the same visit).
-#[inline]
-pub(crate) fn try_push<D: Device>(
-    owner: &Arc<AllocatorState<D>>,
-    block: Block<D>,
-    count: impl FnOnce(&ThreadStats, Writer),
-) -> Result<(), Block<D>> {
-    let mut block = Some(block);
-    let pushed = with_cache(owner, |c| {
-        let result = c.push(
-            block
-                .take()
-                .expect("invariant violated: block taken twice (this is a bug)"),
-        );
-        if result.is_ok() {
-            count(&c.stats, Writer::Owner);
-        }
-        result
-    });
-    match pushed {
-        Some(result) => result,
-        None => Err(block
-            .take()
-            .expect("invariant violated: block lost by an unavailable cache (this is a bug)")),
-    }
-}
-
 impl<D: Device> ThreadCache<D> {
+    /// Lends this thread's anchor to a buffer being allocated (counted here, not atomically).
+    #[inline]
+    pub(crate) fn issue(&mut self) -> NonNull<ThreadAnchor<D>> {
+        self.issued += 1;
+        self.anchor
+    }
+
+    /// Takes back a freed buffer's share of `anchor` if this cache issued it (a plain decrement);
+    /// `false` for another thread's anchor, which the caller releases remotely.
+    #[inline]
+    pub(crate) fn take_back(&mut self, anchor: NonNull<ThreadAnchor<D>>) -> bool {
+        let mine = self.anchor == anchor;
+        if mine {
+            self.issued -= 1;
+        }
+        mine
+    }
+
     fn new(owner: Arc<AllocatorState<D>>) -> Self {
         let stats = owner.stats.register();
         let large = Arc::new(LargeCache {
@@ -269,7 +264,8 @@ impl<D: Device> ThreadCache<D> {
         });
         owner.large_caches.live.lock().push(large.clone());
         Self {
-            anchor: Arc::new(ThreadAnchor::new(owner.clone())),
+            anchor: Anchor::owned(owner.clone()),
+            issued: 0,
             owner,
             small: (0..SMALL_CLASSES).map(|_| Vec::new()).collect(),
             small_bytes: 0,
@@ -433,5 +429,7 @@ impl<D: Device> Drop for ThreadCache<D> {
             .lock()
             .retain(|c| !Arc::ptr_eq(c, &self.large));
         self.owner.stats.retire(&self.stats);
+        // SAFETY: this is the owner's one call; nothing below touches the anchor.
+        unsafe { Anchor::orphan(self.anchor, self.issued) };
     }
 }

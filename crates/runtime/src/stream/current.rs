@@ -62,8 +62,8 @@ pub(super) fn current_index_slow<D: Device>(pool: &Arc<StreamPoolState<D>>) -> R
                 0
             } else {
                 let lease = pool.lease_slot()?;
-                let index = lease.index();
-                entry.lease = Some(lease);
+                let index = lease.index;
+                entry.lease = Some(SlotLease::new(pool.owner(), lease));
                 index
             };
         entry.current = Some(index);

@@ -29,7 +29,7 @@ use super::config::{ExhaustionPolicy, StreamPoolConfig};
 use super::current;
 use super::handle::Stream;
 use super::lazy::LazySlot;
-use super::lease::{LeaseOwner, SlotLease, StreamLease};
+use super::lease::{LeaseOwner, RawLease, StreamLease};
 use super::slots::{SlotBitmask, MAX_WORKER_SLOTS};
 use crate::device::Device;
 use crate::error::{Result, RuntimeError};
@@ -178,7 +178,7 @@ impl<D: Device> StreamPool<D> {
     /// do this). Follows the exhaustion policy.
     pub fn lease(&self) -> Result<StreamLease<'_, D>> {
         let lease = self.state.lease_slot()?;
-        Ok(StreamLease::new(self.state.stream(lease.index()), lease))
+        Ok(StreamLease::new(self.state.stream(lease.index), lease))
     }
 
     /// Waits for all work on every stream created so far. Streams being created meanwhile are not waited
@@ -246,7 +246,7 @@ impl<D: Device> StreamPoolState<D> {
         self.main_thread_uses_default
     }
 
-    pub(super) fn lease_slot(self: &Arc<Self>) -> Result<SlotLease> {
+    pub(super) fn lease_slot(&self) -> Result<RawLease> {
         if self.closed.load(Ordering::Acquire) {
             return Err(self.dropped());
         }
@@ -261,20 +261,26 @@ impl<D: Device> StreamPoolState<D> {
         weak
     }
 
-    fn exclusive(self: &Arc<Self>, bit: usize) -> SlotLease {
+    fn exclusive(&self, bit: usize) -> RawLease {
         self.slots[bit + 1].users.fetch_add(1, Ordering::Relaxed);
-        SlotLease::new(self.owner(), bit as u32 + 1, false)
+        RawLease {
+            index: bit as u32 + 1,
+            shared: false,
+        }
     }
 
     #[cold]
-    fn lease_exhausted(self: &Arc<Self>) -> Result<SlotLease> {
+    fn lease_exhausted(&self) -> Result<RawLease> {
         let policy = *self.exhaustion.lock();
         match policy {
             ExhaustionPolicy::Error => Err(self.exhausted(policy, "no free slot".into())),
             ExhaustionPolicy::Share => {
                 let index = self.share_cursor.fetch_add(1, Ordering::Relaxed) % self.workers + 1;
                 self.slots[index].users.fetch_add(1, Ordering::Relaxed);
-                Ok(SlotLease::new(self.owner(), index as u32, true))
+                Ok(RawLease {
+                    index: index as u32,
+                    shared: true,
+                })
             }
             ExhaustionPolicy::Wait(timeout) => {
                 let deadline = Instant::now() + timeout;
