@@ -89,15 +89,20 @@ fn max_nan(a: f32, b: f32) -> f32 {
 /// Sum of `x` over eight independent f32 lanes (vectorisable, fixed order).
 #[inline(always)]
 fn sum_f32(x: &[f32]) -> f32 {
-    let chunks = x.chunks_exact(8);
-    let tail: f32 = chunks.remainder().iter().sum();
+    // Element `j` always goes to lane `j % 8`, tail included: appending zeros (a padded key) changes
+    // no lane's sum, so a row's result does not depend on how far the batch padded it.
     let mut acc = [0.0f32; 8];
+    let chunks = x.chunks_exact(8);
+    let tail = chunks.remainder();
     for c in chunks {
         for (a, &v) in acc.iter_mut().zip(c) {
             *a += v;
         }
     }
-    ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
+    for (a, &v) in acc.iter_mut().zip(tail) {
+        *a += v;
+    }
+    ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]))
 }
 
 #[cfg(test)]

@@ -1,0 +1,297 @@
+//! braid-engine: many caller threads become GPU-saturating batches.
+//!
+//! Threads alone do not fill a GPU; batching does (the seed's fork measured batching 21–400x over
+//! threading). An [`Engine`] is shared by every caller (`Arc` or `&`), object-safe over the device: it
+//! holds an `Arc<dyn Embedder>` from `braid_model::load`.
+//!
+//! - **Batched mode** ([`Mode::Batched`], what [`Mode::Auto`] picks): a caller tokenizes on its own
+//!   thread (callers are the CPU parallelism), then enqueues its sequences — a lock-free push, bounded
+//!   in tokens ([`EngineError::Overloaded`] past the bound). K executor threads (`executor`), each on
+//!   its own leased stream, take batches formed by a padded-token budget and a size limit, grouping
+//!   similar lengths (`queue`), so upload, compute and download of different batches overlap. An idle
+//!   executor takes a batch at once; while all are busy the queue becomes the next batch (continuous
+//!   batching, as text-embeddings-inference does with one batch in flight — here K).
+//! - **Direct mode** ([`Mode::Direct`]): each caller runs its own forward on its own leased stream.
+//!
+//! Results go back to each caller in input order. A failed batch is split and retried down to single
+//! sequences, so an out-of-memory batch runs in pieces and a bad input fails only its request. A caller
+//! that drops its [`EmbedFuture`] costs no work that has not started. [`Engine::shutdown`] (and drop)
+//! stops taking requests, finishes those accepted, and joins the executors.
+//!
+//! Metrics go through the `metrics` facade (a server installs an exporter): `braid_engine_queued_tokens`
+//! (gauge), `braid_engine_batch_size`, `braid_engine_batch_tokens` (padded), `braid_engine_padding_share`,
+//! `braid_engine_queue_wait_seconds`, `braid_engine_forward_seconds` (histograms),
+//! `braid_engine_errors_total{kind}` and `braid_engine_split_batches_total{kind}` (counters).
+//!
+//! ```no_run
+//! use braid_engine::{Engine, EngineConfig};
+//! use braid_model::load::{load, LoadOptions};
+//!
+//! let model = load(&LoadOptions::new("models/all-MiniLM-L6-v2"))?;
+//! let engine = Engine::new(model.clone(), EngineConfig::for_backend(model.backend()))?;
+//! let embeddings = engine.embed(&["A man is eating food."])?;
+//! assert_eq!(embeddings[0].len(), model.dim());
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+mod config;
+mod error;
+mod executor;
+mod queue;
+mod request;
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use braid_model::load::Embedder;
+use braid_model::Encoding;
+use parking_lot::Mutex;
+
+pub use self::config::{EngineConfig, Mode};
+pub use self::error::EngineError;
+use self::executor::{Counters, Shared};
+use self::queue::Queue;
+pub use self::request::EmbedFuture;
+use self::request::{Request, Sequence};
+
+/// Totals since an engine started ([`Engine::stats`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct EngineStats {
+    /// Batches run (a split batch counts once).
+    pub batches: u64,
+    /// Sequences in them.
+    pub sequences: u64,
+    /// Their real tokens.
+    pub tokens: u64,
+    /// Their padded tokens (sequences × the batch's longest).
+    pub padded_tokens: u64,
+    /// Batch pieces that failed (after splitting) and failed their requests.
+    pub failed_batches: u64,
+    /// Batches (or pieces) that failed and were split in two to retry.
+    pub split_batches: u64,
+}
+
+impl EngineStats {
+    /// Mean sequences per batch (0 when none ran).
+    pub fn mean_batch_size(&self) -> f64 {
+        self.sequences as f64 / self.batches.max(1) as f64
+    }
+
+    /// The share of computed tokens that were padding (0 when none ran).
+    pub fn padding_share(&self) -> f64 {
+        1.0 - self.tokens as f64 / self.padded_tokens.max(1) as f64
+    }
+}
+
+/// Many callers' embeddings, batched across threads or run direct (module doc).
+pub struct Engine {
+    shared: Arc<Shared>,
+    mode: Mode,
+    executors: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl Engine {
+    /// An engine over `model`. In batched mode this starts `config.executors` threads, each leasing
+    /// a worker stream (an error if the pool has too few free slots).
+    pub fn new(model: Arc<dyn Embedder>, config: EngineConfig) -> Result<Self, EngineError> {
+        config.validate()?;
+        let mode = config.mode.resolved();
+        let shared = Arc::new(Shared {
+            queue: Queue::new(config.max_queued_tokens),
+            model,
+            config,
+            closing: AtomicBool::new(false),
+            submitting: AtomicUsize::new(0),
+            stats: Counters::default(),
+        });
+        let engine = Self {
+            shared,
+            mode,
+            executors: Mutex::new(Vec::new()),
+        };
+        if mode == Mode::Batched {
+            engine.start_executors()?;
+        }
+        Ok(engine)
+    }
+
+    fn start_executors(&self) -> Result<(), EngineError> {
+        let (ready, started) = std::sync::mpsc::channel();
+        let mut executors = self.executors.lock();
+        for index in 0..self.shared.config.executors {
+            let shared = self.shared.clone();
+            let ready = ready.clone();
+            let handle = std::thread::Builder::new()
+                .name(format!("braid-engine-{index}"))
+                .spawn(move || shared.run_executor(ready))
+                .map_err(|e| EngineError::InvalidConfig {
+                    name: "executors",
+                    value: format!("{index} started, then: {e}"),
+                    allowed: "as many threads as the system allows",
+                })?;
+            executors.push(handle);
+        }
+        drop(executors);
+        for _ in 0..self.shared.config.executors {
+            match started.recv() {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => {
+                    self.shutdown();
+                    return Err(error);
+                }
+                Err(_) => {
+                    self.shutdown();
+                    return Err(EngineError::Internal {
+                        detail: "an executor thread ended before it started".into(),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The mode in force (`Auto` resolved).
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+
+    /// The model.
+    pub fn model(&self) -> &Arc<dyn Embedder> {
+        &self.shared.model
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &EngineConfig {
+        &self.shared.config
+    }
+
+    /// Totals since the engine started.
+    pub fn stats(&self) -> EngineStats {
+        let c = &self.shared.stats;
+        EngineStats {
+            batches: c.batches.load(Ordering::Relaxed),
+            sequences: c.sequences.load(Ordering::Relaxed),
+            tokens: c.tokens.load(Ordering::Relaxed),
+            padded_tokens: c.padded_tokens.load(Ordering::Relaxed),
+            failed_batches: c.failed_batches.load(Ordering::Relaxed),
+            split_batches: c.split_batches.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Tokens waiting in the queue now.
+    pub fn queued_tokens(&self) -> usize {
+        self.shared.queue.queued_tokens()
+    }
+
+    /// The embeddings of `texts`, in order; blocks until they are done. Tokenizes on this thread.
+    pub fn embed(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>, EngineError> {
+        match self.mode {
+            Mode::Batched => {
+                let encodings = self.shared.model.spec().tokenizer.encode_batch(texts)?;
+                self.submit(encodings)?.wait()
+            }
+            _ => Ok(self.shared.model.embed(texts)?),
+        }
+    }
+
+    /// The embeddings of pre-tokenized inputs (token ids from a client, fixed-length benchmarks).
+    pub fn embed_encodings(&self, encodings: Vec<Encoding>) -> Result<Vec<Vec<f32>>, EngineError> {
+        match self.mode {
+            Mode::Batched => self.submit(encodings)?.wait(),
+            _ => Ok(self.shared.model.embed_encodings(&encodings)?),
+        }
+    }
+
+    /// [`Engine::embed`] for async callers: tokenizes and enqueues now, resolves when the embeddings
+    /// are done; dropping the future cancels what has not started. In direct mode the forward runs
+    /// here, on the calling thread, before this returns.
+    pub fn embed_async(&self, texts: &[&str]) -> EmbedFuture {
+        match self.shared.model.spec().tokenizer.encode_batch(texts) {
+            Ok(encodings) => self.embed_encodings_async(encodings),
+            Err(error) => EmbedFuture {
+                request: None,
+                early: Some(error.into()),
+            },
+        }
+    }
+
+    /// [`Engine::embed_encodings`] for async callers (see [`Engine::embed_async`]).
+    pub fn embed_encodings_async(&self, encodings: Vec<Encoding>) -> EmbedFuture {
+        match self.mode {
+            Mode::Batched => match self.submit(encodings) {
+                Ok(request) => EmbedFuture {
+                    request: Some(request),
+                    early: None,
+                },
+                Err(error) => EmbedFuture {
+                    request: None,
+                    early: Some(error),
+                },
+            },
+            _ => {
+                let request = Request::new(encodings.len());
+                match self.shared.model.embed_encodings(&encodings) {
+                    Ok(embeddings) => {
+                        for (index, embedding) in embeddings.into_iter().enumerate() {
+                            request.deliver(index, embedding);
+                        }
+                    }
+                    Err(error) => request.fail(error.into()),
+                }
+                EmbedFuture {
+                    request: Some(request),
+                    early: None,
+                }
+            }
+        }
+    }
+
+    /// Enqueues a request's sequences (batched mode).
+    fn submit(&self, encodings: Vec<Encoding>) -> Result<Arc<Request>, EngineError> {
+        let shared = &self.shared;
+        // SeqCst with `closing`: either shutdown sees this submit in flight and waits for it, or this
+        // submit sees shutdown and is refused (executors exit only when no submit is in flight).
+        shared.submitting.fetch_add(1, Ordering::SeqCst);
+        let result = if shared.closing.load(Ordering::SeqCst) {
+            Err(EngineError::ShutDown)
+        } else {
+            let request = Request::new(encodings.len());
+            let sequences = encodings
+                .into_iter()
+                .enumerate()
+                .map(|(index, encoding)| Sequence {
+                    encoding,
+                    request: request.clone(),
+                    index,
+                    order: 0,
+                })
+                .collect();
+            shared.queue.submit(sequences).map(|()| request)
+        };
+        shared.submitting.fetch_sub(1, Ordering::SeqCst);
+        if let Err(error) = &result {
+            metrics::counter!("braid_engine_errors_total", "kind" => error.kind()).increment(1);
+        }
+        result
+    }
+
+    /// Stops taking requests, finishes every accepted one, and joins the executors. Idempotent; drop
+    /// does it too.
+    pub fn shutdown(&self) {
+        self.shared.closing.store(true, Ordering::SeqCst);
+        self.shared.queue.wake_all();
+        let executors = std::mem::take(&mut *self.executors.lock());
+        for handle in executors {
+            if handle.join().is_err() {
+                tracing::error!("an engine executor panicked (this is a bug)");
+            }
+        }
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}

@@ -1,0 +1,309 @@
+//! [`Queue`]: where callers' sequences wait, and how a batch is formed from them.
+//!
+//! Two parts, so that submitting never takes a lock another caller holds:
+//!
+//! - **Inbox**: a lock-free queue (crossbeam's `SegQueue`) callers push to, with a token count for the
+//!   backpressure bound. Submitting is a push and two atomic adds; an executor is woken only if one is
+//!   asleep (see [`Queue::submit`]).
+//! - **Pending**: the sequences an executor has moved out of the inbox, behind a mutex that only
+//!   executors take, once per batch. [`Pending::take_batch`] forms the batch: always the oldest
+//!   sequence (nobody starves), then sequences of similar length — shorter ones first, then longer
+//!   ones, none padded to more than twice its length — until the next would pass the padded-token
+//!   budget or the size limit. Sequences of very different lengths wait for a batch of their own (the
+//!   next free executor takes it) rather than be padded.
+//!
+//! # Waking executors
+//!
+//! An executor with nothing to do registers as sleeping, looks at the inbox once more, and waits on a
+//! condvar. A submitter pushes, then reads the sleeping count and notifies only when it is not zero.
+//! Both the count and the inbox length are `SeqCst`, so of "executor registers, then looks" and
+//! "submitter pushes, then looks" at least one sees the other (the pattern of the stream pool's
+//! `wait:<ms>` policy): no wake-up is lost, and a busy engine's submit path takes no lock at all.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use crossbeam_queue::SegQueue;
+use parking_lot::{Condvar, Mutex};
+
+use crate::error::EngineError;
+use crate::request::Sequence;
+
+/// The inbox, the pending set and the executors' wake-up (module doc).
+pub(crate) struct Queue {
+    inbox: SegQueue<Sequence>,
+    /// Sequences in the inbox (SeqCst: see "Waking executors").
+    inbox_len: AtomicUsize,
+    /// Tokens accepted and not yet taken into a batch (inbox and pending).
+    queued_tokens: AtomicUsize,
+    max_queued_tokens: usize,
+    next_order: AtomicU64,
+    pub(crate) pending: Mutex<Pending>,
+    sleeping: AtomicUsize,
+    wake_lock: Mutex<()>,
+    wake: Condvar,
+}
+
+/// Sequences moved out of the inbox, waiting for a batch (executors only).
+#[derive(Default)]
+pub(crate) struct Pending {
+    sequences: Vec<Sequence>,
+}
+
+impl Queue {
+    pub(crate) fn new(max_queued_tokens: usize) -> Self {
+        Self {
+            inbox: SegQueue::new(),
+            inbox_len: AtomicUsize::new(0),
+            queued_tokens: AtomicUsize::new(0),
+            max_queued_tokens,
+            next_order: AtomicU64::new(0),
+            pending: Mutex::new(Pending::default()),
+            sleeping: AtomicUsize::new(0),
+            wake_lock: Mutex::new(()),
+            wake: Condvar::new(),
+        }
+    }
+
+    /// Tokens waiting (a snapshot).
+    pub(crate) fn queued_tokens(&self) -> usize {
+        self.queued_tokens.load(Ordering::Relaxed)
+    }
+
+    /// Accepts a request's sequences, all or none: [`EngineError::Overloaded`] when its tokens would
+    /// pass the bound (a request larger than the whole bound is accepted into an empty queue, so
+    /// every request can run). Wakes a sleeping executor.
+    pub(crate) fn submit(&self, sequences: Vec<Sequence>) -> Result<(), EngineError> {
+        let tokens: usize = sequences.iter().map(Sequence::tokens).sum();
+        let limit = self.max_queued_tokens;
+        self.queued_tokens
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |queued| {
+                (queued == 0 || queued + tokens <= limit).then_some(queued + tokens)
+            })
+            .map_err(|queued| EngineError::Overloaded {
+                queued,
+                requested: tokens,
+                limit,
+            })?;
+        let count = sequences.len();
+        for mut sequence in sequences {
+            sequence.order = self.next_order.fetch_add(1, Ordering::Relaxed);
+            self.inbox.push(sequence);
+        }
+        self.inbox_len.fetch_add(count, Ordering::SeqCst);
+        metrics::gauge!("braid_engine_queued_tokens").set(self.queued_tokens() as f64);
+        if self.sleeping.load(Ordering::SeqCst) > 0 {
+            let _lock = self.wake_lock.lock();
+            self.wake.notify_one();
+        }
+        Ok(())
+    }
+
+    /// Whether the inbox is empty (SeqCst: see "Waking executors").
+    pub(crate) fn inbox_is_empty(&self) -> bool {
+        self.inbox_len.load(Ordering::SeqCst) == 0
+    }
+
+    /// Moves every sequence in the inbox to `pending`.
+    pub(crate) fn drain_inbox(&self, pending: &mut Pending) {
+        while let Some(sequence) = self.inbox.pop() {
+            self.inbox_len.fetch_sub(1, Ordering::SeqCst);
+            pending.sequences.push(sequence);
+        }
+    }
+
+    /// Counts `tokens` as taken out of the queue (batched, or dropped because their caller gave up).
+    pub(crate) fn taken(&self, tokens: usize) {
+        let left = self.queued_tokens.fetch_sub(tokens, Ordering::Relaxed) - tokens;
+        metrics::gauge!("braid_engine_queued_tokens").set(left as f64);
+    }
+
+    /// Sleeps until a submit wakes it, `timeout` passes, or `stop()` is true (checked after
+    /// registering, so no wake-up is lost).
+    pub(crate) fn sleep(&self, timeout: Duration, stop: impl Fn() -> bool) {
+        let mut lock = self.wake_lock.lock();
+        self.sleeping.fetch_add(1, Ordering::SeqCst);
+        if self.inbox_is_empty() && !stop() {
+            self.wake.wait_for(&mut lock, timeout);
+        }
+        self.sleeping.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    /// Wakes every sleeping executor (shutdown).
+    pub(crate) fn wake_all(&self) {
+        let _lock = self.wake_lock.lock();
+        self.wake.notify_all();
+    }
+}
+
+impl Pending {
+    /// Sequences waiting.
+    pub(crate) fn len(&self) -> usize {
+        self.sequences.len()
+    }
+
+    /// Removes the sequences whose caller gave up; returns their tokens.
+    pub(crate) fn drop_cancelled(&mut self) -> usize {
+        let mut tokens = 0;
+        self.sequences.retain(|s| {
+            let keep = !s.request.is_cancelled();
+            if !keep {
+                tokens += s.tokens();
+            }
+            keep
+        });
+        tokens
+    }
+
+    /// The submission time of the oldest sequence's request, if any is waiting.
+    pub(crate) fn oldest_accepted(&self) -> Option<std::time::Instant> {
+        self.sequences.iter().map(|s| s.request.accepted).min()
+    }
+
+    /// Padded tokens a batch of everything pending would have (for `max_wait`).
+    pub(crate) fn padded_tokens(&self) -> usize {
+        let longest = self
+            .sequences
+            .iter()
+            .map(Sequence::tokens)
+            .max()
+            .unwrap_or(0);
+        longest * self.sequences.len()
+    }
+
+    /// Takes the next batch (module doc): the oldest sequence and its neighbours in length, within
+    /// `max_tokens` padded tokens and `max_size` sequences. Empty when nothing is pending.
+    pub(crate) fn take_batch(&mut self, max_tokens: usize, max_size: usize) -> Vec<Sequence> {
+        if self.sequences.is_empty() {
+            return Vec::new();
+        }
+        self.sequences.sort_by_key(|s| (s.tokens(), s.order));
+        let oldest = (0..self.sequences.len())
+            .min_by_key(|&i| self.sequences[i].order)
+            .expect("not empty");
+        let tokens = |i: usize| self.sequences[i].tokens();
+        let fits =
+            |count: usize, longest: usize| count <= max_size && count * longest <= max_tokens;
+        let (mut lo, mut hi) = (oldest, oldest + 1);
+        let mut longest = tokens(oldest);
+        loop {
+            let count = hi - lo + 1;
+            // Shorter neighbours cost no padding of the others; take them while they would not be
+            // padded to more than twice their length.
+            if lo > 0 && fits(count, longest) && tokens(lo - 1) * 2 >= longest {
+                lo -= 1;
+            } else if hi < self.sequences.len()
+                && fits(count, tokens(hi))
+                && tokens(lo) * 2 >= tokens(hi)
+            {
+                longest = tokens(hi);
+                hi += 1;
+            } else {
+                break;
+            }
+        }
+        self.sequences.drain(lo..hi).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::request::Request;
+    use braid_model::Encoding;
+
+    fn sequence(tokens: usize, order: u64) -> Sequence {
+        Sequence {
+            encoding: Encoding {
+                ids: vec![1; tokens],
+                type_ids: vec![0; tokens],
+            },
+            request: Request::new(1),
+            index: 0,
+            order,
+        }
+    }
+
+    fn pending(lengths: &[usize]) -> Pending {
+        Pending {
+            sequences: lengths
+                .iter()
+                .enumerate()
+                .map(|(i, &t)| sequence(t, i as u64))
+                .collect(),
+        }
+    }
+
+    fn lengths(batch: &[Sequence]) -> Vec<usize> {
+        batch.iter().map(Sequence::tokens).collect()
+    }
+
+    #[test]
+    fn a_batch_holds_the_oldest_and_its_neighbours_in_length_within_the_budget() {
+        // Oldest is the 40-token one; budget 4 x 40 tokens.
+        let mut p = pending(&[40, 10, 200, 38, 41, 35, 12]);
+        let batch = p.take_batch(160, 64);
+        assert!(batch.iter().any(|s| s.order == 0), "the oldest is in");
+        // 38 and 35 (padded to at most twice their length); the 41-token one would make it
+        // 4 x 41 = 164 > 160; 12 and 10 would be padded past twice their length: a batch of their own.
+        assert_eq!(lengths(&batch), vec![35, 38, 40]);
+        assert_eq!(p.len(), 4);
+        // Then the oldest left (10 tokens) with what is within twice its length, and so on.
+        assert_eq!(lengths(&p.take_batch(160, 64)), vec![10, 12]);
+        assert_eq!(lengths(&p.take_batch(160, 64)), vec![200]);
+        assert_eq!(lengths(&p.take_batch(160, 64)), vec![41]);
+    }
+
+    #[test]
+    fn the_size_limit_and_a_sequence_longer_than_the_budget() {
+        let mut p = pending(&[10; 10]);
+        assert_eq!(p.take_batch(10_000, 4).len(), 4);
+        let mut p = pending(&[500]);
+        assert_eq!(
+            p.take_batch(100, 4).len(),
+            1,
+            "a lone long sequence still runs"
+        );
+    }
+
+    #[test]
+    fn every_sequence_is_taken_exactly_once() {
+        let lengths_in: Vec<usize> = (0..500).map(|i| 3 + (i * 37) % 120).collect();
+        let mut p = pending(&lengths_in);
+        let mut seen = Vec::new();
+        while p.len() > 0 {
+            let batch = p.take_batch(1024, 32);
+            assert!(!batch.is_empty());
+            let longest = batch.iter().map(Sequence::tokens).max().unwrap();
+            assert!(batch.len() == 1 || batch.len() * longest <= 1024);
+            seen.extend(batch.iter().map(|s| s.order));
+        }
+        seen.sort_unstable();
+        assert_eq!(seen, (0..500).collect::<Vec<u64>>());
+    }
+
+    #[test]
+    fn overload_refuses_a_request_whole_and_accepts_any_request_into_an_empty_queue() {
+        let queue = Queue::new(100);
+        queue.submit(vec![sequence(60, 0)]).unwrap();
+        let err = queue
+            .submit(vec![sequence(30, 0), sequence(30, 0)])
+            .unwrap_err();
+        assert!(matches!(
+            err,
+            EngineError::Overloaded {
+                queued: 60,
+                requested: 60,
+                limit: 100
+            }
+        ));
+        assert_eq!(queue.queued_tokens(), 60);
+        let mut pending = queue.pending.lock();
+        queue.drain_inbox(&mut pending);
+        let batch = pending.take_batch(1000, 10);
+        queue.taken(batch.iter().map(Sequence::tokens).sum());
+        drop(pending);
+        queue.submit(vec![sequence(500, 0)]).unwrap();
+        assert_eq!(queue.queued_tokens(), 500);
+    }
+}
