@@ -10,7 +10,7 @@
 use std::io::{BufRead, Read, Write};
 
 use anyhow::{anyhow, bail, ensure, Context, Result};
-use braid_model::load::Embedder;
+use braid_engine::Engine;
 use serde::Serialize;
 
 use crate::output::{escape_for_terminal, to_stdout};
@@ -40,7 +40,7 @@ struct Line<'a> {
 
 /// Embeds `texts`, or `input`'s lines when `texts` is empty, writing to `out` (stdout).
 pub fn run(
-    model: &dyn Embedder,
+    model: &Engine,
     texts: Vec<String>,
     format: Format,
     batch: usize,
@@ -137,7 +137,7 @@ impl Printer {
 
     fn embed_and_print(
         &mut self,
-        model: &dyn Embedder,
+        model: &Engine,
         texts: &[String],
         out: &mut dyn Write,
     ) -> Result<()> {
@@ -160,7 +160,7 @@ impl Printer {
                     to_stdout(writeln!(out))?;
                 }
                 Format::Table => {
-                    let tokens = model.spec().tokenizer.encode(text)?.len();
+                    let tokens = model.model().spec().tokenizer.encode(text)?.len();
                     let norm = embedding.iter().map(|v| v * v).sum::<f32>().sqrt();
                     let head: Vec<String> = embedding
                         .iter()

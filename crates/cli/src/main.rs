@@ -26,6 +26,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
+use braid_engine::{Engine, EngineConfig};
 use braid_model::load::{load, DeviceChoice, Embedder, LoadOptions, DEVICE_CHOICES};
 use braid_model::{default_model_dir, MODELS_DIR_ENV};
 use braid_runtime::{DType, RuntimeConfig};
@@ -157,6 +158,21 @@ enum Command {
         /// Write the figures to this JSON file (created or opened before the run).
         #[arg(long, value_name = "FILE")]
         json: Option<PathBuf>,
+        /// How callers reach the device: `direct` (each on its own stream), `engine` (one engine
+        /// batches across them) or both side by side.
+        #[arg(
+            long,
+            value_enum,
+            value_delimiter = ',',
+            default_value = "direct,engine"
+        )]
+        mode: Vec<bench::BenchMode>,
+        /// Engine executor threads, 1 to 16 (default: 2 on a GPU, 1 on the CPU).
+        #[arg(long, value_name = "N")]
+        executors: Option<usize>,
+        /// Engine padded-token budget per batch (default: 32768 on a GPU, 8192 on the CPU).
+        #[arg(long, value_name = "N")]
+        max_batch_tokens: Option<usize>,
     },
 }
 
@@ -196,8 +212,10 @@ fn run(cli: Cli) -> Result<()> {
             texts,
         } => {
             let model = model.load(1)?;
+            let engine = Engine::new(model.clone(), EngineConfig::for_backend(model.backend()))
+                .context("starting the engine")?;
             let stdin = std::io::stdin().lock();
-            embed::run(&*model, texts, format, batch as usize, stdin, &mut stdout)
+            embed::run(&engine, texts, format, batch as usize, stdin, &mut stdout)
         }
         Command::Bench {
             model,
@@ -206,12 +224,18 @@ fn run(cli: Cli) -> Result<()> {
             seconds,
             seq,
             json,
+            mode,
+            executors,
+            max_batch_tokens,
         } => {
             let options = bench::BenchOptions {
                 threads: threads.unwrap_or_else(bench::default_thread_sweep),
                 batches: batch,
                 seconds,
                 seq,
+                modes: mode,
+                executors,
+                max_batch_tokens,
             };
             options.validate()?;
             let json = json.as_deref().map(bench::JsonFile::open).transpose()?;

@@ -83,14 +83,21 @@ fn bench_writes_figures_and_leaks_no_slot() {
         ],
         None,
     ));
-    assert_eq!(out.lines().count(), 3, "a header and two rows: {out}");
+    assert_eq!(
+        out.lines().count(),
+        5,
+        "a header and two rows per mode (direct, engine): {out}"
+    );
     let report: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     std::fs::remove_file(&json).ok();
     let points = report["points"].as_array().unwrap();
-    assert_eq!(points.len(), 2);
-    for (point, threads) in points.iter().zip([1, 2]) {
+    assert_eq!(points.len(), 4);
+    let expected = [(1, "direct"), (1, "engine"), (2, "direct"), (2, "engine")];
+    for (point, (threads, mode)) in points.iter().zip(expected) {
         assert_eq!(point["threads"], threads);
+        assert_eq!(point["mode"], mode);
+        assert!(point["mean_batch"].as_f64().unwrap() >= 1.0, "{point}");
         assert_eq!(point["batch"], 2);
         assert!(point["sequences"].as_u64().unwrap() >= 2, "{point}");
         assert_eq!(point["leaked_slots"], 0, "{point}");
@@ -113,7 +120,7 @@ fn bench_writes_figures_and_leaks_no_slot() {
         None,
     ));
     let row: Vec<&str> = out.lines().nth(1).unwrap().split_whitespace().collect();
-    assert_eq!(row[5], "32.0", "mean tokens per sequence: {out}");
+    assert_eq!(row[6], "32.0", "mean tokens per sequence: {out}");
 }
 
 #[test]

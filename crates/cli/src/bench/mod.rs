@@ -1,6 +1,8 @@
-//! `braid bench`: the main job. N caller threads each embed batches on their own leased stream, for a
-//! sweep of thread counts and batch sizes; prints seq/s, p50/p99 latency, allocator hit rate and peak
-//! memory per point, and keeps the figures as JSON on request.
+//! `braid bench`: the main job. N caller threads each embed batches, for a sweep of thread counts and
+//! batch sizes, in one or both modes side by side — `direct` (each caller on its own leased stream)
+//! and `engine` (the callers share a `braid_engine::Engine`, which batches across them); prints
+//! seq/s, p50/p99 latency, the engine's mean batch size and padding share, allocator hit rate and peak
+//! memory per point, and keeps the figures as JSON on request. How one point runs is `point`'s.
 //!
 //! Inputs are real sentences (`data/sentences.txt`, 7–60 tokens, tokenized once up front) or, with
 //! `--seq N`, synthetic token ids of exactly N tokens — the shape the PyTorch anchor scripts use, for a
@@ -13,27 +15,41 @@
 //! sizes and seconds within their limits) and the `--json` file is opened then too ([`JsonFile`]), so a
 //! typo fails at once instead of after the whole sweep.
 
+mod point;
+
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Barrier};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
 
-use anyhow::{anyhow, ensure, Context, Result};
+use anyhow::{ensure, Context, Result};
+use braid_engine::EngineConfig;
 use braid_model::load::Embedder;
-use braid_model::{pad_batch, Encoding, PaddedBatch};
 use braid_runtime::MAX_WORKER_SLOTS;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
+use self::point::{make_batches, run_point};
 use crate::output::{note, to_stdout};
 
-/// The built-in corpus: one real sentence per line.
-const SENTENCES: &str = include_str!("../data/sentences.txt");
-/// Distinct batches each point cycles through (fewer for large batches, see `HELD_SEQUENCES`).
-const DISTINCT_BATCHES: usize = 64;
-/// The most input sequences held for one batch size: bounds the host memory of large batches.
-const HELD_SEQUENCES: usize = 16_384;
+/// How a point's callers reach the device (`--mode`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum BenchMode {
+    /// Each caller runs its own batches on its own leased stream.
+    Direct,
+    /// The callers share an engine that batches across them.
+    Engine,
+}
+
+impl std::fmt::Display for BenchMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Direct => "direct",
+            Self::Engine => "engine",
+        })
+    }
+}
 /// The largest batch size (as `braid embed --batch`).
 pub const MAX_BATCH: usize = 4096;
 /// The longest timed window per point, in seconds (one hour).
@@ -50,6 +66,12 @@ pub struct BenchOptions {
     pub seconds: f64,
     /// Synthetic inputs of exactly this many tokens instead of the sentence corpus.
     pub seq: Option<usize>,
+    /// The modes each point runs in, side by side.
+    pub modes: Vec<BenchMode>,
+    /// Engine executors (default: the engine's for the backend).
+    pub executors: Option<usize>,
+    /// Engine padded-token budget per batch (default: the engine's for the backend).
+    pub max_batch_tokens: Option<usize>,
 }
 
 impl BenchOptions {
@@ -78,6 +100,22 @@ impl BenchOptions {
             );
         }
         ensure!(
+            !self.modes.is_empty(),
+            "--mode needs direct, engine or both"
+        );
+        if let Some(executors) = self.executors {
+            ensure!(
+                (1..=16).contains(&executors),
+                "--executors {executors}: between 1 and 16 executor threads"
+            );
+        }
+        if let Some(tokens) = self.max_batch_tokens {
+            ensure!(
+                (1..=1 << 22).contains(&tokens),
+                "--max-batch-tokens {tokens}: between 1 and 4194304 padded tokens"
+            );
+        }
+        ensure!(
             self.seconds > 0.0 && self.seconds <= MAX_SECONDS,
             "--seconds {}: the timed window per point must be more than 0 and at most {MAX_SECONDS} \
              seconds (one hour)",
@@ -86,9 +124,30 @@ impl BenchOptions {
         Ok(())
     }
 
-    /// The most caller threads of any point.
+    /// The stream slots the runtime needs: every caller of a direct point, or the executors of an
+    /// engine point (an engine lives only while its points run).
     pub fn most_threads(&self) -> usize {
-        self.threads.iter().copied().max().unwrap_or(1)
+        let callers = self.threads.iter().copied().max().unwrap_or(1);
+        let executors = self.executors.unwrap_or(4);
+        if self.modes.contains(&BenchMode::Direct) {
+            callers.max(executors)
+        } else {
+            executors
+        }
+        .min(MAX_WORKER_SLOTS)
+    }
+
+    /// The engine configuration for `model`'s backend, with this bench's overrides.
+    pub fn engine_config(&self, backend: &str) -> EngineConfig {
+        let defaults = EngineConfig::for_backend(backend);
+        let max_batch_tokens = self.max_batch_tokens.unwrap_or(defaults.max_batch_tokens);
+        EngineConfig {
+            mode: braid_engine::Mode::Batched,
+            executors: self.executors.unwrap_or(defaults.executors),
+            max_batch_tokens,
+            max_queued_tokens: defaults.max_queued_tokens.max(max_batch_tokens),
+            ..defaults
+        }
     }
 }
 
@@ -147,9 +206,10 @@ impl Drop for JsonFile {
     }
 }
 
-/// One (threads, batch) point's figures.
+/// One (mode, threads, batch) point's figures.
 #[derive(Clone, Debug, Serialize)]
 pub struct BenchPoint {
+    pub mode: BenchMode,
     pub threads: usize,
     pub batch: usize,
     /// Sequences embedded in the timed window.
@@ -167,6 +227,10 @@ pub struct BenchPoint {
     pub peak_reserved_bytes: u64,
     /// Stream slots still leased after the point's threads exited (must be 0).
     pub leaked_slots: usize,
+    /// Mean sequences per forward (the callers' batch in direct mode, the engine's batches else).
+    pub mean_batch: f64,
+    /// Share of the computed tokens that were padding.
+    pub padding_share: f64,
 }
 
 #[derive(Serialize)]
@@ -216,7 +280,7 @@ pub fn run(
         options.seconds
     );
 
-    let total = options.threads.len() * options.batches.len();
+    let total = options.threads.len() * options.batches.len() * options.modes.len();
     let style = ProgressStyle::with_template("{spinner} [{elapsed_precise}] {wide_bar} {msg}")
         .unwrap_or_else(|_| ProgressStyle::default_bar());
     let progress =
@@ -225,13 +289,15 @@ pub fn run(
     for &batch in &options.batches {
         let batches = Arc::new(make_batches(&**model, batch, options.seq)?);
         for &threads in &options.threads {
-            progress.set_message(format!("{threads} threads x batch {batch}"));
-            let start = progress.position();
-            let point = run_point(model, &batches, threads, options.seconds, |elapsed| {
-                progress.set_position(start + elapsed.as_millis() as u64)
-            })?;
-            progress.set_position(start + (options.seconds * 1000.0) as u64);
-            points.push(point);
+            for &mode in &options.modes {
+                progress.set_message(format!("{mode}: {threads} threads x batch {batch}"));
+                let start = progress.position();
+                let point = run_point(model, options, mode, &batches, threads, |elapsed| {
+                    progress.set_position(start + elapsed.as_millis() as u64)
+                })?;
+                progress.set_position(start + (options.seconds * 1000.0) as u64);
+                points.push(point);
+            }
         }
     }
     progress.finish_and_clear();
@@ -254,162 +320,35 @@ pub fn run(
     Ok(points)
 }
 
-/// Up to `DISTINCT_BATCHES` padded batches of `batch` inputs (at most `HELD_SEQUENCES` inputs in
-/// all, at least one batch): consecutive sentences of the corpus (wrapping), or synthetic ids of
-/// exactly `seq` tokens.
-fn make_batches(
-    model: &dyn Embedder,
-    batch: usize,
-    seq: Option<usize>,
-) -> Result<Vec<PaddedBatch>> {
-    let spec = model.spec();
-    let distinct = (HELD_SEQUENCES / batch).clamp(1, DISTINCT_BATCHES);
-    let encodings: Vec<Encoding> = match seq {
-        Some(seq) => {
-            ensure!(
-                (2..=spec.max_seq_length).contains(&seq),
-                "--seq must be between 2 and the model's max_seq_length {}",
-                spec.max_seq_length
-            );
-            (0..distinct * batch)
-                .map(|i| synthetic(i as u64, seq, spec.config.vocab_size))
-                .collect()
-        }
-        None => {
-            let sentences: Vec<&str> = SENTENCES.lines().filter(|l| !l.trim().is_empty()).collect();
-            spec.tokenizer.encode_batch(&sentences)?
-        }
-    };
-    ensure!(!encodings.is_empty(), "the bench corpus has no sentences");
-    Ok((0..distinct)
-        .map(|b| {
-            let rows: Vec<Encoding> = (0..batch)
-                .map(|i| encodings[(b * batch + i) % encodings.len()].clone())
-                .collect();
-            pad_batch(&rows, spec.config.pad_token_id)
-        })
-        .collect())
-}
-
-/// `[CLS] x … x [SEP]` with ids drawn from 1000..30000 (as the anchors' random ids), deterministic in `seed`.
-fn synthetic(seed: u64, len: usize, vocab: usize) -> Encoding {
-    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut ids: Vec<u32> = (0..len)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            (1000 + state % 29_000).min(vocab.saturating_sub(1) as u64) as u32
-        })
-        .collect();
-    ids[0] = 101;
-    ids[len - 1] = 102;
-    Encoding {
-        type_ids: vec![0; len],
-        ids,
-    }
-}
-
-/// One point: `threads` fresh threads (each leases its own stream), one warm-up call each, then calls
-/// until `seconds` have passed.
-fn run_point(
-    model: &Arc<dyn Embedder>,
-    batches: &Arc<Vec<PaddedBatch>>,
-    threads: usize,
-    seconds: f64,
-    on_tick: impl Fn(Duration),
-) -> Result<BenchPoint> {
-    let window = Duration::try_from_secs_f64(seconds)
-        .map_err(|e| anyhow!("--seconds {seconds} is not a usable duration: {e}"))?;
-    let before = model.allocator_stats();
-    model.reset_peak_stats();
-    let ready = Arc::new(Barrier::new(threads + 1));
-    let handles: Vec<_> = (0..threads)
-        .map(|t| {
-            let (model, batches, ready) = (model.clone(), batches.clone(), ready.clone());
-            std::thread::Builder::new()
-                .name(format!("bench-caller-{t}"))
-                .spawn(move || -> Result<(usize, usize, Vec<Duration>)> {
-                    let mut next = t * 7;
-                    let mut call = || {
-                        let batch = &batches[next % batches.len()];
-                        next += 1;
-                        model.embed_batch(batch).map(|_| batch)
-                    };
-                    let warm_up = call();
-                    ready.wait();
-                    warm_up?;
-                    let start = Instant::now();
-                    let (mut sequences, mut tokens, mut latencies) = (0, 0, Vec::new());
-                    while start.elapsed() < window {
-                        let t0 = Instant::now();
-                        let batch = call()?;
-                        latencies.push(t0.elapsed());
-                        sequences += batch.batch;
-                        tokens += batch.mask.iter().filter(|&&m| m != 0.0).count();
-                    }
-                    Ok((sequences, tokens, latencies))
-                })
-                .context("cannot start a bench caller thread")
-        })
-        .collect::<Result<_>>()?;
-    ready.wait();
-    let start = Instant::now();
-    while handles.iter().any(|h| !h.is_finished()) {
-        on_tick(start.elapsed().min(window));
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let elapsed = start.elapsed().as_secs_f64();
-    let (mut sequences, mut tokens, mut latencies) = (0, 0, Vec::new());
-    for handle in handles {
-        let (s, t, l) = handle
-            .join()
-            .map_err(|_| anyhow::anyhow!("a bench caller thread panicked"))??;
-        sequences += s;
-        tokens += t;
-        latencies.extend(l);
-    }
-    latencies.sort_unstable();
-    let percentile = |p: f64| {
-        latencies
-            .get(((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1)))
-            .map_or(f64::NAN, |d| d.as_secs_f64() * 1e3)
-    };
-    let after = model.allocator_stats();
-    let hits = (after.small.hits + after.large.hits) - (before.small.hits + before.large.hits);
-    let misses =
-        (after.small.misses + after.large.misses) - (before.small.misses + before.large.misses);
-    Ok(BenchPoint {
-        threads,
-        batch: batches[0].batch,
-        sequences,
-        seconds: elapsed,
-        seq_per_s: sequences as f64 / elapsed,
-        p50_ms: percentile(0.50),
-        p99_ms: percentile(0.99),
-        mean_tokens: tokens as f64 / sequences.max(1) as f64,
-        hit_rate: hits as f64 / (hits + misses).max(1) as f64,
-        peak_reserved_bytes: after.peak_reserved_bytes,
-        leaked_slots: model.leased_slots(),
-    })
-}
-
 fn print_table(out: &mut dyn Write, points: &[BenchPoint]) -> std::io::Result<()> {
     writeln!(
         out,
-        "{:>7}  {:>5}  {:>10}  {:>9}  {:>9}  {:>6}  {:>8}  {:>10}",
-        "threads", "batch", "seq/s", "p50 ms", "p99 ms", "tokens", "hit rate", "peak MiB"
+        "{:>6}  {:>7}  {:>5}  {:>10}  {:>9}  {:>9}  {:>6}  {:>10}  {:>7}  {:>8}  {:>10}",
+        "mode",
+        "threads",
+        "batch",
+        "seq/s",
+        "p50 ms",
+        "p99 ms",
+        "tokens",
+        "mean batch",
+        "padding",
+        "hit rate",
+        "peak MiB"
     )?;
     for p in points {
         writeln!(
             out,
-            "{:>7}  {:>5}  {:>10.1}  {:>9.2}  {:>9.2}  {:>6.1}  {:>7.1}%  {:>10.1}",
+            "{:>6}  {:>7}  {:>5}  {:>10.1}  {:>9.2}  {:>9.2}  {:>6.1}  {:>10.1}  {:>6.1}%  {:>7.1}%  {:>10.1}",
+            p.mode.to_string(),
             p.threads,
             p.batch,
             p.seq_per_s,
             p.p50_ms,
             p.p99_ms,
             p.mean_tokens,
+            p.mean_batch,
+            p.padding_share * 100.0,
             p.hit_rate * 100.0,
             p.peak_reserved_bytes as f64 / (1 << 20) as f64
         )?;

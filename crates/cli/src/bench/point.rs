@@ -1,0 +1,205 @@
+//! One point of `braid bench`: its inputs (real sentences or synthetic ids, tokenized and padded up
+//! front, outside the timed region) and its run — `threads` fresh caller threads, one warm-up call each,
+//! then calls until the window has passed — in direct mode (each caller's batch on its own leased
+//! stream) or engine mode (each caller hands its batch's sequences to one shared engine, which forms
+//! its own batches across callers).
+
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, ensure, Context, Result};
+use braid_engine::Engine;
+use braid_model::load::Embedder;
+use braid_model::{pad_batch, Encoding, PaddedBatch};
+
+use super::{BenchMode, BenchOptions, BenchPoint};
+
+/// The built-in corpus: one real sentence per line.
+const SENTENCES: &str = include_str!("../../data/sentences.txt");
+/// Distinct batches each point cycles through (fewer for large batches, see `HELD_SEQUENCES`).
+const DISTINCT_BATCHES: usize = 64;
+/// The most input sequences held for one batch size: bounds the host memory of large batches.
+const HELD_SEQUENCES: usize = 16_384;
+
+/// One caller batch: its sequences (what an engine takes) and the same padded (what a direct forward
+/// takes).
+pub(super) struct CallerBatch {
+    encodings: Vec<Encoding>,
+    padded: PaddedBatch,
+}
+
+/// Up to `DISTINCT_BATCHES` padded batches of `batch` inputs (at most `HELD_SEQUENCES` inputs in
+/// all, at least one batch): consecutive sentences of the corpus (wrapping), or synthetic ids of
+/// exactly `seq` tokens.
+pub(super) fn make_batches(
+    model: &dyn Embedder,
+    batch: usize,
+    seq: Option<usize>,
+) -> Result<Vec<CallerBatch>> {
+    let spec = model.spec();
+    let distinct = (HELD_SEQUENCES / batch).clamp(1, DISTINCT_BATCHES);
+    let encodings: Vec<Encoding> = match seq {
+        Some(seq) => {
+            ensure!(
+                (2..=spec.max_seq_length).contains(&seq),
+                "--seq must be between 2 and the model's max_seq_length {}",
+                spec.max_seq_length
+            );
+            (0..distinct * batch)
+                .map(|i| synthetic(i as u64, seq, spec.config.vocab_size))
+                .collect()
+        }
+        None => {
+            let sentences: Vec<&str> = SENTENCES.lines().filter(|l| !l.trim().is_empty()).collect();
+            spec.tokenizer.encode_batch(&sentences)?
+        }
+    };
+    ensure!(!encodings.is_empty(), "the bench corpus has no sentences");
+    Ok((0..distinct)
+        .map(|b| {
+            let rows: Vec<Encoding> = (0..batch)
+                .map(|i| encodings[(b * batch + i) % encodings.len()].clone())
+                .collect();
+            CallerBatch {
+                padded: pad_batch(&rows, spec.config.pad_token_id),
+                encodings: rows,
+            }
+        })
+        .collect())
+}
+
+/// `[CLS] x … x [SEP]` with ids drawn from 1000..30000 (as the anchors' random ids), deterministic in `seed`.
+fn synthetic(seed: u64, len: usize, vocab: usize) -> Encoding {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut ids: Vec<u32> = (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (1000 + state % 29_000).min(vocab.saturating_sub(1) as u64) as u32
+        })
+        .collect();
+    ids[0] = 101;
+    ids[len - 1] = 102;
+    Encoding {
+        type_ids: vec![0; len],
+        ids,
+    }
+}
+
+/// One point: `threads` fresh caller threads, one warm-up call each, then calls until the window has
+/// passed. In engine mode the point has an engine of its own, dropped (its executors' streams
+/// returned) when the point ends.
+pub(super) fn run_point(
+    model: &Arc<dyn Embedder>,
+    options: &BenchOptions,
+    mode: BenchMode,
+    batches: &Arc<Vec<CallerBatch>>,
+    threads: usize,
+    on_tick: impl Fn(Duration),
+) -> Result<BenchPoint> {
+    let seconds = options.seconds;
+    let window = Duration::try_from_secs_f64(seconds)
+        .map_err(|e| anyhow!("--seconds {seconds} is not a usable duration: {e}"))?;
+    let engine = match mode {
+        BenchMode::Engine => Some(Arc::new(
+            Engine::new(model.clone(), options.engine_config(model.backend()))
+                .context("starting the engine")?,
+        )),
+        BenchMode::Direct => None,
+    };
+    let before = model.allocator_stats();
+    model.reset_peak_stats();
+    let ready = Arc::new(Barrier::new(threads + 1));
+    let handles: Vec<_> = (0..threads)
+        .map(|t| {
+            let (model, batches, ready) = (model.clone(), batches.clone(), ready.clone());
+            let engine = engine.clone();
+            std::thread::Builder::new()
+                .name(format!("bench-caller-{t}"))
+                .spawn(move || -> Result<(usize, usize, Vec<Duration>)> {
+                    let mut next = t * 7;
+                    let mut call = || -> Result<&PaddedBatch> {
+                        let batch = &batches[next % batches.len()];
+                        next += 1;
+                        match &engine {
+                            Some(engine) => {
+                                engine.embed_encodings(batch.encodings.clone())?;
+                            }
+                            None => {
+                                model.embed_batch(&batch.padded)?;
+                            }
+                        }
+                        Ok(&batch.padded)
+                    };
+                    let warm_up = call();
+                    ready.wait();
+                    warm_up?;
+                    let start = Instant::now();
+                    let (mut sequences, mut tokens, mut latencies) = (0, 0, Vec::new());
+                    while start.elapsed() < window {
+                        let t0 = Instant::now();
+                        let batch = call()?;
+                        latencies.push(t0.elapsed());
+                        sequences += batch.batch;
+                        tokens += batch.mask.iter().filter(|&&m| m != 0.0).count();
+                    }
+                    Ok((sequences, tokens, latencies))
+                })
+                .context("cannot start a bench caller thread")
+        })
+        .collect::<Result<_>>()?;
+    ready.wait();
+    let start = Instant::now();
+    while handles.iter().any(|h| !h.is_finished()) {
+        on_tick(start.elapsed().min(window));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    let (mut sequences, mut tokens, mut latencies) = (0, 0, Vec::new());
+    for handle in handles {
+        let (s, t, l) = handle
+            .join()
+            .map_err(|_| anyhow::anyhow!("a bench caller thread panicked"))??;
+        sequences += s;
+        tokens += t;
+        latencies.extend(l);
+    }
+    latencies.sort_unstable();
+    let percentile = |p: f64| {
+        latencies
+            .get(((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1)))
+            .map_or(f64::NAN, |d| d.as_secs_f64() * 1e3)
+    };
+    let after = model.allocator_stats();
+    let hits = (after.small.hits + after.large.hits) - (before.small.hits + before.large.hits);
+    let misses =
+        (after.small.misses + after.large.misses) - (before.small.misses + before.large.misses);
+    let (mean_batch, padding_share) = match engine.map(|e| e.stats()) {
+        Some(stats) => (stats.mean_batch_size(), stats.padding_share()),
+        None => {
+            let padded = &batches[0].padded;
+            let real = padded.mask.iter().filter(|&&m| m != 0.0).count();
+            (
+                padded.batch as f64,
+                1.0 - real as f64 / padded.mask.len().max(1) as f64,
+            )
+        }
+    };
+    Ok(BenchPoint {
+        mode,
+        threads,
+        batch: batches[0].padded.batch,
+        sequences,
+        seconds: elapsed,
+        seq_per_s: sequences as f64 / elapsed,
+        p50_ms: percentile(0.50),
+        p99_ms: percentile(0.99),
+        mean_tokens: tokens as f64 / sequences.max(1) as f64,
+        hit_rate: hits as f64 / (hits + misses).max(1) as f64,
+        peak_reserved_bytes: after.peak_reserved_bytes,
+        leaked_slots: model.leased_slots(),
+        mean_batch,
+        padding_share,
+    })
+}
