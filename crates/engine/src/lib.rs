@@ -43,6 +43,7 @@ mod request;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use braid_model::load::Embedder;
 use braid_model::Encoding;
@@ -54,6 +55,9 @@ use self::executor::{Counters, Shared};
 use self::queue::Queue;
 pub use self::request::EmbedFuture;
 use self::request::{Request, Sequence};
+
+/// How long a blocking caller spins for its result before it sleeps, when few callers wait.
+const CALLER_SPIN: Duration = Duration::from_millis(2);
 
 /// Totals since an engine started ([`Engine::stats`]).
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
@@ -103,6 +107,8 @@ impl Engine {
             config,
             closing: AtomicBool::new(false),
             submitting: AtomicUsize::new(0),
+            waiting: AtomicUsize::new(0),
+            spin_waiters: std::thread::available_parallelism().map_or(1, |n| n.get()) / 2,
             stats: Counters::default(),
         });
         let engine = Self {
@@ -189,7 +195,7 @@ impl Engine {
         match self.mode {
             Mode::Batched => {
                 let encodings = self.shared.model.spec().tokenizer.encode_batch(texts)?;
-                self.submit(encodings)?.wait()
+                self.wait(self.submit(encodings)?)
             }
             _ => Ok(self.shared.model.embed(texts)?),
         }
@@ -198,7 +204,7 @@ impl Engine {
     /// The embeddings of pre-tokenized inputs (token ids from a client, fixed-length benchmarks).
     pub fn embed_encodings(&self, encodings: Vec<Encoding>) -> Result<Vec<Vec<f32>>, EngineError> {
         match self.mode {
-            Mode::Batched => self.submit(encodings)?.wait(),
+            Mode::Batched => self.wait(self.submit(encodings)?),
             _ => Ok(self.shared.model.embed_encodings(&encodings)?),
         }
     }
@@ -245,6 +251,21 @@ impl Engine {
                 }
             }
         }
+    }
+
+    /// Waits for a request: spinning first while fewer callers wait than half the cores (so one or a
+    /// few callers pay no thread wake-up), else blocking at once (spinning callers would take the CPU
+    /// the executors need).
+    fn wait(&self, request: Arc<Request>) -> Result<Vec<Vec<f32>>, EngineError> {
+        let waiting = &self.shared.waiting;
+        let spin = if waiting.fetch_add(1, Ordering::Relaxed) < self.shared.spin_waiters {
+            CALLER_SPIN
+        } else {
+            Duration::ZERO
+        };
+        let result = request.wait(spin);
+        waiting.fetch_sub(1, Ordering::Relaxed);
+        result
     }
 
     /// Enqueues a request's sequences (batched mode).

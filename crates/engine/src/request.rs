@@ -12,7 +12,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use braid_model::Encoding;
 use parking_lot::{Condvar, Mutex};
@@ -23,6 +23,8 @@ use crate::error::EngineError;
 pub(crate) struct Request {
     state: Mutex<State>,
     done: Condvar,
+    /// Set (Release) once the outcome is in `state`, so a waiter can spin on it without the lock.
+    finished: AtomicBool,
     cancelled: AtomicBool,
     /// When it was accepted (for the queue-wait metric).
     pub(crate) accepted: Instant,
@@ -63,6 +65,7 @@ impl Request {
                 waker: None,
             }),
             done: Condvar::new(),
+            finished: AtomicBool::new(texts == 0),
             cancelled: AtomicBool::new(false),
             accepted: Instant::now(),
         })
@@ -111,6 +114,7 @@ impl Request {
         if state.outcome.is_none() {
             return;
         }
+        self.finished.store(true, Ordering::Release);
         let waker = state.waker.take();
         drop(state);
         self.done.notify_all();
@@ -119,8 +123,13 @@ impl Request {
         }
     }
 
-    /// Blocks until the request completes or fails.
-    pub(crate) fn wait(&self) -> Result<Vec<Vec<f32>>, EngineError> {
+    /// Blocks until the request completes or fails, spinning first for up to `spin` (a thread
+    /// wake-up costs tens of microseconds; the engine spins only while few callers wait).
+    pub(crate) fn wait(&self, spin: Duration) -> Result<Vec<Vec<f32>>, EngineError> {
+        let start = Instant::now();
+        while !self.finished.load(Ordering::Acquire) && start.elapsed() < spin {
+            std::hint::spin_loop();
+        }
         let mut state = self.state.lock();
         loop {
             if let Some(outcome) = state.outcome.take() {

@@ -46,13 +46,17 @@ struct Golden {
     cases: Vec<Case>,
 }
 
-/// The golden fixture's cases (shipped in crates/model/tests/fixtures).
+/// The golden fixture's cases (shipped in crates/model/tests/fixtures; `BRAID_GOLDEN` names another
+/// copy, for test binaries run away from the source tree).
 pub fn golden_cases() -> Vec<Case> {
-    let path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../model/tests/fixtures/minilm-golden.json"
-    );
-    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    let path = std::env::var("BRAID_GOLDEN").unwrap_or_else(|_| {
+        concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../model/tests/fixtures/minilm-golden.json"
+        )
+        .to_string()
+    });
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
     serde_json::from_str::<Golden>(&text).unwrap().cases
 }
 
