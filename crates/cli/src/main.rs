@@ -167,7 +167,7 @@ enum Command {
             default_value = "direct,engine"
         )]
         mode: Vec<bench::BenchMode>,
-        /// Engine executor threads, 1 to 16 (default: 2 on a GPU, 1 on the CPU).
+        /// Engine executor threads, 1 to 16 (default: 4 on a GPU, 1 on the CPU).
         #[arg(long, value_name = "N")]
         executors: Option<usize>,
         /// Engine padded-token budget per batch (default: 32768 on a GPU, 8192 on the CPU).

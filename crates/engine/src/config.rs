@@ -75,15 +75,16 @@ pub struct EngineConfig {
 }
 
 impl EngineConfig {
-    /// The defaults for a backend (`"cuda"`, `"cpu"`, ...): on a GPU two executors (one batch's
-    /// upload and download overlap another's compute) and up to 32,768 padded tokens per batch (256
-    /// sequences of 128 tokens, where MiniLM's throughput levels off on an H200); on the CPU one
-    /// executor, whose batch already uses every core, and 8,192 tokens.
+    /// The defaults for a backend (`"cuda"`, `"cpu"`, ...): on a GPU four executors (batches overlap;
+    /// on the H200 four beat one and two at 16 callers and at 64 callers × batch 64, see
+    /// docs/bench/engine.md) and up to 32,768 padded tokens per batch (256 sequences of 128 tokens,
+    /// where MiniLM's throughput levels off on an H200); on the CPU one executor, whose batch already
+    /// uses every core, and 8,192 tokens.
     pub fn for_backend(backend: &str) -> Self {
         let gpu = backend != "cpu";
         Self {
             mode: Mode::Auto,
-            executors: if gpu { 2 } else { 1 },
+            executors: if gpu { 4 } else { 1 },
             max_batch_tokens: if gpu { 32_768 } else { 8_192 },
             max_batch_size: 256,
             max_queued_tokens: 4 << 20,
