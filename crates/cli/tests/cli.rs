@@ -152,3 +152,94 @@ fn user_errors_say_what_is_wrong() {
     let output = braid(&["embed", "--batch", "0", "x"], None);
     assert_eq!(output.status.code(), Some(2), "clap refuses the value");
 }
+
+#[test]
+fn bench_draws_the_plot() {
+    let svg_path = std::env::temp_dir().join(format!("braid-bench-{}.svg", std::process::id()));
+    let output = braid(
+        &[
+            "bench",
+            "--device",
+            "cpu",
+            "--threads",
+            "1,2",
+            "--batch",
+            "1",
+            "--seconds",
+            "0.2",
+            "--plot",
+            svg_path.to_str().unwrap(),
+        ],
+        None,
+    );
+    stdout_of(&output);
+    let svg = std::fs::read_to_string(&svg_path).expect("the plot was written");
+    std::fs::remove_file(&svg_path).ok();
+    assert!(svg.starts_with("<svg"), "{}", &svg[..200.min(svg.len())]);
+    assert!(svg.trim_end().ends_with("</svg>"), "the SVG is complete");
+    assert_eq!(
+        svg.matches("<text").count(),
+        svg.matches("</text>").count(),
+        "every text element is closed"
+    );
+    for label in [
+        "Throughput: sequences per second",
+        "Tail latency: p99 per call",
+        "seq/s",
+        "p99 latency (ms)",
+        "caller threads",
+        "all-MiniLM-L6-v2",
+    ] {
+        assert!(svg.contains(label), "the plot lacks {label:?}");
+    }
+    // One legend entry per series: batch 1 in both modes.
+    for series in ["batch 1, direct", "batch 1, engine"] {
+        assert_eq!(svg.matches(series).count(), 1, "legend entry {series:?}");
+    }
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("plot drawn to"),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+#[test]
+fn a_bad_plot_file_fails_before_the_run() {
+    let assert_refused = |args: &[&str], needle: &str| {
+        let output = braid(args, None);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+        assert!(stderr.contains(needle), "stderr lacks {needle:?}: {stderr}");
+        // The run announces itself ("braid bench: <model> … s per point") before the first point.
+        assert!(!stderr.contains("per point"), "the run started: {stderr}");
+        assert!(output.stdout.is_empty(), "no table: {stderr}");
+    };
+    let missing_dir = std::env::temp_dir()
+        .join(format!("braid-no-such-dir-{}", std::process::id()))
+        .join("plot.svg");
+    let missing_dir = missing_dir.to_str().unwrap();
+    let bench = ["bench", "--device", "cpu", "--threads", "1", "--batch", "1"];
+    assert_refused(
+        &[&bench[..], &["--seconds", "0.2", "--plot", missing_dir]].concat(),
+        "cannot create the --plot file",
+    );
+    assert_refused(
+        &[&bench[..], &["--plot", "figures.png"]].concat(),
+        "must end in .svg",
+    );
+    assert!(!PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("figures.png")
+        .exists());
+
+    let both = std::env::temp_dir().join(format!("braid-both-{}.svg", std::process::id()));
+    let both = both.to_str().unwrap();
+    assert_refused(
+        &[&bench[..], &["--json", both, "--plot", both]].concat(),
+        "name the same file",
+    );
+    assert!(
+        !std::path::Path::new(both).exists(),
+        "a file the failed run created is removed"
+    );
+}

@@ -2,7 +2,8 @@
 //! batch sizes, in one or both modes side by side — `direct` (each caller on its own leased stream)
 //! and `engine` (the callers share a `braid_engine::Engine`, which batches across them); prints
 //! seq/s, p50/p99 latency, the engine's mean batch size and padding share, allocator hit rate and peak
-//! memory per point, and keeps the figures as JSON on request. How one point runs is `point`'s.
+//! memory per point, and keeps the figures as JSON and draws them as an SVG plot on request. How one
+//! point runs is `point`'s; how the plot looks is `plot`'s.
 //!
 //! Inputs are real sentences (`data/sentences.txt`, 7–60 tokens, tokenized once up front) or, with
 //! `--seq N`, synthetic token ids of exactly N tokens — the shape the PyTorch anchor scripts use, for a
@@ -12,17 +13,20 @@
 //! This is a benchmark, not a test: it prints figures and asserts nothing about them.
 //!
 //! Its options are checked before the model loads ([`BenchOptions::validate`]: thread counts, batch
-//! sizes and seconds within their limits) and the `--json` file is opened then too ([`JsonFile`]), so a
-//! typo fails at once instead of after the whole sweep.
+//! sizes and seconds within their limits, a `--plot` file named `.svg`) and the `--json` and `--plot`
+//! files are opened then too ([`OutputFile`]), so a typo fails at once instead of after the whole
+//! sweep.
 
+mod plot;
 mod point;
 
+use std::ffi::OsStr;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use anyhow::{ensure, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use braid_engine::EngineConfig;
 use braid_model::load::Embedder;
 use braid_runtime::MAX_WORKER_SLOTS;
@@ -72,11 +76,14 @@ pub struct BenchOptions {
     pub executors: Option<usize>,
     /// Engine padded-token budget per batch (default: the engine's for the backend).
     pub max_batch_tokens: Option<usize>,
+    /// Draw the figures to this SVG file (`--plot`).
+    pub plot: Option<PathBuf>,
 }
 
 impl BenchOptions {
     /// Refuses, before anything runs, thread counts outside 1..=64 (the stream pool's worker slots),
-    /// batch sizes outside 1..=4096 and a timed window that is not a number of seconds in (0, 3600].
+    /// batch sizes outside 1..=4096, a timed window that is not a number of seconds in (0, 3600] and a
+    /// `--plot` file whose name does not end in `.svg` (the only format it writes).
     pub fn validate(&self) -> Result<()> {
         ensure!(
             !self.threads.is_empty() && !self.batches.is_empty(),
@@ -121,7 +128,35 @@ impl BenchOptions {
              seconds (one hour)",
             self.seconds
         );
+        if let Some(plot) = &self.plot {
+            ensure!(
+                plot.extension()
+                    .and_then(OsStr::to_str)
+                    .is_some_and(|e| e.eq_ignore_ascii_case("svg")),
+                "--plot {}: the plot is an SVG, so the file name must end in .svg",
+                plot.display()
+            );
+        }
         Ok(())
+    }
+
+    /// Opens the `--plot` file before the run ([`OutputFile::open`]), refusing the same file as the
+    /// `--json` one.
+    pub fn open_plot(&self, json: Option<&OutputFile>) -> Result<Option<OutputFile>> {
+        let Some(path) = &self.plot else {
+            return Ok(None);
+        };
+        let plot = OutputFile::open(path, "--plot")?;
+        if let Some(json) = json {
+            if json.is_same_file(&plot) {
+                bail!(
+                    "--json {} and --plot {} name the same file",
+                    json.path.display(),
+                    plot.path.display()
+                );
+            }
+        }
+        Ok(Some(plot))
     }
 
     /// The stream slots the runtime needs: every caller of a direct point, or the executors of an
@@ -151,20 +186,22 @@ impl BenchOptions {
     }
 }
 
-/// The `--json` file, opened before the run so that a bad path fails at once. An existing file keeps
-/// its contents until the figures replace them; a file this run created is removed again if the run
-/// fails.
-pub struct JsonFile {
+/// A file the bench writes when it is done (`--json`, `--plot`), opened before the run so that a bad
+/// path fails at once. An existing file keeps its contents until the output replaces them; a file this
+/// run created is removed again if the run fails.
+pub struct OutputFile {
     path: PathBuf,
+    /// The option that named the file, for messages.
+    option: &'static str,
     file: File,
     /// Set while the file is one this run created and has not yet written: removed on drop.
     remove_on_drop: bool,
 }
 
-impl JsonFile {
-    /// Opens (or creates) `path` for writing, without truncating it yet.
-    pub fn open(path: &Path) -> Result<Self> {
-        let context = || format!("cannot create the --json file {}", path.display());
+impl OutputFile {
+    /// Opens (or creates) `path`, named by `option` (`--json`), for writing, without truncating it yet.
+    pub fn open(path: &Path, option: &'static str) -> Result<Self> {
+        let context = || format!("cannot create the {option} file {}", path.display());
         let (file, created) = match OpenOptions::new().write(true).create_new(true).open(path) {
             Ok(file) => (file, true),
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => (
@@ -178,6 +215,7 @@ impl JsonFile {
         };
         Ok(Self {
             path: path.to_owned(),
+            option,
             file,
             remove_on_drop: created,
         })
@@ -194,11 +232,22 @@ impl JsonFile {
             self.file.flush()
         })();
         self.remove_on_drop = false;
-        result.with_context(|| format!("cannot write the figures to {}", path.display()))
+        result.with_context(|| format!("cannot write the {} file {}", self.option, path.display()))
+    }
+
+    /// Whether `other` names this very file (the same canonical path; both are open, so both exist).
+    fn is_same_file(&self, other: &OutputFile) -> bool {
+        match (
+            std::fs::canonicalize(&self.path),
+            std::fs::canonicalize(&other.path),
+        ) {
+            (Ok(a), Ok(b)) => a == b,
+            _ => self.path == other.path,
+        }
     }
 }
 
-impl Drop for JsonFile {
+impl Drop for OutputFile {
     fn drop(&mut self) {
         if self.remove_on_drop {
             let _ = std::fs::remove_file(&self.path);
@@ -259,13 +308,14 @@ fn cores() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
-/// Runs the sweep on `model`, prints the table to `out` (stdout) and the figures to `json`; returns
-/// the points.
+/// Runs the sweep on `model`, prints the table to `out` (stdout), the figures to `json` and draws them
+/// to `plot` (both opened before the run, see [`OutputFile`]); returns the points.
 pub fn run(
     model: &Arc<dyn Embedder>,
     model_name: &str,
     options: &BenchOptions,
-    json: Option<JsonFile>,
+    json: Option<OutputFile>,
+    plot: Option<OutputFile>,
     out: &mut dyn Write,
 ) -> Result<Vec<BenchPoint>> {
     options.validate()?;
@@ -305,10 +355,10 @@ pub fn run(
     if let Some(json) = json {
         let report = Report {
             tool: concat!("braid ", env!("CARGO_PKG_VERSION")),
-            device,
+            device: device.clone(),
             model: model_name.to_string(),
             dtype: dtype.to_string(),
-            inputs,
+            inputs: inputs.clone(),
             cores: cores(),
             points: &points,
         };
@@ -316,6 +366,20 @@ pub fn run(
         let path = json.path.clone();
         json.write(&text)?;
         note!("braid bench: figures written to {}", path.display());
+    }
+    if let Some(plot) = plot {
+        let title = plot::PlotTitle {
+            model: model_name,
+            dtype: &dtype.to_string(),
+            device: &device,
+            inputs: &inputs,
+            seconds: options.seconds,
+            cores: cores(),
+        };
+        let svg = plot::render(&points, &title)?;
+        let path = plot.path.clone();
+        plot.write(&svg)?;
+        note!("braid bench: plot drawn to {}", path.display());
     }
     Ok(points)
 }
