@@ -4,14 +4,15 @@
 //! threading). An [`Engine`] is shared by every caller (`Arc` or `&`), object-safe over the device: it
 //! holds an `Arc<dyn Embedder>` from `braid_model::load`.
 //!
-//! - **Batched mode** ([`Mode::Batched`], what [`Mode::Auto`] picks): a caller tokenizes on its own
+//! - **Batched mode** ([`Mode::Batched`], what [`Mode::Auto`] picks on a GPU): a caller tokenizes on its own
 //!   thread (callers are the CPU parallelism), then enqueues its sequences — a lock-free push, bounded
 //!   in tokens ([`EngineError::Overloaded`] past the bound). K executor threads (`executor`), each on
 //!   its own leased stream, take batches formed by a padded-token budget and a size limit, grouping
 //!   similar lengths (`queue`), so upload, compute and download of different batches overlap. An idle
 //!   executor takes a batch at once; while all are busy the queue becomes the next batch (continuous
 //!   batching, as text-embeddings-inference does with one batch in flight — here K).
-//! - **Direct mode** ([`Mode::Direct`]): each caller runs its own forward on its own leased stream.
+//! - **Direct mode** ([`Mode::Direct`], what [`Mode::Auto`] picks on the CPU): each caller runs its own
+//!   forward on its own leased stream.
 //!
 //! Results go back to each caller in input order. A failed batch is split and retried down to single
 //! sequences, so an out-of-memory batch runs in pieces and a bad input fails only its request. A caller
@@ -100,7 +101,7 @@ impl Engine {
     /// a worker stream (an error if the pool has too few free slots).
     pub fn new(model: Arc<dyn Embedder>, config: EngineConfig) -> Result<Self, EngineError> {
         config.validate()?;
-        let mode = config.mode.resolved();
+        let mode = config.mode.resolved(model.backend());
         let shared = Arc::new(Shared {
             queue: Queue::new(config.max_queued_tokens),
             model,
