@@ -36,7 +36,8 @@ pub(crate) struct Shared {
     pub(crate) submitting: AtomicUsize,
     /// Blocking callers waiting for a result now (Relaxed: it only decides whether to spin).
     pub(crate) waiting: AtomicUsize,
-    /// While fewer callers than this wait, they spin before sleeping (half the cores).
+    /// While fewer callers than this wait, they spin before sleeping (half the cores on a GPU backend,
+    /// none on the CPU backend).
     pub(crate) spin_waiters: usize,
     pub(crate) stats: Counters,
 }

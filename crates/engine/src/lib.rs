@@ -102,6 +102,13 @@ impl Engine {
     pub fn new(model: Arc<dyn Embedder>, config: EngineConfig) -> Result<Self, EngineError> {
         config.validate()?;
         let mode = config.mode.resolved(model.backend());
+        // On the CPU backend the forward itself runs on this machine's cores: a spinning caller would
+        // take them from it. On a GPU the cores are idle while the device computes.
+        let spin_waiters = if model.backend() == "cpu" {
+            0
+        } else {
+            std::thread::available_parallelism().map_or(1, |n| n.get()) / 2
+        };
         let shared = Arc::new(Shared {
             queue: Queue::new(config.max_queued_tokens),
             model,
@@ -109,7 +116,7 @@ impl Engine {
             closing: AtomicBool::new(false),
             submitting: AtomicUsize::new(0),
             waiting: AtomicUsize::new(0),
-            spin_waiters: std::thread::available_parallelism().map_or(1, |n| n.get()) / 2,
+            spin_waiters,
             stats: Counters::default(),
         });
         let engine = Self {

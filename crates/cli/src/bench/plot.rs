@@ -20,7 +20,7 @@ use super::{BenchMode, BenchPoint};
 const WIDTH: u32 = 1100;
 const HEIGHT: u32 = 1000;
 /// The title block above the panels.
-const HEADER_HEIGHT: u32 = 72;
+const HEADER_HEIGHT: u32 = 96;
 /// The legend column to the right of the panels.
 const LEGEND_WIDTH: u32 = 220;
 const FONT: &str = "sans-serif";
@@ -170,10 +170,9 @@ fn thread_label(x: &f64) -> String {
 }
 
 fn draw_header(area: &Area<'_>, title: &PlotTitle<'_>) -> Result<()> {
-    let heading = format!(
-        "braid bench: {} ({}) on {}",
-        title.model, title.dtype, title.device
-    );
+    // The device's description can be long (a GPU's name, memory, driver): it gets a line of its own
+    // in the smaller font, so the heading never runs past the edge.
+    let heading = format!("braid bench: {} ({})", title.model, title.dtype);
     let details = format!(
         "inputs: {}; {} s per point; host: {} cores; braid {}",
         title.inputs,
@@ -187,12 +186,15 @@ fn draw_header(area: &Area<'_>, title: &PlotTitle<'_>) -> Result<()> {
         (FONT, 24).into_font().style(FontStyle::Bold),
     ))
     .map_err(draw_error)?;
-    area.draw(&Text::new(
-        details,
-        (24, 46),
-        (FONT, 16).into_font().color(&RGBColor(70, 70, 70)),
-    ))
-    .map_err(draw_error)
+    for (line, y) in [(format!("on {}", title.device), 46), (details, 70)] {
+        area.draw(&Text::new(
+            line,
+            (24, y),
+            (FONT, 16).into_font().color(&RGBColor(70, 70, 70)),
+        ))
+        .map_err(draw_error)?;
+    }
+    Ok(())
 }
 
 /// The top panel: sequences per second against caller threads, from 0.
