@@ -163,7 +163,10 @@ impl BenchOptions {
     /// engine point (an engine lives only while its points run).
     pub fn most_threads(&self) -> usize {
         let callers = self.threads.iter().copied().max().unwrap_or(1);
-        let executors = self.executors.unwrap_or(4);
+        // Before the model is loaded the backend is unknown: room for the largest default (a GPU's).
+        let executors = self
+            .executors
+            .unwrap_or_else(|| EngineConfig::for_backend("cuda").executors);
         if self.modes.contains(&BenchMode::Direct) {
             callers.max(executors)
         } else {

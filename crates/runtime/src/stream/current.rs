@@ -58,7 +58,7 @@ pub(super) fn current_index_slow<D: Device>(pool: &Arc<StreamPoolState<D>>) -> R
             return Ok(index);
         }
         let index =
-            if pool.main_thread_uses_default() && std::thread::current().name() == Some("main") {
+            if pool.main_thread_uses_default && std::thread::current().name() == Some("main") {
                 0
             } else {
                 let lease = pool.lease_slot()?;

@@ -241,11 +241,6 @@ impl<D: Device> StreamPoolState<D> {
         Stream { pool: self, index }
     }
 
-    /// Whether the thread named "main" uses the default stream.
-    pub(super) fn main_thread_uses_default(&self) -> bool {
-        self.main_thread_uses_default
-    }
-
     pub(super) fn lease_slot(&self) -> Result<RawLease> {
         if self.closed.load(Ordering::Acquire) {
             return Err(self.dropped());
