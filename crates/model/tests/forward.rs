@@ -81,6 +81,44 @@ fn one_padded_batch_matches_the_reference_for_every_input() {
     );
 }
 
+/// A sequence's embedding does not depend, in any bit, on the batch it runs in: alone, in the whole
+/// fixture padded to its longest case, reversed, in pairs of far-apart lengths and in runs of five. The
+/// engine's batches mix callers' requests, so this is what makes its results equal the single calls.
+#[test]
+fn batch_composition_does_not_change_a_single_bit() {
+    let model = minilm(cpu_runtime());
+    let cases = golden_cases();
+    let single: Vec<Vec<u32>> = cases
+        .iter()
+        .map(|c| bits(&model.embed(&[c.text.as_str()]).unwrap()[0]))
+        .collect();
+    let n = cases.len();
+    let mut compositions: Vec<Vec<usize>> = vec![(0..n).collect(), (0..n).rev().collect()];
+    compositions.extend((0..n).map(|i| vec![i, (i + n / 2) % n]));
+    compositions.extend((0..n).step_by(5).map(|i| (i..(i + 5).min(n)).collect()));
+    let mut differing = Vec::new();
+    for batch in &compositions {
+        let batch_texts: Vec<&str> = batch.iter().map(|&i| cases[i].text.as_str()).collect();
+        let got = model.embed(&batch_texts).unwrap();
+        for (&i, embedding) in batch.iter().zip(&got) {
+            if bits(embedding) != single[i] {
+                differing.push((i, batch.clone()));
+            }
+        }
+    }
+    assert!(
+        differing.is_empty(),
+        "{} results differ from their single call, e.g. case {} in batch {:?}",
+        differing.len(),
+        differing[0].0,
+        differing[0].1
+    );
+}
+
+fn bits(embedding: &[f32]) -> Vec<u32> {
+    embedding.iter().map(|v| v.to_bits()).collect()
+}
+
 /// Every thread runs every case (starting at a different one), on its own leased stream, at the same
 /// time; each result must equal the single-thread run bit for bit.
 #[test]

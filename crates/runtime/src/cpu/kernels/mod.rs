@@ -37,6 +37,13 @@
 //! the calling thread. We deliberately do not use `gemm`'s own
 //! `Parallelism::Rayon`, whose blocking depends on the thread count.
 //!
+//! Results are also **independent of the batch**: an element of C depends only
+//! on its row of A, its column of B, k, alpha and beta, not on the product's
+//! shape or the element's place in it (`gemm::canonical` says how), and the
+//! other kernels work per row or add masked positions as exact zeros. So a
+//! sequence's embedding has the same bits alone, padded in a batch, or batched
+//! with other callers' sequences by the engine.
+//!
 //! # Panics
 //!
 //! Kernels panic only on caller bugs (slices too short, inconsistent shapes,

@@ -3,13 +3,20 @@
 //!
 //! Promises (see the `kernels` module doc for the reasoning): every operand view is bounds-checked
 //! and C is checked not to overlap itself before anything is read or written; C is cut into tiles
-//! whose shape depends only on `(m, n, k)` and C's layout, each computed by one single-threaded
-//! `gemm` call followed by its bias, so results are bit-identical whatever `threads` is; with
+//! whose shape depends only on `(m, n, k)` and C's layout, each computed by single-threaded `gemm`
+//! calls (one per depth chunk of [`K_CHUNK`]) followed by its bias, so results are bit-identical
+//! whatever `threads` is. More: an element of C gets the same bits whatever the tile's shape and
+//! position — they depend only on its row of A, its column of B, k, alpha and beta — because tiles
+//! `gemm` would compute outside its packed micro-kernel are computed by [`canonical`] with that
+//! kernel's arithmetic; so a sequence's rows give the same result in any batch. With
 //! `beta == 0` C's previous contents are never read, and with `alpha == 0` or `k == 0` neither A nor
 //! B is.
 
+mod canonical;
+
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use self::canonical::Combine;
 use super::check_len;
 
 /// Width, in elements of C's contiguous axis, of one GEMM tile (a multiple of
@@ -18,6 +25,10 @@ use super::check_len;
 const GEMM_SLAB: usize = 192;
 /// Extent of one GEMM tile along C's non-contiguous axis.
 const GEMM_OTHER_SLAB: usize = 512;
+/// Depth of one `gemm` call: k is cut into chunks of this many, each within one of `gemm`'s depth
+/// blocks (its blocking starts at 512), so every element of C gets the same sequence of roundings
+/// whatever the tile's shape (see [`canonical`]).
+const K_CHUNK: usize = 512;
 /// Minimum floating-point operations per GEMM tile, and per worker: below it,
 /// handing work to another thread costs more than it saves.
 const GEMM_MIN_TASK_FLOPS: usize = 1 << 20;
@@ -187,36 +198,68 @@ pub fn gemm_f32(
         } else {
             let a_off = i0 * sa.batch_stride[0] + i1 * sa.batch_stride[1] + r0i * sa.row_stride;
             let b_off = i0 * sb.batch_stride[0] + i1 * sb.batch_stride[1] + c0i * sb.col_stride;
-            // SAFETY: the offsets address elements (i0, i1, r0, 0) of A and
-            // (i0, i1, 0, c0) of B, inside their slices (check_in_bounds), and
-            // gemm reads only the [mb x k] / [k x nb] sub-views starting there,
-            // which are parts of the checked views. It writes only the
-            // [mb x nb] tile of C at `dst`, which no other task touches
-            // (check_no_self_overlap) and which nothing else borrows while
-            // this call runs (we hold `c` mutably). With beta == 0 gemm is
-            // told not to read C (read_dst = false).
-            unsafe {
-                gemm::gemm(
-                    mb,
-                    nb,
-                    k,
-                    dst,
-                    sc.col_stride,
-                    sc.row_stride,
-                    beta != 0.0,
-                    a.as_ptr().offset(a_off),
-                    sa.col_stride,
-                    sa.row_stride,
-                    b.as_ptr().offset(b_off),
-                    sb.col_stride,
-                    sb.row_stride,
-                    beta,
-                    alpha,
-                    false,
-                    false,
-                    false,
-                    gemm::Parallelism::None,
-                );
+            for k0 in (0..k).step_by(K_CHUNK) {
+                let kb = K_CHUNK.min(k - k0);
+                // The first chunk combines with C as asked; later ones add to what it left.
+                let (read_dst, dst_scale) = if k0 == 0 {
+                    (beta != 0.0, beta)
+                } else {
+                    (true, 1.0)
+                };
+                let k0 = k0 as isize;
+                // SAFETY: the offsets address elements (i0, i1, r0, k0) of A and (i0, i1, k0, c0) of
+                // B, inside their slices (check_in_bounds), and the [mb x kb] / [kb x nb] sub-views
+                // starting there are parts of the checked views.
+                let (a_chunk, b_chunk) = unsafe {
+                    (
+                        a.as_ptr().offset(a_off + k0 * sa.col_stride),
+                        b.as_ptr().offset(b_off + k0 * sb.row_stride),
+                    )
+                };
+                if canonical::takes_a_special_path(mb, nb, kb) {
+                    let tile = canonical::Tile {
+                        dst,
+                        a: a_chunk,
+                        b: b_chunk,
+                        sc,
+                        sa,
+                        sb,
+                        m: mb,
+                        n: nb,
+                        k: kb,
+                    };
+                    // SAFETY: the tile's operands are the checked sub-views above; C's [mb x nb]
+                    // tile at `dst` is this task's alone (check_no_self_overlap).
+                    unsafe { canonical::tile(&tile, alpha, Combine::new(read_dst, dst_scale)) };
+                    continue;
+                }
+                // SAFETY: as above: gemm reads only the [mb x kb] / [kb x nb] sub-views and writes
+                // only the [mb x nb] tile of C at `dst`, which no other task touches and which
+                // nothing else borrows while this call runs (we hold `c` mutably). Without
+                // read_dst gemm does not read C.
+                unsafe {
+                    gemm::gemm(
+                        mb,
+                        nb,
+                        kb,
+                        dst,
+                        sc.col_stride,
+                        sc.row_stride,
+                        read_dst,
+                        a_chunk,
+                        sa.col_stride,
+                        sa.row_stride,
+                        b_chunk,
+                        sb.col_stride,
+                        sb.row_stride,
+                        dst_scale,
+                        alpha,
+                        false,
+                        false,
+                        false,
+                        gemm::Parallelism::None,
+                    );
+                }
             }
         }
         if let Some(bias) = bias {

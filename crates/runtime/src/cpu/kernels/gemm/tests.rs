@@ -275,6 +275,81 @@ fn gemm_large_enough_to_split_is_thread_count_independent() {
     }
 }
 
+/// An element of C has the same bits whatever product it is computed in: row r of a tall product
+/// equals the same row computed alone (m = 1, a matrix-vector path in `gemm`), in a 2-row product
+/// (`m·n <= 256`: its horizontal path) and with zero-padded depth (as padded keys in attention), for
+/// both layouts of B and depths on both sides of the chunk size — what a sequence needs to get the
+/// same embedding in any batch.
+#[test]
+fn an_element_does_not_depend_on_the_shape_of_its_product() {
+    let mut rng = Rng(77);
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    for (m, n, k) in [
+        (300usize, 7usize, 2usize),
+        (300, 16, 32),
+        (130, 384, 384),
+        (70, 40, 1200),
+    ] {
+        for b_transposed in [false, true] {
+            let a = rng.vec(m * k);
+            let b = rng.vec(k * n);
+            let b_strides = if b_transposed {
+                MatStrides::transposed(k)
+            } else {
+                MatStrides::row_major(n)
+            };
+            let spec = |rows: usize, depth: usize, a_cols: usize| GemmSpec {
+                m: rows,
+                n,
+                k: depth,
+                batch: [1, 1],
+                a: MatStrides::row_major(a_cols),
+                b: b_strides,
+                c: MatStrides::row_major(n),
+                alpha: 0.125,
+                beta: 0.0,
+            };
+            let mut tall = vec![0.0; m * n];
+            gemm_f32(&spec(m, k, k), &a, &b, &mut tall, None, 2);
+            for r in [0, 1, m / 2, m - 1] {
+                let what = format!("m={m} n={n} k={k} B transposed {b_transposed}, row {r}");
+                let want = bits(&tall[r * n..(r + 1) * n]);
+                let mut alone = vec![0.0; n];
+                gemm_f32(&spec(1, k, k), &a[r * k..], &b, &mut alone, None, 1);
+                assert_eq!(bits(&alone), want, "{what}: alone");
+                let pair_start = r.min(m - 2);
+                let mut pair = vec![0.0; 2 * n];
+                gemm_f32(&spec(2, k, k), &a[pair_start * k..], &b, &mut pair, None, 1);
+                let in_pair = &pair[(r - pair_start) * n..][..n];
+                assert_eq!(bits(in_pair), want, "{what}: in a pair");
+                // The row padded with zeros to twice its depth, against B padded with rows of ones.
+                let mut padded_a = a[r * k..(r + 1) * k].to_vec();
+                padded_a.resize(2 * k, 0.0);
+                let padded_b: Vec<f32> = if b_transposed {
+                    (0..n)
+                        .flat_map(|j| {
+                            let col = &b[j * k..(j + 1) * k];
+                            col.iter().copied().chain(std::iter::repeat_n(1.0, k))
+                        })
+                        .collect()
+                } else {
+                    b.iter()
+                        .copied()
+                        .chain(std::iter::repeat_n(1.0, k * n))
+                        .collect()
+                };
+                let mut padded_spec = spec(1, 2 * k, 2 * k);
+                if b_transposed {
+                    padded_spec.b = MatStrides::transposed(2 * k);
+                }
+                let mut padded = vec![0.0; n];
+                gemm_f32(&padded_spec, &padded_a, &padded_b, &mut padded, None, 1);
+                assert_eq!(bits(&padded), want, "{what}: zero-padded depth");
+            }
+        }
+    }
+}
+
 #[test]
 fn gemm_k1536_accuracy() {
     let mut rng = Rng(5);
@@ -437,6 +512,63 @@ fn mat_strides_constructors() {
 }
 
 /// Micro-benchmark: `cargo test --release -- --ignored --nocapture bench_gemm`.
+#[test]
+#[ignore = "micro-benchmark: cargo test --release -p braid-runtime --lib bench_gemm -- --ignored --nocapture"]
+fn bench_gemm_shapes() {
+    // (what, m, n, k, batch, B transposed): a short sentence's attention scores (12 heads, 16 tokens,
+    // head size 32: keys as a transposed view; `canonical` computes these) and its weighted sum of
+    // values; the same scores for 128 tokens (`gemm`'s micro-kernel).
+    let shapes = [
+        (
+            "scores 16 tokens x12 heads",
+            16usize,
+            16usize,
+            32usize,
+            12usize,
+            true,
+        ),
+        ("values 16 tokens x12 heads", 16, 32, 16, 12, false),
+        ("scores 128 tokens x12 heads", 128, 128, 32, 12, true),
+    ];
+    let mut rng = Rng(1);
+    for (what, m, n, k, batch, b_transposed) in shapes {
+        let (a, b) = (rng.vec(batch * m * k), rng.vec(batch * k * n));
+        let mut c = vec![0.0f32; batch * m * n];
+        let b_strides = if b_transposed {
+            MatStrides::transposed(k)
+        } else {
+            MatStrides::row_major(n)
+        };
+        let spec = GemmSpec {
+            m,
+            n,
+            k,
+            batch: [1, batch],
+            a: MatStrides::row_major(k).with_batch(0, (m * k) as isize),
+            b: b_strides.with_batch(0, (k * n) as isize),
+            c: MatStrides::row_major(n).with_batch(0, (m * n) as isize),
+            alpha: 1.0,
+            beta: 0.0,
+        };
+        let reps = (50_000_000 / (2 * m * n * k * batch)).max(1);
+        gemm_f32(&spec, &a, &b, &mut c, None, 1); // warm-up
+        let mut times: Vec<f64> = (0..7)
+            .map(|_| {
+                let t = std::time::Instant::now();
+                for _ in 0..reps {
+                    gemm_f32(&spec, &a, &b, &mut c, None, 1);
+                }
+                t.elapsed().as_secs_f64() * 1e6 / reps as f64
+            })
+            .collect();
+        times.sort_by(f64::total_cmp);
+        println!(
+            "gemm {what}: median {:.2} us (min {:.2}, max {:.2}), one thread",
+            times[3], times[0], times[6]
+        );
+    }
+}
+
 #[test]
 #[ignore]
 fn bench_gemm_384x1536x384() {
