@@ -20,7 +20,8 @@ test "${PIPESTATUS[0]}" -eq 0
 echo "== braid-bench --quick: every before/after scenario briefly; fails if an invariant breaks (timings are not checked)"
 cargo run --quiet --release -p braid-bench -- --quick > /dev/null
 
-echo "== loom models (slot bitmask; lazy stream creation racing synchronize_all)"
-# Bounded at 3 preemptions per execution (as tokio's CI does): ~5 s; unbounded it ran over a minute without finishing.
+echo "== loom models (slot bitmask; lazy stream creation racing synchronize_all; biased refcount; the engine's doorbell)"
+# Bounded at 3 preemptions per execution (as tokio's CI does): ~5 s for the runtime, ~70 s for the
+# doorbell's two submitters and two executors; unbounded they ran over minutes without finishing.
 LOOM_MAX_PREEMPTIONS="${LOOM_MAX_PREEMPTIONS:-3}" RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom \
-    cargo test --release -p braid-runtime --lib loom
+    cargo test --release -p braid-runtime -p braid-engine --lib loom

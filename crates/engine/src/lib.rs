@@ -36,10 +36,12 @@
 //! ```
 
 mod config;
+mod doorbell;
 mod error;
 mod executor;
 mod queue;
 mod request;
+mod sync;
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;

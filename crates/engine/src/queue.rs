@@ -15,34 +15,30 @@
 //!
 //! # Waking executors
 //!
-//! An executor with nothing to do registers as sleeping, looks at the inbox once more, and waits on a
-//! condvar. A submitter pushes, then reads the sleeping count and notifies only when it is not zero.
-//! Both the count and the inbox length are `SeqCst`, so of "executor registers, then looks" and
-//! "submitter pushes, then looks" at least one sees the other (the pattern of the stream pool's
-//! `wait:<ms>` policy): no wake-up is lost, and a busy engine's submit path takes no lock at all.
+//! The inbox's length is announced on a [`Doorbell`]: an executor with nothing to do sleeps on it, and
+//! a submitter rings it after pushing, taking a lock only when some executor sleeps (the doorbell's
+//! module says why no wake-up is lost; a loom model checks it).
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use crossbeam_queue::SegQueue;
-use parking_lot::{Condvar, Mutex};
+use parking_lot::Mutex;
 
+use crate::doorbell::Doorbell;
 use crate::error::EngineError;
 use crate::request::Sequence;
 
 /// The inbox, the pending set and the executors' wake-up (module doc).
 pub(crate) struct Queue {
     inbox: SegQueue<Sequence>,
-    /// Sequences in the inbox (SeqCst: see "Waking executors").
-    inbox_len: AtomicUsize,
+    /// Counts the sequences in the inbox and wakes executors (see "Waking executors").
+    doorbell: Doorbell,
     /// Tokens accepted and not yet taken into a batch (inbox and pending).
     queued_tokens: AtomicUsize,
     max_queued_tokens: usize,
     next_order: AtomicU64,
     pub(crate) pending: Mutex<Pending>,
-    sleeping: AtomicUsize,
-    wake_lock: Mutex<()>,
-    wake: Condvar,
 }
 
 /// Sequences moved out of the inbox, waiting for a batch (executors only).
@@ -55,14 +51,11 @@ impl Queue {
     pub(crate) fn new(max_queued_tokens: usize) -> Self {
         Self {
             inbox: SegQueue::new(),
-            inbox_len: AtomicUsize::new(0),
+            doorbell: Doorbell::new(),
             queued_tokens: AtomicUsize::new(0),
             max_queued_tokens,
             next_order: AtomicU64::new(0),
             pending: Mutex::new(Pending::default()),
-            sleeping: AtomicUsize::new(0),
-            wake_lock: Mutex::new(()),
-            wake: Condvar::new(),
         }
     }
 
@@ -91,12 +84,8 @@ impl Queue {
             sequence.order = self.next_order.fetch_add(1, Ordering::Relaxed);
             self.inbox.push(sequence);
         }
-        self.inbox_len.fetch_add(count, Ordering::SeqCst);
         metrics::gauge!("braid_engine_queued_tokens").set(self.queued_tokens() as f64);
-        if self.sleeping.load(Ordering::SeqCst) > 0 {
-            let _lock = self.wake_lock.lock();
-            self.wake.notify_one();
-        }
+        self.doorbell.ring(count);
         Ok(())
     }
 
@@ -114,15 +103,15 @@ impl Queue {
         true
     }
 
-    /// Whether the inbox is empty (SeqCst: see "Waking executors").
+    /// Whether the inbox is empty.
     pub(crate) fn inbox_is_empty(&self) -> bool {
-        self.inbox_len.load(Ordering::SeqCst) == 0
+        self.doorbell.is_quiet()
     }
 
     /// Moves every sequence in the inbox to `pending`.
     pub(crate) fn drain_inbox(&self, pending: &mut Pending) {
         while let Some(sequence) = self.inbox.pop() {
-            self.inbox_len.fetch_sub(1, Ordering::SeqCst);
+            self.doorbell.took_one();
             pending.sequences.push(sequence);
         }
     }
@@ -133,21 +122,14 @@ impl Queue {
         metrics::gauge!("braid_engine_queued_tokens").set(left as f64);
     }
 
-    /// Sleeps until a submit wakes it, `timeout` passes, or `stop()` is true (checked after
-    /// registering, so no wake-up is lost).
+    /// Sleeps until a submit wakes it, `timeout` passes, or `stop()` is true (no wake-up is lost).
     pub(crate) fn sleep(&self, timeout: Duration, stop: impl Fn() -> bool) {
-        let mut lock = self.wake_lock.lock();
-        self.sleeping.fetch_add(1, Ordering::SeqCst);
-        if self.inbox_is_empty() && !stop() {
-            self.wake.wait_for(&mut lock, timeout);
-        }
-        self.sleeping.fetch_sub(1, Ordering::SeqCst);
+        self.doorbell.sleep(timeout, stop);
     }
 
     /// Wakes every sleeping executor (shutdown).
     pub(crate) fn wake_all(&self) {
-        let _lock = self.wake_lock.lock();
-        self.wake.notify_all();
+        self.doorbell.wake_all();
     }
 }
 
