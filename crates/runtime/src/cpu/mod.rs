@@ -109,9 +109,11 @@ impl CpuDevice {
         self.inner.allocated.load(Ordering::Relaxed)
     }
 
-    /// Threads a kernel starting now may use.
-    fn op_threads(busy: &AtomicUsize, cores: usize) -> usize {
-        (cores / busy.load(Ordering::Relaxed).max(1)).max(1)
+    /// How many threads a kernel may use, asked when it starts on its executor (not when it is
+    /// encoded): the cores shared among the executors busy at that moment.
+    fn op_threads_now(&self) -> impl Fn() -> usize + Send + 'static {
+        let (busy, cores) = (self.inner.busy.clone(), self.inner.cores);
+        move || (cores / busy.load(Ordering::Relaxed).max(1)).max(1)
     }
 
     /// Encodes a host function to run on `stream`'s executor in stream order (CUDA's
@@ -300,7 +302,7 @@ impl Ops for CpuDevice {
         let spec = op.spec;
         let (a, b, c) = (addr(op.a), addr(op.b), addr(op.c));
         let bias = op.bias.map(addr);
-        let (busy, cores) = (self.inner.busy.clone(), self.inner.cores);
+        let threads = self.op_threads_now();
         self.launch(stream, move || {
             let (a_len, b_len, c_len) = spec.extents();
             // SAFETY: see `f32s`; the extents are what the strides address (from each operand's first
@@ -308,17 +310,18 @@ impl Ops for CpuDevice {
             let (a, b, c) = unsafe { (f32s(a, a_len), f32s(b, b_len), f32s_mut(c, c_len)) };
             // SAFETY: as above; bias holds `n` f32.
             let bias = bias.map(|p| unsafe { f32s(p, spec.n) });
-            kernels::gemm_f32(&spec, a, b, c, bias, Self::op_threads(&busy, cores));
+            kernels::gemm_f32(&spec, a, b, c, bias, threads());
         })
     }
 
     fn bias_gelu(&self, stream: &CpuStream, op: &BiasGelu<'_, Self>) -> Result<()> {
         f32_only("bias_gelu", op.dtype)?;
         let (x, bias, rows, cols, gelu) = (addr(op.x), addr(op.bias), op.rows, op.cols, op.gelu);
+        let threads = self.op_threads_now();
         self.launch(stream, move || {
             // SAFETY: see `f32s`; x holds rows*cols f32, bias cols.
             let (x, bias) = unsafe { (f32s_mut(x, rows * cols), f32s(bias, cols)) };
-            match gelu {
+            kernels::split_rows(x, cols, threads(), |_, x| match gelu {
                 Gelu::Tanh => {
                     for row in x.chunks_exact_mut(cols) {
                         kernels::add_f32(row, bias);
@@ -326,7 +329,7 @@ impl Ops for CpuDevice {
                     }
                 }
                 Gelu::Erf => kernels::bias_gelu_f32(x, bias),
-            }
+            });
         })
     }
 
@@ -335,6 +338,7 @@ impl Ops for CpuDevice {
         let (x, gamma, beta, out) = (addr(op.x), addr(op.gamma), addr(op.beta), addr(op.out));
         let (bias, residual) = (op.bias.map(addr), op.residual.map(addr));
         let (rows, cols, eps) = (op.rows, op.cols, op.eps);
+        let threads = self.op_threads_now();
         self.launch(stream, move || {
             let n = rows * cols;
             // SAFETY: see `f32s`; out does not overlap x or residual.
@@ -350,16 +354,19 @@ impl Ops for CpuDevice {
             let residual = residual.map(|r| unsafe { f32s(r, n) });
             // SAFETY: as above; bias holds `cols` f32.
             let bias = bias.map(|b| unsafe { f32s(b, cols) });
-            let inputs = kernels::LayerNormInputs {
-                x,
-                bias,
-                residual,
-                gamma,
-                beta,
-                cols,
-                eps,
-            };
-            kernels::layer_norm_f32(&inputs, out);
+            kernels::split_rows(out, cols, threads(), |first, out| {
+                let rows = first * cols..first * cols + out.len();
+                let inputs = kernels::LayerNormInputs {
+                    x: &x[rows.clone()],
+                    bias,
+                    residual: residual.map(|r| &r[rows]),
+                    gamma,
+                    beta,
+                    cols,
+                    eps,
+                };
+                kernels::layer_norm_f32(&inputs, out);
+            });
         })
     }
 
@@ -368,6 +375,7 @@ impl Ops for CpuDevice {
         let (scores, mask) = (addr(op.scores), addr(op.mask));
         let (batch, heads, q_len, k_len, scale) =
             (op.batch, op.heads, op.q_len, op.k_len, op.scale);
+        let threads = self.op_threads_now();
         self.launch(stream, move || {
             // SAFETY: see `f32s`; sizes from the shapes.
             let (scores, mask) = unsafe {
@@ -376,7 +384,14 @@ impl Ops for CpuDevice {
                     f32s(mask, batch * k_len),
                 )
             };
-            kernels::masked_softmax_f32(scores, mask, batch, heads, q_len, k_len, scale);
+            // Chunks of whole (sequence, head) score matrices, each with its sequence's mask.
+            kernels::split_rows(scores, q_len * k_len, threads(), |first, chunk| {
+                for (i, head) in chunk.chunks_exact_mut(q_len * k_len).enumerate() {
+                    let b = (first + i) / heads;
+                    let mask = &mask[b * k_len..(b + 1) * k_len];
+                    kernels::masked_softmax_f32(head, mask, 1, 1, q_len, k_len, scale);
+                }
+            });
         })
     }
 

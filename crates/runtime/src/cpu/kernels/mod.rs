@@ -12,13 +12,13 @@
 //!
 //! # Threading
 //!
-//! Only [`gemm_f32`] is multi-threaded: matrix products are compute-bound and
-//! the only kernels where splitting one call across cores pays. Its `threads`
-//! argument bounds how many rayon workers the call may occupy (the calling
-//! thread counts as one), and it only goes parallel when each worker gets at
-//! least ~1 MFLOP. All other kernels are single-threaded loops the compiler
-//! vectorises: they are memory-bound, and the CPU backend already runs many
-//! streams concurrently. The transcendental ones (GELU, softmax) are compiled
+//! [`gemm_f32`] is multi-threaded: its `threads` argument bounds how many
+//! rayon workers the call may occupy (the calling thread counts as one), and it
+//! only goes parallel when each worker gets at least ~1 MFLOP. All other
+//! kernels are single-threaded loops the compiler vectorises; the backend runs
+//! the row-wise ones (bias + GELU, LayerNorm, softmax) over chunks of whole
+//! rows with [`split_rows`], so a stream alone on the machine uses every core
+//! for them too (each row's arithmetic is the same in any chunk). The transcendental ones (GELU, softmax) are compiled
 //! for SSE2, AVX2 and AVX-512F and pick the widest the CPU has at run time;
 //! the versions return bit-identical results (same IEEE operations, no FMA).
 //!
@@ -66,6 +66,7 @@
 //! - `gather.rs`: embedding-table row gathers ([`gather_rows_f32`]).
 //! - `pooling.rs`: masked mean pooling ([`mean_pool_f32`]).
 //! - `elementwise.rs`: element-wise addition ([`add_f32`]).
+//! - `rows.rs`: [`split_rows`], a row-wise kernel over chunks of whole rows on several threads.
 
 /// Panics with an `"invariant violated: ..."` message unless `cond` holds.
 macro_rules! ensure {
@@ -99,6 +100,7 @@ mod gemm;
 mod math;
 mod norm;
 mod pooling;
+mod rows;
 mod softmax;
 #[cfg(test)]
 mod test_util;
@@ -109,4 +111,5 @@ pub use self::gelu::{bias_gelu_f32, gelu_f32, gelu_tanh_f32};
 pub use self::gemm::{gemm_f32, GemmSpec, MatStrides};
 pub use self::norm::{l2_normalize_f32, layer_norm_f32, LayerNormInputs};
 pub use self::pooling::mean_pool_f32;
+pub use self::rows::split_rows;
 pub use self::softmax::masked_softmax_f32;
