@@ -40,6 +40,8 @@
 //! [`RuntimeConfig::from_env`]; an invalid value is an error naming the variable and what is allowed.
 
 pub mod alloc;
+#[cfg(feature = "conformance")]
+pub mod conformance;
 pub mod cpu;
 pub mod device;
 mod env;

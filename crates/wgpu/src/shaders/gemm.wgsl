@@ -1,0 +1,105 @@
+// C = alpha * A.B + beta * C (+ bias[n] on every row), batched over [outer, inner], every operand
+// strided (f32; see braid_runtime::ops::MatStrides). Tiles of 64 x 64 outputs per 16 x 16 workgroup,
+// 4 x 4 per thread, K in steps of 16 through workgroup memory. Each operand's tile is loaded along its
+// contiguous axis (k for row-major A or a transposed weight B, m or n otherwise), so neighbouring
+// threads read neighbouring words. beta == 0 ignores C's old contents (NaN included).
+struct Params {
+    m: u32, n: u32, k: u32, inner: u32,
+    a: u32, a_row: i32, a_col: i32, a_outer: i32, a_inner: i32,
+    b: u32, b_row: i32, b_col: i32, b_outer: i32, b_inner: i32,
+    c: u32, c_row: i32, c_col: i32, c_outer: i32, c_inner: i32,
+    bias: u32, has_bias: u32, alpha: f32, beta: f32,
+}
+var<immediate> p: Params;
+@group(0) @binding(0) var<storage, read_write> a: array<f32>;
+@group(0) @binding(1) var<storage, read_write> b: array<f32>;
+@group(0) @binding(2) var<storage, read_write> c: array<f32>;
+@group(0) @binding(3) var<storage, read_write> bias: array<f32>;
+
+const TILE: u32 = 64u;
+const DEPTH: u32 = 16u;
+// [DEPTH][TILE]: a_tile[kk * TILE + row], b_tile[kk * TILE + col]
+var<workgroup> a_tile: array<f32, 1024>;
+var<workgroup> b_tile: array<f32, 1024>;
+
+@compute @workgroup_size(16, 16)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid3: vec3<u32>,
+        @builtin(local_invocation_index) lid: u32) {
+    let row0 = wid.y * TILE;
+    let col0 = wid.x * TILE;
+    let outer = i32(wid.z / p.inner);
+    let inner = i32(wid.z % p.inner);
+    let a_base = i32(p.a) + outer * p.a_outer + inner * p.a_inner;
+    let b_base = i32(p.b) + outer * p.b_outer + inner * p.b_inner;
+    let c_base = i32(p.c) + outer * p.c_outer + inner * p.c_inner;
+    let a_k_major = p.a_col == 1;  // A's k axis is contiguous
+    let b_k_major = p.b_row == 1;  // B's k axis is contiguous
+    let tr = lid3.y * 4u;
+    let tc = lid3.x * 4u;
+    var acc: array<f32, 16>;
+    for (var i = 0u; i < 16u; i = i + 1u) {
+        acc[i] = 0.0;
+    }
+    for (var k0 = 0u; k0 < p.k; k0 = k0 + DEPTH) {
+        for (var e = 0u; e < 4u; e = e + 1u) {
+            let idx = lid + e * 256u;
+            var r = idx % TILE;
+            var kk = idx / TILE;
+            if (a_k_major) {
+                r = idx / DEPTH;
+                kk = idx % DEPTH;
+            }
+            var va = 0.0;
+            if (row0 + r < p.m && k0 + kk < p.k) {
+                va = a[a_base + i32(row0 + r) * p.a_row + i32(k0 + kk) * p.a_col];
+            }
+            a_tile[kk * TILE + r] = va;
+            var cc = idx % TILE;
+            var kb = idx / TILE;
+            if (b_k_major) {
+                cc = idx / DEPTH;
+                kb = idx % DEPTH;
+            }
+            var vb = 0.0;
+            if (col0 + cc < p.n && k0 + kb < p.k) {
+                vb = b[b_base + i32(k0 + kb) * p.b_row + i32(col0 + cc) * p.b_col];
+            }
+            b_tile[kb * TILE + cc] = vb;
+        }
+        workgroupBarrier();
+        for (var kk = 0u; kk < DEPTH; kk = kk + 1u) {
+            let a0 = a_tile[kk * TILE + tr];
+            let a1 = a_tile[kk * TILE + tr + 1u];
+            let a2 = a_tile[kk * TILE + tr + 2u];
+            let a3 = a_tile[kk * TILE + tr + 3u];
+            for (var j = 0u; j < 4u; j = j + 1u) {
+                let bv = b_tile[kk * TILE + tc + j];
+                acc[j] = acc[j] + a0 * bv;
+                acc[4u + j] = acc[4u + j] + a1 * bv;
+                acc[8u + j] = acc[8u + j] + a2 * bv;
+                acc[12u + j] = acc[12u + j] + a3 * bv;
+            }
+        }
+        workgroupBarrier();
+    }
+    for (var i = 0u; i < 4u; i = i + 1u) {
+        let r = row0 + tr + i;
+        if (r >= p.m) {
+            break;
+        }
+        for (var j = 0u; j < 4u; j = j + 1u) {
+            let col = col0 + tc + j;
+            if (col < p.n) {
+                let at = c_base + i32(r) * p.c_row + i32(col) * p.c_col;
+                var v = p.alpha * acc[i * 4u + j];
+                if (p.beta != 0.0) {
+                    v = v + p.beta * c[at];
+                }
+                if (p.has_bias != 0u) {
+                    v = v + bias[p.bias + col];
+                }
+                c[at] = v;
+            }
+        }
+    }
+}

@@ -1,0 +1,32 @@
+// One workgroup per row: x /= max(|x|, 1e-12) (f32), the sum of squares reduced in a fixed tree order.
+struct Params { x: u32, rows: u32, dim: u32 }
+var<immediate> p: Params;
+@group(0) @binding(0) var<storage, read_write> x: array<f32>;
+
+var<workgroup> partial: array<f32, 256>;
+
+@compute @workgroup_size(256)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_index) lid: u32) {
+    let row = wid.y * nwg.x + wid.x;
+    if (row >= p.rows) {
+        return;
+    }
+    let base = p.x + row * p.dim;
+    var s = 0.0;
+    for (var c = lid; c < p.dim; c = c + 256u) {
+        s = s + x[base + c] * x[base + c];
+    }
+    partial[lid] = s;
+    for (var half = 128u; half > 0u; half = half / 2u) {
+        workgroupBarrier();
+        if (lid < half) {
+            partial[lid] = partial[lid] + partial[lid + half];
+        }
+    }
+    workgroupBarrier();
+    let inv = 1.0 / max(sqrt(partial[0]), 1e-12);
+    for (var c = lid; c < p.dim; c = c + 256u) {
+        x[base + c] = x[base + c] * inv;
+    }
+}
