@@ -52,8 +52,10 @@ struct ModelArgs {
     /// models/all-MiniLM-L6-v2 under BRAID_MODELS_DIR or the nearest `models/` folder.
     #[arg(long, value_name = "DIR")]
     model: Option<PathBuf>,
-    /// Where the model runs: `auto` (CUDA GPU 0 when a CUDA driver and a GPU are found, else the
-    /// CPU), `cpu`, `cuda` (GPU 0) or `cuda:N` (GPU N).
+    /// Where the model runs: `auto` (CUDA GPU 0 when a CUDA driver and a GPU are found, else wgpu
+    /// on a discrete or integrated GPU, else the CPU), `cpu`, `cuda` (GPU 0), `cuda:N` (GPU N) or
+    /// `wgpu` (Vulkan or Metal; the adapter BRAID_WGPU_ADAPTER names by type or part of its name,
+    /// else the best one).
     #[arg(long, default_value = "auto", value_name = "DEVICE", value_parser = parse_device)]
     device: DeviceChoice,
     /// The compute dtype: f32 everywhere; f16 and bf16 on CUDA (weights converted at load, every op

@@ -5,8 +5,9 @@
 //!
 //! # What this module owns
 //!
-//! - [`DeviceChoice`]: where a model runs (`auto`, `cpu`, `cuda`, `cuda:N`), and the rule behind
-//!   `auto`: CUDA device 0 when a CUDA driver and a device are found, else the CPU.
+//! - [`DeviceChoice`]: where a model runs (`auto`, `cpu`, `cuda`, `cuda:N`, `wgpu`), and the rule
+//!   behind `auto`: CUDA device 0 when a CUDA driver and a device are found, else wgpu on a hardware
+//!   GPU (discrete or integrated: Metal on a Mac, Vulkan elsewhere), else the CPU.
 //! - [`LoadOptions`]: the model directory, device, compute dtype, how many threads will embed at once,
 //!   and the runtime settings.
 //! - [`Embedder`]: what users of a loaded model need from it without naming the device: embedding
@@ -34,6 +35,7 @@ use braid_runtime::{
     AllocatorStats, CurrentStreamGuard, DType, Runtime, RuntimeConfig, RuntimeError,
     MAX_WORKER_SLOTS,
 };
+use braid_wgpu::WgpuDevice;
 
 use crate::batch::{pad_batch, PaddedBatch};
 use crate::encoder::BertModel;
@@ -44,7 +46,8 @@ use crate::tokenizer::Encoding;
 /// Where a model runs.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum DeviceChoice {
-    /// CUDA device 0 when a CUDA driver and at least one device are found, else the CPU.
+    /// CUDA device 0 when a CUDA driver and at least one device are found, else wgpu on a hardware
+    /// GPU, else the CPU.
     #[default]
     Auto,
     /// The CPU backend.
@@ -54,22 +57,30 @@ pub enum DeviceChoice {
         /// The device's ordinal, as `nvidia-smi` numbers them (within `CUDA_VISIBLE_DEVICES`).
         ordinal: usize,
     },
+    /// The wgpu backend on the adapter `BRAID_WGPU_ADAPTER` names, or the best one (Vulkan or Metal;
+    /// Mesa's lavapipe counts); an error when there is none.
+    Wgpu,
 }
 
 /// What [`DeviceChoice::from_str`] accepts, for error and help messages.
-pub const DEVICE_CHOICES: &str = "auto, cpu, cuda (= cuda:0) or cuda:N";
+pub const DEVICE_CHOICES: &str = "auto, cpu, cuda (= cuda:0), cuda:N or wgpu";
 
 impl DeviceChoice {
     /// Whether `auto` would pick CUDA on this machine now (a driver and at least one device).
     fn auto_uses_cuda() -> bool {
         CudaDevice::is_available()
     }
+
+    /// Whether `auto` would pick wgpu on this machine now (no CUDA, a discrete or integrated GPU).
+    fn auto_uses_wgpu() -> bool {
+        WgpuDevice::has_gpu()
+    }
 }
 
 impl FromStr for DeviceChoice {
     type Err = ModelError;
 
-    /// Parses `auto`, `cpu`, `cuda` or `cuda:N` (case-insensitive).
+    /// Parses `auto`, `cpu`, `cuda`, `cuda:N` or `wgpu` (case-insensitive).
     fn from_str(text: &str) -> Result<Self> {
         let invalid = || {
             ModelError::Runtime(RuntimeError::InvalidConfig {
@@ -82,6 +93,7 @@ impl FromStr for DeviceChoice {
             "auto" => Ok(Self::Auto),
             "cpu" => Ok(Self::Cpu),
             "cuda" => Ok(Self::Cuda { ordinal: 0 }),
+            "wgpu" => Ok(Self::Wgpu),
             other => {
                 let ordinal = other
                     .strip_prefix("cuda:")
@@ -100,6 +112,7 @@ impl fmt::Display for DeviceChoice {
             Self::Auto => f.write_str("auto"),
             Self::Cpu => f.write_str("cpu"),
             Self::Cuda { ordinal } => write!(f, "cuda:{ordinal}"),
+            Self::Wgpu => f.write_str("wgpu"),
         }
     }
 }
@@ -176,7 +189,7 @@ pub trait Embedder: Send + Sync {
     /// The compute dtype.
     fn dtype(&self) -> DType;
 
-    /// The backend's name: "cpu" or "cuda".
+    /// The backend's name: "cpu", "cuda" or "wgpu".
     fn backend(&self) -> &'static str;
 
     /// A one-line description of the device (model, memory, driver), for reports.
@@ -290,7 +303,8 @@ impl<D: Ops> Embedder for BertModel<D> {
 }
 
 /// Loads the model `options` describe onto the device it chooses (`auto`: CUDA device 0 when a driver
-/// and a device are found, else the CPU), with a runtime of at least `options.callers` worker slots.
+/// and a device are found, else wgpu on a hardware GPU, else the CPU), with a runtime of at least
+/// `options.callers` worker slots.
 pub fn load(options: &LoadOptions) -> Result<Arc<dyn Embedder>> {
     if !(1..=MAX_WORKER_SLOTS).contains(&options.callers) {
         return Err(RuntimeError::InvalidConfig {
@@ -301,14 +315,16 @@ pub fn load(options: &LoadOptions) -> Result<Arc<dyn Embedder>> {
         .into());
     }
     let dir = ModelDir::open(&options.model_dir)?;
-    let ordinal = match options.device {
-        DeviceChoice::Cpu => None,
-        DeviceChoice::Cuda { ordinal } => Some(ordinal),
-        DeviceChoice::Auto => DeviceChoice::auto_uses_cuda().then_some(0),
+    let device = match options.device {
+        DeviceChoice::Auto if DeviceChoice::auto_uses_cuda() => DeviceChoice::Cuda { ordinal: 0 },
+        DeviceChoice::Auto if DeviceChoice::auto_uses_wgpu() => DeviceChoice::Wgpu,
+        DeviceChoice::Auto => DeviceChoice::Cpu,
+        chosen => chosen,
     };
-    match ordinal {
-        Some(ordinal) => load_on(CudaDevice::new(ordinal)?, &dir, options),
-        None => load_on(CpuDevice::new(), &dir, options),
+    match device {
+        DeviceChoice::Cuda { ordinal } => load_on(CudaDevice::new(ordinal)?, &dir, options),
+        DeviceChoice::Wgpu => load_on(WgpuDevice::new()?, &dir, options),
+        DeviceChoice::Cpu | DeviceChoice::Auto => load_on(CpuDevice::new(), &dir, options),
     }
 }
 
@@ -331,6 +347,7 @@ mod tests {
             ("CPU", DeviceChoice::Cpu),
             ("cuda", DeviceChoice::Cuda { ordinal: 0 }),
             ("cuda:3", DeviceChoice::Cuda { ordinal: 3 }),
+            ("WGPU", DeviceChoice::Wgpu),
         ] {
             assert_eq!(text.parse::<DeviceChoice>().unwrap(), choice, "{text}");
             assert_eq!(choice.to_string().parse::<DeviceChoice>().unwrap(), choice);

@@ -33,6 +33,7 @@ pub(crate) enum Kernel {
     Add,
     BiasGelu,
     Gemm,
+    GemmNarrow,
     LayerNorm,
     MaskedSoftmax,
     GatherRows,
@@ -41,8 +42,14 @@ pub(crate) enum Kernel {
     ByteCopy,
 }
 
+/// The GEMM's source: 4 rows a thread (64-row tiles); `gemm_narrow` is it with 1 (16-row tiles).
+const GEMM: &str = include_str!("shaders/gemm.wgsl");
+
+/// The most rows (per product) that the narrow GEMM takes.
+pub(crate) const NARROW_GEMM_ROWS: usize = 16;
+
 /// Each kernel's name, WGSL and number of storage bindings, in [`Kernel`] order.
-const SOURCES: [(Kernel, &str, &str, u32); 10] = [
+const SOURCES: [(Kernel, &str, &str, u32); 11] = [
     (Kernel::Fill, "fill", include_str!("shaders/fill.wgsl"), 1),
     (Kernel::Add, "add", include_str!("shaders/add.wgsl"), 2),
     (
@@ -51,7 +58,8 @@ const SOURCES: [(Kernel, &str, &str, u32); 10] = [
         include_str!("shaders/bias_gelu.wgsl"),
         2,
     ),
-    (Kernel::Gemm, "gemm", include_str!("shaders/gemm.wgsl"), 4),
+    (Kernel::Gemm, "gemm", GEMM, 4),
+    (Kernel::GemmNarrow, "gemm_narrow", GEMM, 4),
     (
         Kernel::LayerNorm,
         "layer_norm",
@@ -174,6 +182,13 @@ impl Kernels {
             .enumerate()
             .map(|(i, &(kernel, name, source, bindings))| {
                 assert_eq!(kernel as usize, i, "SOURCES is in Kernel order");
+                let narrow;
+                let source = if kernel == Kernel::GemmNarrow {
+                    narrow = source.replace("const ROWS: u32 = 4u;", "const ROWS: u32 = 1u;");
+                    narrow.as_str()
+                } else {
+                    source
+                };
                 pipeline(device, name, source, bindings)
             })
             .collect();

@@ -14,10 +14,11 @@ use braid_runtime::ops::{
 use braid_runtime::{Result, RuntimeError};
 
 use crate::device::Shared;
-use crate::kernels::{grid, Binding, Kernel};
+use crate::kernels::{grid, Binding, Kernel, NARROW_GEMM_ROWS};
 use crate::{WgpuDevice, WgpuStream};
 
-/// The GEMM kernel's tile of outputs per workgroup (rows and columns).
+/// The GEMM kernel's tile of outputs per workgroup: columns, and rows of the general kernel (the
+/// narrow one's are [`NARROW_GEMM_ROWS`]).
 const GEMM_TILE: usize = 64;
 
 /// `Unsupported` unless `dtype` is f32.
@@ -120,12 +121,17 @@ impl Ops for WgpuDevice {
             s.alpha.to_bits(),
             s.beta.to_bits(),
         ]);
+        let (kernel, tile_rows) = if s.m <= NARROW_GEMM_ROWS {
+            (Kernel::GemmNarrow, NARROW_GEMM_ROWS)
+        } else {
+            (Kernel::Gemm, GEMM_TILE)
+        };
         let groups = [
             s.n.div_ceil(GEMM_TILE) as u32,
-            s.m.div_ceil(GEMM_TILE) as u32,
+            s.m.div_ceil(tile_rows) as u32,
             products as u32,
         ];
-        stream.dispatch(Kernel::Gemm, &[a, b, c, bias.unwrap_or(c)], &params, groups)
+        stream.dispatch(kernel, &[a, b, c, bias.unwrap_or(c)], &params, groups)
     }
 
     fn bias_gelu(&self, stream: &WgpuStream, op: &BiasGelu<'_, Self>) -> Result<()> {

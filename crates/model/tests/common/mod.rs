@@ -13,10 +13,11 @@ use braid_model::{default_model_dir, ModelDir};
 use safetensors::{Dtype, View};
 use serde::Deserialize;
 
-/// The golden fixture, in the repository (`tests/fixtures/README.md` says how it was made).
+/// The golden fixture, in the repository (`tests/fixtures/README.md` says how it was made). Spelled
+/// from the crate's parent, so other crates' tests that include this module (`#[path]`) find it too.
 pub const GOLDEN: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
-    "/tests/fixtures/minilm-golden.json"
+    "/../model/tests/fixtures/minilm-golden.json"
 );
 
 /// One fixture case: the text, its token ids and its float64 reference embedding.
@@ -43,6 +44,20 @@ pub fn golden_cases() -> Vec<Case> {
     let golden: Golden = serde_json::from_str(&text)
         .unwrap_or_else(|e| panic!("golden fixture {GOLDEN} does not parse: {e}"));
     golden.cases
+}
+
+/// Cosine similarity and largest absolute difference of `got` against the reference `want`.
+pub fn cosine_and_max_abs(got: &[f32], want: &[f64]) -> (f64, f64) {
+    assert_eq!(got.len(), want.len(), "embedding width");
+    let (mut dot, mut gg, mut ww, mut max_abs) = (0f64, 0f64, 0f64, 0f64);
+    for (&g, &w) in got.iter().zip(want) {
+        let g = g as f64;
+        dot += g * w;
+        gg += g * g;
+        ww += w * w;
+        max_abs = max_abs.max((g - w).abs());
+    }
+    (dot / (gg.sqrt() * ww.sqrt()), max_abs)
 }
 
 /// The default model directory; panics with how to fetch it when it is absent.

@@ -1,0 +1,100 @@
+//! all-MiniLM-L6-v2 on wgpu, loaded through `braid_model::load` with `--device wgpu`'s choice, against
+//! the golden fixture's float64 reference: f32 single and batched (cosine ≥ 0.99999, max abs ≤ 1e-4),
+//! and 16 threads at once bit-identical to one thread. Batches are the cases by length, eight at a
+//! time (lavapipe computes on 2 CI cores: one batch padded to the longest case would take minutes),
+//! and each of the 16 threads embeds [`PER_THREAD`] cases. Skips with a line saying so without an
+//! adapter.
+
+mod common;
+#[path = "../../model/tests/common/mod.rs"]
+mod model_common;
+
+use std::sync::Arc;
+
+use braid_model::load::{load, DeviceChoice, Embedder, LoadOptions};
+use braid_runtime::DType;
+use model_common::{cosine_and_max_abs, golden_cases, minilm_dir};
+
+const MIN_COSINE: f64 = 0.99999;
+const MAX_ABS_DIFF: f64 = 1e-4;
+const THREADS: usize = 16;
+/// Cases each of the 16 threads embeds.
+const PER_THREAD: usize = 3;
+/// Cases per batch, taken in order of length.
+const BATCH: usize = 8;
+
+#[test]
+fn golden_embeddings_single_and_batched_and_sixteen_threads() {
+    if common::device_or_skip().is_none() {
+        return;
+    }
+    let options = LoadOptions {
+        device: DeviceChoice::Wgpu,
+        dtype: DType::F32,
+        callers: THREADS + 1,
+        ..LoadOptions::new(minilm_dir().path())
+    };
+    let model: Arc<dyn Embedder> = load(&options).unwrap();
+    assert_eq!(model.backend(), "wgpu");
+    let cases = Arc::new(golden_cases());
+    let single: Vec<Vec<f32>> = cases
+        .iter()
+        .map(|c| model.embed(&[c.text.as_str()]).unwrap().remove(0))
+        .collect();
+    let mut by_length: Vec<usize> = (0..cases.len()).collect();
+    by_length.sort_by_key(|&i| cases[i].ids.len());
+    let mut batched = vec![Vec::new(); cases.len()];
+    for chunk in by_length.chunks(BATCH) {
+        let texts: Vec<&str> = chunk.iter().map(|&i| cases[i].text.as_str()).collect();
+        for (&i, embedding) in chunk.iter().zip(model.embed(&texts).unwrap()) {
+            batched[i] = embedding;
+        }
+    }
+    let (mut worst_cos, mut worst_abs) = (1f64, 0f64);
+    for ((case, one), many) in cases.iter().zip(&single).zip(&batched) {
+        for (label, got) in [("single", one), ("batched", many)] {
+            let (cos, abs) = cosine_and_max_abs(got, &case.embedding);
+            assert!(
+                cos >= MIN_COSINE && abs <= MAX_ABS_DIFF,
+                "{label} {:?}: cosine {cos:.8}, max abs {abs:.2e}",
+                case.text
+            );
+            worst_cos = worst_cos.min(cos);
+            worst_abs = worst_abs.max(abs);
+        }
+    }
+    println!(
+        "f32 on {}: min cosine {worst_cos:.9}, max abs diff {worst_abs:.2e} over {} cases, single and batched",
+        model.device_description(),
+        cases.len()
+    );
+
+    let single = Arc::new(single);
+    let leased_before = model.leased_slots();
+    let handles: Vec<_> = (0..THREADS)
+        .map(|t| {
+            let (model, cases, single) = (model.clone(), cases.clone(), single.clone());
+            std::thread::spawn(move || {
+                (0..PER_THREAD)
+                    .map(|k| (t * PER_THREAD + k) % cases.len())
+                    .filter(|&i| {
+                        let got = model.embed(&[cases[i].text.as_str()]).unwrap().remove(0);
+                        got.iter()
+                            .map(|v| v.to_bits())
+                            .ne(single[i].iter().map(|v| v.to_bits()))
+                    })
+                    .count()
+            })
+        })
+        .collect();
+    let differing: usize = handles.into_iter().map(|h| h.join().unwrap()).sum();
+    assert_eq!(
+        differing, 0,
+        "embeddings differing from the single-thread run"
+    );
+    assert_eq!(
+        model.leased_slots(),
+        leased_before,
+        "every thread's slot came back"
+    );
+}
