@@ -10,7 +10,18 @@ echo "== format and lints"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --release -- -D warnings
 
-echo "== tests (release: numeric tests are ~90x slower in debug)"
+echo "== lavapipe (Mesa's Vulkan driver on the CPU): the wgpu backend's tests and bench run on it"
+if ! ls /usr/share/vulkan/icd.d/lvp_icd*.json >/dev/null 2>&1 || ! ldconfig -p | grep -q 'libvulkan\.so\.1'; then
+    sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    $sudo apt-get update -qq
+    $sudo apt-get install -y -qq --no-install-recommends mesa-vulkan-drivers libvulkan1 > /dev/null
+fi
+# Mesa's window-system code warns without a runtime directory; a missing adapter fails the wgpu tests.
+export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-$(mktemp -d)}"
+export BRAID_REQUIRE_WGPU=1
+
+echo "== tests (release: numeric tests are ~90x slower in debug; the wgpu backend's on lavapipe)"
 cargo test --workspace --release --exclude braid-cuda
 
 echo "== CUDA backend tests (each GPU test prints 'skipped: no CUDA driver (...)' on a machine without one)"
@@ -19,6 +30,9 @@ test "${PIPESTATUS[0]}" -eq 0
 
 echo "== braid-bench --quick: every before/after scenario briefly; fails if an invariant breaks (timings are not checked)"
 cargo run --quiet --release -p braid-bench -- --quick > /dev/null
+
+echo "== braid bench on wgpu (lavapipe): the quick table, no thresholds"
+cargo run --quiet --release -p braid-cli -- bench --device wgpu --threads 1,2 --batch 1,8 --seconds 1 --mode direct
 
 echo "== loom models (slot bitmask; lazy stream creation racing synchronize_all; biased refcount; the engine's doorbell)"
 # Bounded at 3 preemptions per execution (as tokio's CI does): ~5 s for the runtime, ~70 s for the
