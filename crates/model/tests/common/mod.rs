@@ -33,16 +33,18 @@ struct Golden {
     cases: Vec<Case>,
 }
 
-/// The fixture's cases; panics naming the path when the file is absent.
+/// The fixture's cases (from `BRAID_GOLDEN` when set: a test binary run away from the repository);
+/// panics naming the path when the file is absent.
 pub fn golden_cases() -> Vec<Case> {
-    let text = std::fs::read_to_string(GOLDEN).unwrap_or_else(|e| {
+    let path = std::env::var("BRAID_GOLDEN").unwrap_or_else(|_| GOLDEN.to_string());
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
         panic!(
-            "golden fixture {GOLDEN} is missing or unreadable ({e}); \
-             it ships in crates/model/tests/fixtures"
+            "golden fixture {path} is missing or unreadable ({e}); \
+             it ships in crates/model/tests/fixtures (or set BRAID_GOLDEN)"
         )
     });
     let golden: Golden = serde_json::from_str(&text)
-        .unwrap_or_else(|e| panic!("golden fixture {GOLDEN} does not parse: {e}"));
+        .unwrap_or_else(|e| panic!("golden fixture {path} does not parse: {e}"));
     golden.cases
 }
 

@@ -1,0 +1,90 @@
+#!/usr/bin/env bash
+# The wgpu backend's tests and figures on a GPU machine through Vulkan, from prebuilt release binaries
+# (the GPU machine has no Rust toolchain, no network and no Vulkan loader). Two halves:
+#
+#   bash scripts/wgpu-h200.sh pack DIR     # here (cargo, python3, apt-get, xz): build, strip and pack
+#                                          # into DIR: the wgpu test binaries, braid, the forward_counts
+#                                          # example, the model (word-embedding rows the golden fixture
+#                                          # does not use zeroed, so all of it fits the device tool's
+#                                          # 64 MiB), the fixture, libvulkan1 as .deb files, this script
+#   bash DIR/wgpu-h200.sh run              # there: unpack, Vulkan loader, wgpu tests (adapter required),
+#                                          # dispatches/submits per forward under each commit policy,
+#                                          # braid bench on wgpu per policy and on CUDA (f32, same points)
+#
+# `run` writes JSON figures and a log under $OUT (or DIR). BRAID_WGPU_ADAPTER defaults to `discrete`.
+set -euo pipefail
+mode="${1:-}"
+tests="wgpu_device wgpu_ops wgpu_stress wgpu_model"
+case "$mode" in
+pack)
+    dir="${2:?usage: wgpu-h200.sh pack DIR}"
+    root="$(cd "$(dirname "$0")/.." && pwd)"
+    cd "$root"
+    target="${CARGO_TARGET_DIR:-target}"
+    cargo build --release -p braid-cli -p braid-wgpu --tests --bins --examples
+    stage="$(mktemp -d)"
+    mkdir -p "$stage/model" "$stage/debs" "$dir"
+    for t in $tests; do
+        f=$(ls -t "$target"/release/deps/$t-* | grep -v '\.d$' | head -1)
+        cp "$f" "$stage/$t" && strip "$stage/$t"
+    done
+    cp "$target/release/braid" "$stage/braid" && strip "$stage/braid"
+    cp "$target/release/examples/forward_counts" "$stage/forward_counts" && strip "$stage/forward_counts"
+    cp -r models/all-MiniLM-L6-v2/. "$stage/model/"
+    python3 scripts/wgpu/prune_embeddings.py models/all-MiniLM-L6-v2/model.safetensors \
+        crates/model/tests/fixtures/minilm-golden.json "$stage/model/model.safetensors"
+    cp crates/model/tests/fixtures/minilm-golden.json "$stage/"
+    # The Vulkan loader for x86-64, whatever this machine's architecture (the device tool's README).
+    lists="$(mktemp -d)"
+    o="-oAPT::Architecture=amd64 -oAPT::Architectures=amd64 -oDir::State::Lists=$lists"
+    mkdir -p "$lists/partial"
+    apt-get $o update -qq
+    (cd "$stage/debs" && apt-get $o download libvulkan1)
+    tar -C "$stage" -cf - . | xz -T0 -6 > "$dir/pack.tar.xz"
+    cp "$0" "$dir/wgpu-h200.sh"
+    rm -rf "$stage" "$lists"
+    du -sh "$dir"
+    ;;
+run)
+    here="$(cd "$(dirname "$0")" && pwd)"
+    out="${OUT:-$here}"
+    work="$(mktemp -d)"
+    xz -dc "$here/pack.tar.xz" | tar -C "$work" -xf -
+    cd "$work"
+    for f in debs/*.deb; do dpkg -x "$f" /; done
+    ldconfig
+    nvidia_icd=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
+    if [ -z "${VK_DRIVER_FILES:-}" ] && [ -f "$nvidia_icd" ]; then
+        export VK_DRIVER_FILES="$nvidia_icd"
+    fi
+    # NVRTC and cuBLAS for the CUDA figures beside wgpu's; cudarc loads them by name.
+    for d in /usr/local/cuda/lib64 /usr/local/cuda-13.0/targets/x86_64-linux/lib; do
+        [ -d "$d" ] && export LD_LIBRARY_PATH="$d:${LD_LIBRARY_PATH:-}"
+    done
+    export BRAID_MODEL="$work/model" BRAID_GOLDEN="$work/minilm-golden.json" BRAID_REQUIRE_WGPU=1
+    export BRAID_WGPU_ADAPTER="${BRAID_WGPU_ADAPTER:-discrete}"
+    export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-$work}"
+    nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
+    {
+        echo "== wgpu tests on $BRAID_WGPU_ADAPTER"
+        for t in $tests; do
+            ./$t --nocapture --test-threads 1
+        done
+        echo "== dispatches and submits per forward under each commit policy (one caller)"
+        ./forward_counts 2
+        echo "== braid bench on wgpu (f32), per commit policy"
+        for policy in auto on off; do
+            BRAID_COMMIT_AND_CONTINUE=$policy ./braid bench --device wgpu --threads 1,16 --batch 1,64 \
+                --seconds 2 --mode direct --json "$out/wgpu-h200-f32-$policy.json"
+        done
+        echo "== braid bench on CUDA (f32), the same points, same machine"
+        ./braid bench --device cuda --threads 1,16 --batch 1,64 --seconds 2 --mode direct \
+            --json "$out/cuda-h200-f32-beside-wgpu.json"
+    } 2>&1 | tee "$out/wgpu-h200.log"
+    test "${PIPESTATUS[0]}" -eq 0
+    ;;
+*)
+    echo "usage: wgpu-h200.sh pack DIR | run" >&2
+    exit 2
+    ;;
+esac
