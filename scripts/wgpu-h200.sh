@@ -9,7 +9,8 @@
 #                                          # 64 MiB), the fixture, libvulkan1 as .deb files, this script
 #   bash DIR/wgpu-h200.sh run              # there: unpack, Vulkan loader, wgpu tests (adapter required),
 #                                          # dispatches/submits per forward under each commit policy,
-#                                          # braid bench on wgpu per policy and on CUDA (f32, same points)
+#                                          # braid bench on wgpu per policy (f32) and in f16, and on CUDA
+#                                          # (f32, f16) at the same points
 #
 # `run` writes JSON figures and a log under $OUT (or DIR). BRAID_WGPU_ADAPTER defaults to `discrete`.
 set -euo pipefail
@@ -77,9 +78,14 @@ run)
             BRAID_COMMIT_AND_CONTINUE=$policy ./braid bench --device wgpu --threads 1,16 --batch 1,64 \
                 --seconds 2 --mode direct --json "$out/wgpu-h200-f32-$policy.json"
         done
-        echo "== braid bench on CUDA (f32), the same points, same machine"
-        ./braid bench --device cuda --threads 1,16 --batch 1,64 --seconds 2 --mode direct \
-            --json "$out/cuda-h200-f32-beside-wgpu.json"
+        echo "== braid bench on wgpu (f16, policy auto)"
+        ./braid bench --device wgpu --dtype f16 --threads 1,16 --batch 1,64 --seconds 2 --mode direct \
+            --json "$out/wgpu-h200-f16-auto.json"
+        echo "== braid bench on CUDA (f32 and f16), the same points, same machine"
+        for dtype in f32 f16; do
+            ./braid bench --device cuda --dtype $dtype --threads 1,16 --batch 1,64 --seconds 2 \
+                --mode direct --json "$out/cuda-h200-$dtype-beside-wgpu.json"
+        done
     } 2>&1 | tee "$out/wgpu-h200.log"
     test "${PIPESTATUS[0]}" -eq 0
     ;;

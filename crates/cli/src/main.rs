@@ -58,7 +58,8 @@ struct ModelArgs {
     /// else the best one).
     #[arg(long, default_value = "auto", value_name = "DEVICE", value_parser = parse_device)]
     device: DeviceChoice,
-    /// The compute dtype: f32 everywhere; f16 and bf16 on CUDA (weights converted at load, every op
+    /// The compute dtype: f32 everywhere; f16 and bf16 on CUDA, f16 on wgpu where the adapter has
+    /// SHADER_F16 (weights converted at load, every op
     /// accumulating in f32).
     #[arg(long, value_enum, default_value_t = DTypeChoice::F32)]
     dtype: DTypeChoice,

@@ -341,7 +341,7 @@ fn check_supported<D: Ops>(
     if !device.compute_dtypes().contains(&dtype) {
         return Err(ModelError::UnsupportedForward {
             what: format!("compute dtype {dtype} on the {} backend", device.backend()),
-            allowed: "f32 on every backend; f16 and bf16 on CUDA",
+            allowed: "f32 on every backend; f16 and bf16 on CUDA; f16 on wgpu where the adapter has SHADER_F16",
         });
     }
     Ok(())

@@ -124,7 +124,8 @@ pub struct LoadOptions {
     pub model_dir: PathBuf,
     /// Where the model runs.
     pub device: DeviceChoice,
-    /// The compute dtype: f32 on every backend; f16 and bf16 on CUDA.
+    /// The compute dtype: f32 on every backend; f16 and bf16 on CUDA; f16 on wgpu where the adapter
+    /// has `SHADER_F16`.
     pub dtype: DType,
     /// How many threads will embed at once (1..=[`MAX_WORKER_SLOTS`]): the stream pool gets at least
     /// this many worker slots, so each of them has a stream of its own.

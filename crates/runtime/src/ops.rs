@@ -7,7 +7,8 @@
 //! ([`crate::runtime::Runtime`]) has already checked shapes, dtypes and that every view covers what the op
 //! reads or writes, so a backend may trust them (wgpu-hal's rule: validation is the caller's job). Every float operand of one op has the op's `dtype` (f32, f16 or bf16; masks are always f32,
 //! ids u32); a backend that lacks a dtype for an op returns [`RuntimeError::Unsupported`] — the CPU
-//! backend computes in f32 only, the CUDA backend in all three (accumulating in f32).
+//! backend computes in f32 only, the CUDA backend in all three (accumulating in f32), the wgpu backend in
+//! f32 and, where the adapter has `SHADER_F16`, f16 (accumulating in f32).
 //!
 //! [`Ops::attention`] has a provided implementation (two batched GEMMs around a masked softmax, through
 //! a scratch tensor of probabilities); a backend with a fused kernel overrides it and asks for no

@@ -258,9 +258,14 @@ impl WgpuDevice {
     fn open(adapter: &wgpu::Adapter) -> Result<Self> {
         let info = adapter.get_info();
         let limits = adapter.limits();
+        let f16 = adapter.features().contains(wgpu::Features::SHADER_F16);
+        let mut features = wgpu::Features::IMMEDIATES;
+        if f16 {
+            features |= wgpu::Features::SHADER_F16;
+        }
         let (device, queue) = block_on(adapter.request_device(&wgpu::DeviceDescriptor {
             label: Some("braid"),
-            required_features: wgpu::Features::IMMEDIATES,
+            required_features: features,
             required_limits: limits.clone(),
             ..Default::default()
         }))
@@ -281,7 +286,7 @@ impl WgpuDevice {
             keep.lock()
                 .get_or_insert_with(|| format!("the wgpu device was lost ({reason:?}): {message}"));
         });
-        let kernels = Kernels::new(&device)?;
+        let kernels = Kernels::new(&device, f16)?;
         let arena = ARENA_BYTES
             .min(limits.max_buffer_size)
             .min(limits.max_storage_buffer_binding_size)

@@ -3,7 +3,9 @@
 //! # Promises
 //!
 //! - Every pipeline is created once, when the device is opened; a kernel the driver rejects is a
-//!   [`RuntimeError::Device`] then, not a panic later.
+//!   [`RuntimeError::Device`] then, not a panic later. Kernels whose storage type is `T` (an alias in
+//!   the WGSL) get an f16 variant too (`enable f16`, `T = f16`) when the adapter has `SHADER_F16`;
+//!   their arithmetic stays f32 (loads convert up, stores round once).
 //! - Operands are bound as **windows**: the range of the buffer around the view, starting on the
 //!   adapter's storage-offset alignment ([`Binding::window`]); the kernel gets the view's first element
 //!   in the window as a parameter. So views at any element offset (K inside `[Q | K | V]`) bind without
@@ -98,14 +100,20 @@ const SOURCES: [(Kernel, &str, &str, u32); 11] = [
     ),
 ];
 
+/// The line a kernel's storage type is set by, and what makes its f16 variant.
+const STORAGE_F32: &str = "alias T = f32;";
+const STORAGE_F16: &str = "enable f16;\nalias T = f16;";
+
 struct Pipeline {
     pipeline: wgpu::ComputePipeline,
     layout: wgpu::BindGroupLayout,
 }
 
-/// The device's pipelines, one per kernel.
+/// The device's pipelines, one per kernel, and the f16 variants.
 pub(crate) struct Kernels {
     pipelines: Vec<Pipeline>,
+    /// Per kernel, its f16 variant: `None` for kernels with no storage type, or without `SHADER_F16`.
+    half: Vec<Option<Pipeline>>,
 }
 
 /// One operand's binding: `size` bytes of `buffer` from `start`, the view starting `lead` bytes in.
@@ -154,9 +162,9 @@ impl<'a> Binding<'a> {
         }
     }
 
-    /// The view's first 4-byte element within the window (the kernel's offset parameter).
-    pub(crate) fn first(&self) -> u32 {
-        (self.lead / 4) as u32
+    /// The view's first element of `size` bytes within the window (the kernel's offset parameter).
+    pub(crate) fn first(&self, size: usize) -> u32 {
+        (self.lead / size as u64) as u32
     }
 }
 
@@ -174,43 +182,62 @@ pub(crate) fn grid(items: u64, per_group: u64) -> Result<[u32; 3]> {
 }
 
 impl Kernels {
-    /// Compiles every kernel and creates its pipeline.
-    pub(crate) fn new(device: &wgpu::Device) -> Result<Self> {
+    /// Compiles every kernel (and, with `f16`, the f16 variants) and creates its pipeline.
+    pub(crate) fn new(device: &wgpu::Device, f16: bool) -> Result<Self> {
         let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
-        let pipelines = SOURCES
-            .iter()
-            .enumerate()
+        let sources: Vec<(&str, String, u32)> = (SOURCES.iter().enumerate())
             .map(|(i, &(kernel, name, source, bindings))| {
                 assert_eq!(kernel as usize, i, "SOURCES is in Kernel order");
-                let narrow;
-                let source = if kernel == Kernel::GemmNarrow {
-                    narrow = source.replace("const ROWS: u32 = 4u;", "const ROWS: u32 = 1u;");
-                    narrow.as_str()
-                } else {
-                    source
+                let source = match kernel {
+                    Kernel::GemmNarrow => {
+                        source.replace("const ROWS: u32 = 4u;", "const ROWS: u32 = 1u;")
+                    }
+                    _ => source.to_string(),
                 };
-                pipeline(device, name, source, bindings)
+                (name, source, bindings)
+            })
+            .collect();
+        let pipelines = (sources.iter())
+            .map(|(name, source, bindings)| pipeline(device, name, source, *bindings))
+            .collect();
+        let half = (sources.iter())
+            .map(|(name, source, bindings)| {
+                (f16 && source.contains(STORAGE_F32)).then(|| {
+                    let source = source.replace(STORAGE_F32, "");
+                    pipeline(device, name, &format!("{STORAGE_F16}\n{source}"), *bindings)
+                })
             })
             .collect();
         match block_on(scope.pop()) {
-            None => Ok(Self { pipelines }),
+            None => Ok(Self { pipelines, half }),
             Some(error) => Err(RuntimeError::Device(format!(
                 "the driver rejected braid's WGSL kernels: {error}"
             ))),
         }
     }
 
-    /// Encodes `kernel` over `groups` with `bindings` (in the shader's binding order) and `params`.
+    /// Whether `kernel` has an f16 variant on this device.
+    pub(crate) fn has_f16(&self, kernel: Kernel) -> bool {
+        self.half[kernel as usize].is_some()
+    }
+
+    /// Encodes `kernel` (its f16 variant when `half`) over `groups` with `bindings` (in the shader's
+    /// binding order) and `params`.
     pub(crate) fn dispatch(
         &self,
         shared: &Shared,
         encoder: &mut wgpu::CommandEncoder,
-        kernel: Kernel,
+        (kernel, half): (Kernel, bool),
         bindings: &[Binding<'_>],
         params: &[u32],
         groups: [u32; 3],
     ) -> Result<()> {
-        let pipeline = &self.pipelines[kernel as usize];
+        let pipeline = match half {
+            false => &self.pipelines[kernel as usize],
+            true => self.half[kernel as usize]
+                .as_ref()
+                .expect("ops check has_f16 before an f16 dispatch"),
+        };
         let entries: Vec<wgpu::BindGroupEntry<'_>> = (bindings.iter().enumerate())
             .map(|(i, b)| wgpu::BindGroupEntry {
                 binding: i as u32,
@@ -269,7 +296,7 @@ impl Kernels {
         self.dispatch(
             shared,
             encoder,
-            Kernel::ByteCopy,
+            (Kernel::ByteCopy, false),
             &[source, dst],
             &params,
             groups,

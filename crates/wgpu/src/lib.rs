@@ -1,7 +1,7 @@
 //! braid's wgpu backend: [`WgpuDevice`] implements [`braid_runtime::device::Device`] (backend contract
 //! v2) and the op set ([`braid_runtime::ops::Ops`]) on any adapter wgpu drives — Vulkan on Linux (an
 //! NVIDIA GPU, or Mesa's lavapipe on the CPU in CI) and Metal on macOS, from the same Rust and the same
-//! WGSL kernels.
+//! WGSL kernels, in f32 and (where the adapter has `SHADER_F16`) f16.
 //!
 //! # The contract as built here
 //!

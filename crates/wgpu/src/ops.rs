@@ -2,7 +2,8 @@
 //! packs its sizes, offsets and scales as the kernel's immediates, and encodes one dispatch on the
 //! stream; nothing waits. Arguments were validated by the tensor layer, as the [`Ops`] contract says.
 //!
-//! Every op computes in f32; another dtype is [`RuntimeError::Unsupported`]. Attention is the provided
+//! Every op computes in f32; f16 operands are read and written as f16 (each kernel's f16 variant) where
+//! the adapter has `SHADER_F16`; another dtype is [`RuntimeError::Unsupported`]. Attention is the provided
 //! unfused path (scores GEMM, masked softmax, context GEMM through the scratch tensor). Sizes past
 //! what a kernel indexes with 32 bits, or a batch past 65,535 products, are clear errors.
 
@@ -21,16 +22,20 @@ use crate::{WgpuDevice, WgpuStream};
 /// narrow one's are [`NARROW_GEMM_ROWS`]).
 const GEMM_TILE: usize = 64;
 
-/// `Unsupported` unless `dtype` is f32.
-fn f32_only(op: &'static str, dtype: DType) -> Result<()> {
-    if dtype == DType::F32 {
-        return Ok(());
+impl WgpuDevice {
+    /// `kernel` for operands of `dtype` (f32, or the f16 variant where there is one), or
+    /// `Unsupported` naming `op`.
+    fn typed(&self, op: &'static str, kernel: Kernel, dtype: DType) -> Result<(Kernel, bool)> {
+        match dtype {
+            DType::F32 => Ok((kernel, false)),
+            DType::F16 if self.shared.kernels.has_f16(kernel) => Ok((kernel, true)),
+            _ => Err(RuntimeError::Unsupported {
+                op,
+                dtype,
+                backend: "wgpu",
+            }),
+        }
     }
-    Err(RuntimeError::Unsupported {
-        op,
-        dtype,
-        backend: "wgpu",
-    })
 }
 
 /// `value` as a kernel's u32 parameter, or an error naming the op.
@@ -51,10 +56,17 @@ fn stride(value: isize) -> Result<u32> {
         })
 }
 
-/// The window of the first `elements` f32/u32 elements of `view`.
-fn bind<'a>(shared: &Shared, view: View<'a, WgpuDevice>, elements: usize) -> Result<Binding<'a>> {
+/// The window of the first `elements` elements of `size` bytes of `view`, and the kernel's offset
+/// parameter for it.
+fn bind<'a>(
+    shared: &Shared,
+    view: View<'a, WgpuDevice>,
+    elements: usize,
+    size: usize,
+) -> Result<(Binding<'a>, u32)> {
     let at = view.buffer.base + view.offset as u64;
-    Binding::window(shared, &view.buffer.buffer, at, (elements * 4) as u64)
+    let binding = Binding::window(shared, &view.buffer.buffer, at, (elements * size) as u64)?;
+    Ok((binding, binding.first(size)))
 }
 
 /// The four strides of a GEMM operand, as kernel parameters.
@@ -68,23 +80,37 @@ fn strides(s: &MatStrides) -> Result<[u32; 4]> {
 }
 
 impl Ops for WgpuDevice {
+    fn compute_dtypes(&self) -> &'static [DType] {
+        if self.shared.kernels.has_f16(Kernel::Gemm) {
+            &[DType::F32, DType::F16]
+        } else {
+            &[DType::F32]
+        }
+    }
+
     fn fill(&self, stream: &WgpuStream, op: &Fill<'_, Self>) -> Result<()> {
         if op.len == 0 {
             return Ok(());
         }
-        let dst = bind(&self.shared, op.dst, op.len)?;
-        let params = [dst.first(), word("fill", op.len)?, op.value.to_bits()];
-        stream.dispatch(Kernel::Fill, &[dst], &params, grid(op.len as u64, 256)?)
+        let (dst, at) = bind(&self.shared, op.dst, op.len, 4)?;
+        let params = [at, word("fill", op.len)?, op.value.to_bits()];
+        let groups = grid(op.len as u64, 256)?;
+        stream.dispatch((Kernel::Fill, false), &[dst], &params, groups)
     }
 
     fn gemm(&self, stream: &WgpuStream, op: &Gemm<'_, Self>) -> Result<()> {
-        f32_only("gemm", op.dtype)?;
         let s = &op.spec;
+        let narrow = s.m <= NARROW_GEMM_ROWS;
+        let (kernel, tile_rows) = match narrow {
+            true => (Kernel::GemmNarrow, NARROW_GEMM_ROWS),
+            false => (Kernel::Gemm, GEMM_TILE),
+        };
+        let kernel = self.typed("gemm", kernel, op.dtype)?;
         let products = s.batch[0] * s.batch[1];
         if s.m == 0 || s.n == 0 || products == 0 {
             return Ok(());
         }
-        if products > 65_535 || s.m.div_ceil(GEMM_TILE) > 65_535 || s.n.div_ceil(GEMM_TILE) > 65_535
+        if products > 65_535 || s.m.div_ceil(tile_rows) > 65_535 || s.n.div_ceil(GEMM_TILE) > 65_535
         {
             return Err(RuntimeError::Shape {
                 op: "gemm",
@@ -95,210 +121,177 @@ impl Ops for WgpuDevice {
             });
         }
         let (a_len, b_len, c_len) = s.extents();
-        let shared = &self.shared;
-        let (a, b, c) = (
-            bind(shared, op.a, a_len)?,
-            bind(shared, op.b, b_len)?,
-            bind(shared, op.c, c_len)?,
-        );
-        let bias = match op.bias {
-            Some(view) => Some(bind(shared, view, s.n)?),
-            None => None,
-        };
+        let (shared, size) = (&self.shared, op.dtype.size());
+        let (a, a_at) = bind(shared, op.a, a_len, size)?;
+        let (b, b_at) = bind(shared, op.b, b_len, size)?;
+        let (c, c_at) = bind(shared, op.c, c_len, size)?;
+        let bias = op.bias.map(|v| bind(shared, v, s.n, size)).transpose()?;
         let mut params = vec![
             word("gemm", s.m)?,
             word("gemm", s.n)?,
             word("gemm", s.k)?,
             word("gemm", s.batch[1].max(1))?,
         ];
-        for (binding, layout) in [(&a, &s.a), (&b, &s.b), (&c, &s.c)] {
-            params.push(binding.first());
+        for (at, layout) in [(a_at, &s.a), (b_at, &s.b), (c_at, &s.c)] {
+            params.push(at);
             params.extend(strides(layout)?);
         }
         params.extend([
-            bias.map_or(0, |b| b.first()),
+            bias.map_or(0, |(_, at)| at),
             u32::from(bias.is_some()),
             s.alpha.to_bits(),
             s.beta.to_bits(),
         ]);
-        let (kernel, tile_rows) = if s.m <= NARROW_GEMM_ROWS {
-            (Kernel::GemmNarrow, NARROW_GEMM_ROWS)
-        } else {
-            (Kernel::Gemm, GEMM_TILE)
-        };
         let groups = [
             s.n.div_ceil(GEMM_TILE) as u32,
             s.m.div_ceil(tile_rows) as u32,
             products as u32,
         ];
-        stream.dispatch(kernel, &[a, b, c, bias.unwrap_or(c)], &params, groups)
+        let bias = bias.map_or(c, |(b, _)| b);
+        stream.dispatch(kernel, &[a, b, c, bias], &params, groups)
     }
 
     fn bias_gelu(&self, stream: &WgpuStream, op: &BiasGelu<'_, Self>) -> Result<()> {
-        f32_only("bias_gelu", op.dtype)?;
+        let kernel = self.typed("bias_gelu", Kernel::BiasGelu, op.dtype)?;
         let n = op.rows * op.cols;
         if n == 0 {
             return Ok(());
         }
-        let (x, bias) = (
-            bind(&self.shared, op.x, n)?,
-            bind(&self.shared, op.bias, op.cols)?,
-        );
+        let (shared, size) = (&self.shared, op.dtype.size());
+        let (x, x_at) = bind(shared, op.x, n, size)?;
+        let (bias, bias_at) = bind(shared, op.bias, op.cols, size)?;
         let params = [
-            x.first(),
-            bias.first(),
+            x_at,
+            bias_at,
             word("bias_gelu", n)?,
             word("bias_gelu", op.cols)?,
             u32::from(op.gelu == Gelu::Tanh),
         ];
-        stream.dispatch(Kernel::BiasGelu, &[x, bias], &params, grid(n as u64, 256)?)
+        stream.dispatch(kernel, &[x, bias], &params, grid(n as u64, 256)?)
     }
 
     fn layer_norm(&self, stream: &WgpuStream, op: &LayerNorm<'_, Self>) -> Result<()> {
-        f32_only("layer_norm", op.dtype)?;
+        let kernel = self.typed("layer_norm", Kernel::LayerNorm, op.dtype)?;
         let n = op.rows * op.cols;
         if n == 0 {
             return Ok(());
         }
-        let shared = &self.shared;
-        let x = bind(shared, op.x, n)?;
-        let bias = op.bias.map(|v| bind(shared, v, op.cols)).transpose()?;
-        let residual = op.residual.map(|v| bind(shared, v, n)).transpose()?;
-        let (gamma, beta) = (
-            bind(shared, op.gamma, op.cols)?,
-            bind(shared, op.beta, op.cols)?,
-        );
-        let out = bind(shared, op.out, n)?;
+        let (shared, size) = (&self.shared, op.dtype.size());
+        let (x, x_at) = bind(shared, op.x, n, size)?;
+        let bias = op
+            .bias
+            .map(|v| bind(shared, v, op.cols, size))
+            .transpose()?;
+        let residual = op.residual.map(|v| bind(shared, v, n, size)).transpose()?;
+        let (gamma, gamma_at) = bind(shared, op.gamma, op.cols, size)?;
+        let (beta, beta_at) = bind(shared, op.beta, op.cols, size)?;
+        let (out, out_at) = bind(shared, op.out, n, size)?;
         let params = [
-            x.first(),
-            bias.map_or(0, |b| b.first()),
-            residual.map_or(0, |r| r.first()),
-            gamma.first(),
-            beta.first(),
-            out.first(),
+            x_at,
+            bias.map_or(0, |(_, at)| at),
+            residual.map_or(0, |(_, at)| at),
+            gamma_at,
+            beta_at,
+            out_at,
             word("layer_norm", op.rows)?,
             word("layer_norm", op.cols)?,
             op.eps.to_bits(),
             u32::from(bias.is_some()),
             u32::from(residual.is_some()),
         ];
-        let bindings = [
-            x,
-            bias.unwrap_or(x),
-            residual.unwrap_or(x),
-            gamma,
-            beta,
-            out,
-        ];
-        stream.dispatch(
-            Kernel::LayerNorm,
-            &bindings,
-            &params,
-            grid(op.rows as u64, 1)?,
-        )
+        let (bias, residual) = (bias.map_or(x, |b| b.0), residual.map_or(x, |r| r.0));
+        let bindings = [x, bias, residual, gamma, beta, out];
+        stream.dispatch(kernel, &bindings, &params, grid(op.rows as u64, 1)?)
     }
 
     fn masked_softmax(&self, stream: &WgpuStream, op: &MaskedSoftmax<'_, Self>) -> Result<()> {
-        f32_only("masked_softmax", op.dtype)?;
+        let kernel = self.typed("masked_softmax", Kernel::MaskedSoftmax, op.dtype)?;
         let rows = op.batch * op.heads * op.q_len;
         if rows == 0 || op.k_len == 0 {
             return Ok(());
         }
-        let scores = bind(&self.shared, op.scores, rows * op.k_len)?;
-        let mask = bind(&self.shared, op.mask, op.batch * op.k_len)?;
+        let shared = &self.shared;
+        let (scores, scores_at) = bind(shared, op.scores, rows * op.k_len, op.dtype.size())?;
+        let (mask, mask_at) = bind(shared, op.mask, op.batch * op.k_len, 4)?;
         let params = [
-            scores.first(),
-            mask.first(),
+            scores_at,
+            mask_at,
             word("masked_softmax", rows)?,
             word("masked_softmax", op.heads * op.q_len)?,
             word("masked_softmax", op.k_len)?,
             op.scale.to_bits(),
         ];
-        stream.dispatch(
-            Kernel::MaskedSoftmax,
-            &[scores, mask],
-            &params,
-            grid(rows as u64, 1)?,
-        )
+        stream.dispatch(kernel, &[scores, mask], &params, grid(rows as u64, 1)?)
     }
 
     fn gather_rows(&self, stream: &WgpuStream, op: &GatherRows<'_, Self>) -> Result<()> {
-        f32_only("gather_rows", op.dtype)?;
+        let kernel = self.typed("gather_rows", Kernel::GatherRows, op.dtype)?;
         let n = op.n_ids * op.dim;
         if n == 0 {
             return Ok(());
         }
-        let shared = &self.shared;
-        let table = bind(shared, op.table, op.table_rows * op.dim)?;
-        let ids = bind(shared, op.ids, op.n_ids)?;
-        let out = bind(shared, op.out, n)?;
+        let (shared, size) = (&self.shared, op.dtype.size());
+        let (table, table_at) = bind(shared, op.table, op.table_rows * op.dim, size)?;
+        let (ids, ids_at) = bind(shared, op.ids, op.n_ids, 4)?;
+        let (out, out_at) = bind(shared, op.out, n, size)?;
         let params = [
-            table.first(),
-            ids.first(),
-            out.first(),
+            table_at,
+            ids_at,
+            out_at,
             word("gather_rows", n)?,
             word("gather_rows", op.dim)?,
             word("gather_rows", op.table_rows)?,
             u32::from(op.mode == Accumulate::Add),
         ];
-        stream.dispatch(
-            Kernel::GatherRows,
-            &[table, ids, out],
-            &params,
-            grid(n as u64, 256)?,
-        )
+        stream.dispatch(kernel, &[table, ids, out], &params, grid(n as u64, 256)?)
     }
 
     fn mean_pool(&self, stream: &WgpuStream, op: &MeanPool<'_, Self>) -> Result<()> {
-        f32_only("mean_pool", op.dtype)?;
+        let kernel = self.typed("mean_pool", Kernel::MeanPool, op.dtype)?;
         let outputs = op.batch * op.dim;
         if outputs == 0 {
             return Ok(());
         }
-        let shared = &self.shared;
-        let x = bind(shared, op.x, op.batch * op.seq * op.dim)?;
-        let mask = bind(shared, op.mask, op.batch * op.seq)?;
-        let out = bind(shared, op.out, outputs)?;
+        let (shared, size) = (&self.shared, op.dtype.size());
+        let (x, x_at) = bind(shared, op.x, op.batch * op.seq * op.dim, size)?;
+        let (mask, mask_at) = bind(shared, op.mask, op.batch * op.seq, 4)?;
+        let (out, out_at) = bind(shared, op.out, outputs, size)?;
         let params = [
-            x.first(),
-            mask.first(),
-            out.first(),
+            x_at,
+            mask_at,
+            out_at,
             word("mean_pool", op.batch)?,
             word("mean_pool", op.seq)?,
             word("mean_pool", op.dim)?,
         ];
-        stream.dispatch(
-            Kernel::MeanPool,
-            &[x, mask, out],
-            &params,
-            grid(outputs as u64, 256)?,
-        )
+        stream.dispatch(kernel, &[x, mask, out], &params, grid(outputs as u64, 256)?)
     }
 
     fn l2_normalize(&self, stream: &WgpuStream, op: &L2Normalize<'_, Self>) -> Result<()> {
-        f32_only("l2_normalize", op.dtype)?;
+        let kernel = self.typed("l2_normalize", Kernel::L2Normalize, op.dtype)?;
         if op.rows == 0 || op.dim == 0 {
             return Ok(());
         }
-        let x = bind(&self.shared, op.x, op.rows * op.dim)?;
+        let (x, x_at) = bind(&self.shared, op.x, op.rows * op.dim, op.dtype.size())?;
         let params = [
-            x.first(),
+            x_at,
             word("l2_normalize", op.rows)?,
             word("l2_normalize", op.dim)?,
         ];
-        stream.dispatch(Kernel::L2Normalize, &[x], &params, grid(op.rows as u64, 1)?)
+        stream.dispatch(kernel, &[x], &params, grid(op.rows as u64, 1)?)
     }
 
     fn add(&self, stream: &WgpuStream, op: &Add<'_, Self>) -> Result<()> {
-        f32_only("add", op.dtype)?;
+        let kernel = self.typed("add", Kernel::Add, op.dtype)?;
         if op.len == 0 {
             return Ok(());
         }
-        let (x, y) = (
-            bind(&self.shared, op.x, op.len)?,
-            bind(&self.shared, op.y, op.len)?,
+        let (shared, size) = (&self.shared, op.dtype.size());
+        let ((x, x_at), (y, y_at)) = (
+            bind(shared, op.x, op.len, size)?,
+            bind(shared, op.y, op.len, size)?,
         );
-        let params = [x.first(), y.first(), word("add", op.len)?];
-        stream.dispatch(Kernel::Add, &[x, y], &params, grid(op.len as u64, 256)?)
+        let params = [x_at, y_at, word("add", op.len)?];
+        stream.dispatch(kernel, &[x, y], &params, grid(op.len as u64, 256)?)
     }
 }

@@ -136,7 +136,7 @@ impl WgpuStream {
     /// Encodes one kernel dispatch.
     pub(crate) fn dispatch(
         &self,
-        kernel: Kernel,
+        kernel: (Kernel, bool),
         bindings: &[Binding<'_>],
         params: &[u32],
         groups: [u32; 3],

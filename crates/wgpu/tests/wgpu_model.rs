@@ -1,6 +1,7 @@
 //! all-MiniLM-L6-v2 on wgpu, loaded through `braid_model::load` with `--device wgpu`'s choice, against
 //! the golden fixture's float64 reference: f32 single and batched (cosine ≥ 0.99999, max abs ≤ 1e-4),
-//! and 16 threads at once bit-identical to one thread. Batches are the cases by length, eight at a
+//! and 16 threads at once bit-identical to one thread; f16 batched (cosine ≥ 0.999) where the adapter
+//! has `SHADER_F16`. Batches are the cases by length, eight at a
 //! time (lavapipe computes on 2 CI cores: one batch padded to the longest case would take minutes),
 //! and each of the 16 threads embeds [`PER_THREAD`] cases. Skips with a line saying so without an
 //! adapter.
@@ -12,35 +13,21 @@ mod model_common;
 use std::sync::Arc;
 
 use braid_model::load::{load, DeviceChoice, Embedder, LoadOptions};
+use braid_runtime::ops::Ops;
 use braid_runtime::DType;
-use model_common::{cosine_and_max_abs, golden_cases, minilm_dir};
+use model_common::{cosine_and_max_abs, golden_cases, minilm_dir, Case};
 
 const MIN_COSINE: f64 = 0.99999;
 const MAX_ABS_DIFF: f64 = 1e-4;
+const MIN_COSINE_HALF: f64 = 0.999;
 const THREADS: usize = 16;
 /// Cases each of the 16 threads embeds.
 const PER_THREAD: usize = 3;
 /// Cases per batch, taken in order of length.
 const BATCH: usize = 8;
 
-#[test]
-fn golden_embeddings_single_and_batched_and_sixteen_threads() {
-    if common::device_or_skip().is_none() {
-        return;
-    }
-    let options = LoadOptions {
-        device: DeviceChoice::Wgpu,
-        dtype: DType::F32,
-        callers: THREADS + 1,
-        ..LoadOptions::new(minilm_dir().path())
-    };
-    let model: Arc<dyn Embedder> = load(&options).unwrap();
-    assert_eq!(model.backend(), "wgpu");
-    let cases = Arc::new(golden_cases());
-    let single: Vec<Vec<f32>> = cases
-        .iter()
-        .map(|c| model.embed(&[c.text.as_str()]).unwrap().remove(0))
-        .collect();
+/// Every case's embedding, the cases embedded [`BATCH`] at a time in order of length.
+fn embed_by_length(model: &dyn Embedder, cases: &[Case]) -> Vec<Vec<f32>> {
     let mut by_length: Vec<usize> = (0..cases.len()).collect();
     by_length.sort_by_key(|&i| cases[i].ids.len());
     let mut batched = vec![Vec::new(); cases.len()];
@@ -50,6 +37,31 @@ fn golden_embeddings_single_and_batched_and_sixteen_threads() {
             batched[i] = embedding;
         }
     }
+    batched
+}
+
+fn options(dtype: DType) -> LoadOptions {
+    LoadOptions {
+        device: DeviceChoice::Wgpu,
+        dtype,
+        callers: THREADS + 1,
+        ..LoadOptions::new(minilm_dir().path())
+    }
+}
+
+#[test]
+fn golden_embeddings_single_and_batched_and_sixteen_threads() {
+    if common::device_or_skip().is_none() {
+        return;
+    }
+    let model: Arc<dyn Embedder> = load(&options(DType::F32)).unwrap();
+    assert_eq!(model.backend(), "wgpu");
+    let cases = Arc::new(golden_cases());
+    let single: Vec<Vec<f32>> = cases
+        .iter()
+        .map(|c| model.embed(&[c.text.as_str()]).unwrap().remove(0))
+        .collect();
+    let batched = embed_by_length(&*model, &cases);
     let (mut worst_cos, mut worst_abs) = (1f64, 0f64);
     for ((case, one), many) in cases.iter().zip(&single).zip(&batched) {
         for (label, got) in [("single", one), ("batched", many)] {
@@ -96,5 +108,36 @@ fn golden_embeddings_single_and_batched_and_sixteen_threads() {
         model.leased_slots(),
         leased_before,
         "every thread's slot came back"
+    );
+}
+
+#[test]
+fn golden_embeddings_in_fp16() {
+    let Some(device) = common::device_or_skip() else {
+        return;
+    };
+    if !device.compute_dtypes().contains(&DType::F16) {
+        println!("f16 not checked: the adapter has no SHADER_F16");
+        return;
+    }
+    let model = load(&options(DType::F16)).unwrap();
+    assert_eq!(model.dtype(), DType::F16);
+    let cases = golden_cases();
+    let batched = embed_by_length(&*model, &cases);
+    let (mut worst_cos, mut worst_abs) = (1f64, 0f64);
+    for (case, got) in cases.iter().zip(&batched) {
+        let (cos, abs) = cosine_and_max_abs(got, &case.embedding);
+        assert!(
+            cos >= MIN_COSINE_HALF,
+            "f16 {:?}: cosine {cos:.6}, max abs {abs:.2e}",
+            case.text
+        );
+        worst_cos = worst_cos.min(cos);
+        worst_abs = worst_abs.max(abs);
+    }
+    println!(
+        "f16 on {}: min cosine {worst_cos:.6}, max abs diff {worst_abs:.2e} over {} cases, batched",
+        model.device_description(),
+        cases.len()
     );
 }

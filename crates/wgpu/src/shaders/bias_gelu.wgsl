@@ -1,10 +1,12 @@
-// x[r, c] = gelu(x[r, c] + bias[c]) over rows x cols (f32): exact (erf) GELU, or the tanh form when
+// x[r, c] = gelu(x[r, c] + bias[c]) over rows x cols: exact (erf) GELU, or the tanh form when
 // use_tanh != 0. erfc is Numerical Recipes' erfcc (fractional error < 1.2e-7 everywhere), so the
 // negative tail keeps its relative accuracy.
+// T: the storage type (f32; f16 in the variant the `kernels` module makes); arithmetic is f32.
+alias T = f32;
 struct Params { x: u32, bias: u32, n: u32, cols: u32, use_tanh: u32 }
 var<immediate> p: Params;
-@group(0) @binding(0) var<storage, read_write> x: array<f32>;
-@group(0) @binding(1) var<storage, read_write> bias: array<f32>;
+@group(0) @binding(0) var<storage, read_write> x: array<T>;
+@group(0) @binding(1) var<storage, read_write> bias: array<T>;
 
 fn erfc_nonneg(z: f32) -> f32 {
     let t = 1.0 / (1.0 + 0.5 * z);
@@ -32,7 +34,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         @builtin(local_invocation_index) lid: u32) {
     let i = (wid.y * nwg.x + wid.x) * 256u + lid;
     if (i < p.n) {
-        let v = x[p.x + i] + bias[p.bias + i % p.cols];
-        x[p.x + i] = select(gelu_erf(v), gelu_tanh(v), p.use_tanh != 0u);
+        let v = f32(x[p.x + i]) + f32(bias[p.bias + i % p.cols]);
+        x[p.x + i] = T(select(gelu_erf(v), gelu_tanh(v), p.use_tanh != 0u));
     }
 }

@@ -1,10 +1,12 @@
 // C = alpha * A.B + beta * C (+ bias[n] on every row), batched over [outer, inner], every operand
-// strided (f32; see braid_runtime::ops::MatStrides). Tiles of (16 * ROWS) x 64 outputs per 16 x 16
+// strided (see braid_runtime::ops::MatStrides), accumulated in f32. Tiles of (16 * ROWS) x 64 outputs per 16 x 16
 // workgroup, ROWS x 4 per thread, K in steps of 32 through workgroup memory (16 KiB of it for the general kernel). ROWS is set when the
 // pipeline is made (the `kernels` module): 4 for the general kernel, 1 for products of at most 16 rows,
 // so a short batch wastes no tile rows. Each operand's tile is loaded along its
 // contiguous axis (k for row-major A or a transposed weight B, m or n otherwise), so neighbouring
 // threads read neighbouring words. beta == 0 ignores C's old contents (NaN included).
+// T: the storage type (f32; f16 in the variant the `kernels` module makes); arithmetic is f32.
+alias T = f32;
 struct Params {
     m: u32, n: u32, k: u32, inner: u32,
     a: u32, a_row: i32, a_col: i32, a_outer: i32, a_inner: i32,
@@ -13,10 +15,10 @@ struct Params {
     bias: u32, has_bias: u32, alpha: f32, beta: f32,
 }
 var<immediate> p: Params;
-@group(0) @binding(0) var<storage, read_write> a: array<f32>;
-@group(0) @binding(1) var<storage, read_write> b: array<f32>;
-@group(0) @binding(2) var<storage, read_write> c: array<f32>;
-@group(0) @binding(3) var<storage, read_write> bias: array<f32>;
+@group(0) @binding(0) var<storage, read_write> a: array<T>;
+@group(0) @binding(1) var<storage, read_write> b: array<T>;
+@group(0) @binding(2) var<storage, read_write> c: array<T>;
+@group(0) @binding(3) var<storage, read_write> bias: array<T>;
 
 const ROWS: u32 = 4u;
 const TM: u32 = 16u * ROWS;
@@ -55,7 +57,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
             }
             var va = 0.0;
             if (row0 + r < p.m && k0 + kk < p.k) {
-                va = a[a_base + i32(row0 + r) * p.a_row + i32(k0 + kk) * p.a_col];
+                va = f32(a[a_base + i32(row0 + r) * p.a_row + i32(k0 + kk) * p.a_col]);
             }
             a_tile[kk * TM + r] = va;
         }
@@ -69,7 +71,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
             }
             var vb = 0.0;
             if (col0 + cc < p.n && k0 + kb < p.k) {
-                vb = b[b_base + i32(k0 + kb) * p.b_row + i32(col0 + cc) * p.b_col];
+                vb = f32(b[b_base + i32(k0 + kb) * p.b_row + i32(col0 + cc) * p.b_col]);
             }
             b_tile[kb * TN + cc] = vb;
         }
@@ -100,12 +102,12 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
                 let at = c_base + i32(r) * p.c_row + i32(col) * p.c_col;
                 var v = p.alpha * acc[i * 4u + j];
                 if (p.beta != 0.0) {
-                    v = v + p.beta * c[at];
+                    v = v + p.beta * f32(c[at]);
                 }
                 if (p.has_bias != 0u) {
-                    v = v + bias[p.bias + col];
+                    v = v + f32(bias[p.bias + col]);
                 }
-                c[at] = v;
+                c[at] = T(v);
             }
         }
     }

@@ -1,7 +1,9 @@
-// One workgroup per row: x /= max(|x|, 1e-12) (f32), the sum of squares reduced in a fixed tree order.
+// One workgroup per row: x /= max(|x|, 1e-12), the sum of squares reduced in a fixed tree order.
+// T: the storage type (f32; f16 in the variant the `kernels` module makes); arithmetic is f32.
+alias T = f32;
 struct Params { x: u32, rows: u32, dim: u32 }
 var<immediate> p: Params;
-@group(0) @binding(0) var<storage, read_write> x: array<f32>;
+@group(0) @binding(0) var<storage, read_write> x: array<T>;
 
 var<workgroup> partial: array<f32, 256>;
 
@@ -15,7 +17,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     let base = p.x + row * p.dim;
     var s = 0.0;
     for (var c = lid; c < p.dim; c = c + 256u) {
-        s = s + x[base + c] * x[base + c];
+        let v = f32(x[base + c]);
+        s = s + v * v;
     }
     partial[lid] = s;
     for (var half = 128u; half > 0u; half = half / 2u) {
@@ -27,6 +30,6 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     workgroupBarrier();
     let inv = 1.0 / max(sqrt(partial[0]), 1e-12);
     for (var c = lid; c < p.dim; c = c + 256u) {
-        x[base + c] = x[base + c] * inv;
+        x[base + c] = T(f32(x[base + c]) * inv);
     }
 }

@@ -1,9 +1,11 @@
-// One workgroup per row of scores [batch, heads, q, k] (f32), in place: keys with mask[b, j] == 0 get
+// One workgroup per row of scores [batch, heads, q, k] (mask f32), in place: keys with mask[b, j] == 0 get
 // probability 0; a fully masked row is zeros. The maximum propagates NaN (tested on the bits, which
 // no fast-math assumption removes), so a NaN score makes its row NaN rather than being skipped.
+// T: the storage type (f32; f16 in the variant the `kernels` module makes); arithmetic is f32.
+alias T = f32;
 struct Params { scores: u32, mask: u32, rows: u32, rows_per_batch: u32, k: u32, scale: f32 }
 var<immediate> p: Params;
-@group(0) @binding(0) var<storage, read_write> scores: array<f32>;
+@group(0) @binding(0) var<storage, read_write> scores: array<T>;
 @group(0) @binding(1) var<storage, read_write> mask: array<f32>;
 
 var<workgroup> partial: array<f32, 128>;
@@ -28,7 +30,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     var top = bitcast<f32>(0xff800000u);
     for (var j = lid; j < p.k; j = j + 128u) {
         if (mask[m + j] != 0.0) {
-            top = max_nan(top, scores[r + j] * p.scale);
+            top = max_nan(top, f32(scores[r + j]) * p.scale);
         }
     }
     partial[lid] = top;
@@ -43,7 +45,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     var sum = 0.0;
     for (var j = lid; j < p.k; j = j + 128u) {
         if (mask[m + j] != 0.0) {
-            sum = sum + exp(scores[r + j] * p.scale - top);
+            sum = sum + exp(f32(scores[r + j]) * p.scale - top);
         }
     }
     workgroupBarrier();
@@ -61,8 +63,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     for (var j = lid; j < p.k; j = j + 128u) {
         var v = 0.0;
         if (mask[m + j] != 0.0) {
-            v = exp(scores[r + j] * p.scale - top) * inv;
+            v = exp(f32(scores[r + j]) * p.scale - top) * inv;
         }
-        scores[r + j] = v;
+        scores[r + j] = T(v);
     }
 }
