@@ -8,7 +8,7 @@ use std::sync::Arc;
 use braid_model::{pad_batch, BertModel, ModelError, PaddedBatch};
 use braid_runtime::cpu::CpuDevice;
 use braid_runtime::{DType, Runtime, RuntimeConfig, StreamPoolConfig};
-use common::{golden_cases, minilm_dir, Case};
+use common::{cosine_and_max_abs, golden_cases, minilm_dir, Case};
 
 const MIN_COSINE: f64 = 0.99999;
 const MAX_ABS_DIFF: f64 = 1e-4;
@@ -21,22 +21,8 @@ fn cpu_runtime() -> Arc<Runtime<CpuDevice>> {
     Arc::new(Runtime::new(CpuDevice::new(), RuntimeConfig::default()).unwrap())
 }
 
-/// Cosine similarity and largest absolute difference of `got` against the reference.
-fn compare(got: &[f32], want: &[f64]) -> (f64, f64) {
-    assert_eq!(got.len(), want.len(), "embedding width");
-    let (mut dot, mut gg, mut ww, mut max_abs) = (0f64, 0f64, 0f64, 0f64);
-    for (&g, &w) in got.iter().zip(want) {
-        let g = g as f64;
-        dot += g * w;
-        gg += g * g;
-        ww += w * w;
-        max_abs = max_abs.max((g - w).abs());
-    }
-    (dot / (gg.sqrt() * ww.sqrt()), max_abs)
-}
-
 fn assert_matches_reference(label: &str, case: &Case, got: &[f32]) {
-    let (cosine, max_abs) = compare(got, &case.embedding);
+    let (cosine, max_abs) = cosine_and_max_abs(got, &case.embedding);
     assert!(
         cosine >= MIN_COSINE && max_abs <= MAX_ABS_DIFF,
         "{label} {:?}: cosine {cosine:.8} (need >= {MIN_COSINE}), max abs diff {max_abs:.2e} \

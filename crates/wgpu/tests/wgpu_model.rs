@@ -15,7 +15,7 @@ use std::sync::Arc;
 use braid_model::load::{load, DeviceChoice, Embedder, LoadOptions};
 use braid_runtime::ops::Ops;
 use braid_runtime::DType;
-use model_common::{cosine_and_max_abs, golden_cases, minilm_dir, Case};
+use model_common::{assert_near_golden, differing_across_threads, golden_cases, minilm_dir, Case};
 
 const MIN_COSINE: f64 = 0.99999;
 const MAX_ABS_DIFF: f64 = 1e-4;
@@ -63,51 +63,19 @@ fn golden_embeddings_single_and_batched_and_sixteen_threads() {
         .collect();
     let batched = embed_by_length(&*model, &cases);
     let (mut worst_cos, mut worst_abs) = (1f64, 0f64);
-    for ((case, one), many) in cases.iter().zip(&single).zip(&batched) {
-        for (label, got) in [("single", one), ("batched", many)] {
-            let (cos, abs) = cosine_and_max_abs(got, &case.embedding);
-            assert!(
-                cos >= MIN_COSINE && abs <= MAX_ABS_DIFF,
-                "{label} {:?}: cosine {cos:.8}, max abs {abs:.2e}",
-                case.text
-            );
-            worst_cos = worst_cos.min(cos);
-            worst_abs = worst_abs.max(abs);
-        }
+    for (label, got) in [("single", &single), ("batched", &batched)] {
+        let (cos, abs) = assert_near_golden(label, got, &cases, MIN_COSINE, MAX_ABS_DIFF);
+        (worst_cos, worst_abs) = (worst_cos.min(cos), worst_abs.max(abs));
     }
     println!(
         "f32 on {}: min cosine {worst_cos:.9}, max abs diff {worst_abs:.2e} over {} cases, single and batched",
         model.device_description(),
         cases.len()
     );
-
-    let single = Arc::new(single);
-    let leased_before = model.leased_slots();
-    let handles: Vec<_> = (0..THREADS)
-        .map(|t| {
-            let (model, cases, single) = (model.clone(), cases.clone(), single.clone());
-            std::thread::spawn(move || {
-                (0..PER_THREAD)
-                    .map(|k| (t * PER_THREAD + k) % cases.len())
-                    .filter(|&i| {
-                        let got = model.embed(&[cases[i].text.as_str()]).unwrap().remove(0);
-                        got.iter()
-                            .map(|v| v.to_bits())
-                            .ne(single[i].iter().map(|v| v.to_bits()))
-                    })
-                    .count()
-            })
-        })
-        .collect();
-    let differing: usize = handles.into_iter().map(|h| h.join().unwrap()).sum();
+    let differing = differing_across_threads(model, cases, Arc::new(single), THREADS, PER_THREAD);
     assert_eq!(
         differing, 0,
         "embeddings differing from the single-thread run"
-    );
-    assert_eq!(
-        model.leased_slots(),
-        leased_before,
-        "every thread's slot came back"
     );
 }
 
@@ -124,17 +92,13 @@ fn golden_embeddings_in_fp16() {
     assert_eq!(model.dtype(), DType::F16);
     let cases = golden_cases();
     let batched = embed_by_length(&*model, &cases);
-    let (mut worst_cos, mut worst_abs) = (1f64, 0f64);
-    for (case, got) in cases.iter().zip(&batched) {
-        let (cos, abs) = cosine_and_max_abs(got, &case.embedding);
-        assert!(
-            cos >= MIN_COSINE_HALF,
-            "f16 {:?}: cosine {cos:.6}, max abs {abs:.2e}",
-            case.text
-        );
-        worst_cos = worst_cos.min(cos);
-        worst_abs = worst_abs.max(abs);
-    }
+    let (worst_cos, worst_abs) = assert_near_golden(
+        "f16 batched",
+        &batched,
+        &cases,
+        MIN_COSINE_HALF,
+        f64::INFINITY,
+    );
     println!(
         "f16 on {}: min cosine {worst_cos:.6}, max abs diff {worst_abs:.2e} over {} cases, batched",
         model.device_description(),

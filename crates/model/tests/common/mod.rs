@@ -9,6 +9,9 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use std::sync::Arc;
+
+use braid_model::load::Embedder;
 use braid_model::{default_model_dir, ModelDir};
 use safetensors::{Dtype, View};
 use serde::Deserialize;
@@ -60,6 +63,67 @@ pub fn cosine_and_max_abs(got: &[f32], want: &[f64]) -> (f64, f64) {
         max_abs = max_abs.max((g - w).abs());
     }
     (dot / (gg.sqrt() * ww.sqrt()), max_abs)
+}
+
+/// Asserts each embedding of `got` (in case order) against its case's reference: cosine ≥ `min_cosine`
+/// and largest absolute difference ≤ `max_abs`; returns the worst of each.
+pub fn assert_near_golden(
+    label: &str,
+    got: &[Vec<f32>],
+    cases: &[Case],
+    min_cosine: f64,
+    max_abs: f64,
+) -> (f64, f64) {
+    assert_eq!(got.len(), cases.len(), "{label}: one embedding per case");
+    let (mut worst_cos, mut worst_abs) = (1f64, 0f64);
+    for (case, embedding) in cases.iter().zip(got) {
+        let (cos, abs) = cosine_and_max_abs(embedding, &case.embedding);
+        assert!(
+            cos >= min_cosine && abs <= max_abs,
+            "{label} {:?}: cosine {cos:.8}, max abs {abs:.2e}",
+            case.text
+        );
+        worst_cos = worst_cos.min(cos);
+        worst_abs = worst_abs.max(abs);
+    }
+    (worst_cos, worst_abs)
+}
+
+/// `threads` threads at once, each embedding `per_thread` cases one at a time (thread t from case
+/// t · `per_thread` on, wrapping); returns how many embeddings differ in any bit from `single` (each
+/// case embedded alone on one thread, in case order), after checking that every thread's stream slot
+/// came back.
+pub fn differing_across_threads(
+    model: Arc<dyn Embedder>,
+    cases: Arc<Vec<Case>>,
+    single: Arc<Vec<Vec<f32>>>,
+    threads: usize,
+    per_thread: usize,
+) -> usize {
+    let leased_before = model.leased_slots();
+    let handles: Vec<_> = (0..threads)
+        .map(|t| {
+            let (model, cases, single) = (model.clone(), cases.clone(), single.clone());
+            std::thread::spawn(move || {
+                (0..per_thread)
+                    .map(|k| (t * per_thread + k) % cases.len())
+                    .filter(|&i| {
+                        let got = model.embed(&[cases[i].text.as_str()]).unwrap().remove(0);
+                        got.iter()
+                            .map(|v| v.to_bits())
+                            .ne(single[i].iter().map(|v| v.to_bits()))
+                    })
+                    .count()
+            })
+        })
+        .collect();
+    let differing = handles.into_iter().map(|h| h.join().unwrap()).sum();
+    assert_eq!(
+        model.leased_slots(),
+        leased_before,
+        "every thread's slot came back"
+    );
+    differing
 }
 
 /// The default model directory; panics with how to fetch it when it is absent.
