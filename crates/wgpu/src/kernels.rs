@@ -47,6 +47,9 @@ pub(crate) enum Kernel {
 /// The GEMM's source: 4 rows a thread (64-row tiles); `gemm_narrow` is it with 1 (16-row tiles).
 const GEMM: &str = include_str!("shaders/gemm.wgsl");
 
+/// The workgroup sum the row kernels share (appended to their sources).
+const REDUCE: &str = include_str!("shaders/reduce.wgsl");
+
 /// The most rows (per product) that the narrow GEMM takes.
 pub(crate) const NARROW_GEMM_ROWS: usize = 16;
 
@@ -192,6 +195,7 @@ impl Kernels {
                     Kernel::GemmNarrow => {
                         source.replace("const ROWS: u32 = 4u;", "const ROWS: u32 = 1u;")
                     }
+                    Kernel::LayerNorm | Kernel::L2Normalize => format!("{source}\n{REDUCE}"),
                     _ => source.to_string(),
                 };
                 (name, source, bindings)

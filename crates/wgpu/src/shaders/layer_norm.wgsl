@@ -1,6 +1,6 @@
 // One workgroup per row: out = LayerNorm(x + bias + residual) * gamma + beta; bias and residual
 // are used when has_bias / has_residual is set (their bindings are x's window otherwise). Sums are
-// reduced in a fixed tree order: every run gives the same bits.
+// reduced in a fixed tree order (workgroup_sum, reduce.wgsl): every run gives the same bits.
 // T: the storage type (f32; f16 in the variant the `kernels` module makes); arithmetic is f32.
 alias T = f32;
 struct Params {
@@ -15,8 +15,6 @@ var<immediate> p: Params;
 @group(0) @binding(4) var<storage, read_write> beta: array<T>;
 @group(0) @binding(5) var<storage, read_write> out: array<T>;
 
-var<workgroup> partial: array<f32, 256>;
-
 fn input(row: u32, c: u32) -> f32 {
     var v = f32(x[p.x + row * p.cols + c]);
     if (p.has_bias != 0u) {
@@ -26,19 +24,6 @@ fn input(row: u32, c: u32) -> f32 {
         v = v + f32(residual[p.residual + row * p.cols + c]);
     }
     return v;
-}
-
-fn workgroup_sum(v: f32, lid: u32) -> f32 {
-    workgroupBarrier();
-    partial[lid] = v;
-    for (var half = 128u; half > 0u; half = half / 2u) {
-        workgroupBarrier();
-        if (lid < half) {
-            partial[lid] = partial[lid] + partial[lid + half];
-        }
-    }
-    workgroupBarrier();
-    return partial[0];
 }
 
 @compute @workgroup_size(256)
