@@ -243,3 +243,48 @@ fn a_bad_plot_file_fails_before_the_run() {
         "a file the failed run created is removed"
     );
 }
+
+/// `--device wgpu` end to end: the same embeddings as the CPU's within f32 rounding, and an adapter
+/// that does not exist is an error naming BRAID_WGPU_ADAPTER, not a panic. Skips with a line saying so
+/// without a wgpu adapter (CI installs lavapipe and sets BRAID_REQUIRE_WGPU=1).
+#[test]
+fn embed_on_wgpu_matches_the_cpu_and_a_missing_adapter_is_an_error() {
+    let texts = [
+        "A man is eating food.",
+        "A cheetah chases its prey across a field.",
+    ];
+    let wgpu = braid(&["embed", "--device", "wgpu", texts[0], texts[1]], None);
+    if !wgpu.status.success() && std::env::var("BRAID_REQUIRE_WGPU").is_err() {
+        let stderr = String::from_utf8_lossy(&wgpu.stderr);
+        assert!(stderr.contains("no wgpu adapter"), "{stderr}");
+        println!("skipped: no wgpu adapter ({})", stderr.trim());
+        return;
+    }
+    let cpu = json_lines(&stdout_of(&braid(
+        &["embed", "--device", "cpu", texts[0], texts[1]],
+        None,
+    )));
+    let wgpu = json_lines(&stdout_of(&wgpu));
+    assert_eq!(wgpu.len(), cpu.len());
+    for (w, c) in wgpu.iter().zip(&cpu) {
+        let w: Vec<f64> = serde_json::from_value(w["embedding"].clone()).unwrap();
+        let c: Vec<f64> = serde_json::from_value(c["embedding"].clone()).unwrap();
+        let worst = w
+            .iter()
+            .zip(&c)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f64, f64::max);
+        assert!(worst < 1e-5, "largest difference from the CPU {worst:e}");
+    }
+
+    let output = Command::new(env!("CARGO_BIN_EXE_braid"))
+        .args(["embed", "--device", "wgpu", "x"])
+        .env("BRAID_WGPU_ADAPTER", "no such adapter")
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(stderr.contains("BRAID_WGPU_ADAPTER"), "{stderr}");
+}
