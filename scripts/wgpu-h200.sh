@@ -50,10 +50,17 @@ run)
     here="$(cd "$(dirname "$0")" && pwd)"
     out="${OUT:-$here}"
     work="$(mktemp -d)"
-    xz -dc "$here/pack.tar.xz" | tar -C "$work" -xf -
+    if command -v xz > /dev/null; then
+        xz -dc "$here/pack.tar.xz"
+    else
+        python3 -c 'import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), sys.stdout.buffer)' \
+            "$here/pack.tar.xz"
+    fi | tar -C "$work" -xf -
     cd "$work"
-    for f in debs/*.deb; do dpkg -x "$f" /; done
-    ldconfig
+    if ! ldconfig -p | grep -q 'libvulkan\.so\.1'; then
+        for f in debs/*.deb; do dpkg -x "$f" /; done
+        ldconfig
+    fi
     nvidia_icd=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
     if [ -z "${VK_DRIVER_FILES:-}" ] && [ -f "$nvidia_icd" ]; then
         export VK_DRIVER_FILES="$nvidia_icd"
