@@ -37,7 +37,7 @@ pub struct Loaded {
     /// The per-request limits for this model.
     pub limits: Limits,
     /// Direct mode: one permit per forward running on the blocking pool (the stream pool's slots).
-    direct_forwards: Semaphore,
+    direct_forwards: Arc<Semaphore>,
 }
 
 impl Loaded {
@@ -52,7 +52,7 @@ impl Loaded {
             model,
             engine: Arc::new(engine),
             limits,
-            direct_forwards: Semaphore::new(slots),
+            direct_forwards: Arc::new(Semaphore::new(slots)),
         }
     }
 }
@@ -197,13 +197,17 @@ impl AppState {
         loaded: &Loaded,
         encodings: Vec<Encoding>,
     ) -> Result<Vec<Vec<f32>>, EngineError> {
-        let _permit = loaded
+        // The permit moves into the task: a request that times out drops its future, but the forward
+        // already running keeps its stream (and permit) until it ends.
+        let permit = loaded
             .direct_forwards
-            .acquire()
+            .clone()
+            .acquire_owned()
             .await
             .map_err(|_| EngineError::ShutDown)?;
         let (model, engine) = (loaded.model.clone(), loaded.engine.clone());
         tokio::task::spawn_blocking(move || {
+            let _permit = permit;
             let _stream = model.use_worker_stream()?;
             engine.embed_encodings(encodings)
         })
