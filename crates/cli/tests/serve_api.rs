@@ -424,3 +424,40 @@ fn a_client_that_sends_headers_slowly_and_stops_is_disconnected() {
     );
     assert_eq!(status, 200);
 }
+
+#[test]
+fn one_request_past_the_concurrency_limit_gets_429_and_a_stalled_one_408() {
+    let server = Server::start(&["--max-concurrent-requests", "1", "--request-timeout", "2"]);
+    // A request whose body never finishes holds the only permit (admission comes before the body).
+    let mut stalled = TcpStream::connect(server.addr).unwrap();
+    stalled
+        .write_all(b"POST /embed HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{\"inputs\": ")
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let (status, body) = post_json(
+        server.addr,
+        "/v1/embeddings",
+        &json!({ "input": "x" }),
+        None,
+    );
+    assert_eq!(status, 429, "{body}");
+    assert_eq!(body["error"]["type"], "rate_limit_error");
+    assert!(body["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("--max-concurrent-requests"));
+    // The stalled request times out with a 408 in TEI's shape, and its permit comes back.
+    stalled
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut response = Vec::new();
+    let _ = stalled.read_to_end(&mut response);
+    let response = String::from_utf8_lossy(&response);
+    assert!(response.starts_with("HTTP/1.1 408"), "{response}");
+    assert!(
+        response.contains("\"error_type\":\"timeout\""),
+        "{response}"
+    );
+    let (status, _) = post_json(server.addr, "/embed", &json!({ "inputs": "x" }), None);
+    assert_eq!(status, 200);
+}
