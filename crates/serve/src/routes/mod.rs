@@ -27,6 +27,7 @@ use axum::Router;
 use serde::de::DeserializeOwned;
 
 use crate::errors::{Api, ApiError, Kind};
+use crate::observe::Tokens;
 use crate::state::AppState;
 use crate::{auth, limits, observe};
 
@@ -94,6 +95,19 @@ pub(crate) fn body_json<T: DeserializeOwned>(
         ));
     }
     serde_json::from_slice(&bytes).map_err(|error| ApiError::from_json(&error))
+}
+
+/// An embedding response: its token count for the request log, and `x-truncated-inputs` when inputs
+/// were truncated (`--auto-truncate` or TEI's `truncate`), so a client can tell.
+pub(crate) fn embedded(body: impl IntoResponse, tokens: usize, truncated: usize) -> Response {
+    let mut response = body.into_response();
+    response.extensions_mut().insert(Tokens(tokens));
+    if truncated > 0 {
+        response
+            .headers_mut()
+            .insert("x-truncated-inputs", truncated.into());
+    }
+    response
 }
 
 async fn not_found(uri: Uri) -> Response {

@@ -13,17 +13,16 @@ use std::sync::Arc;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::Json;
 use base64::Engine as _;
 use braid_model::TruncationSide;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::body_json;
+use super::{body_json, embedded};
 use crate::errors::{ApiError, Kind, OpenAiError};
 use crate::input::parse_inputs;
-use crate::observe::Tokens;
 use crate::state::AppState;
 
 const ROUTE: &str = "/v1/embeddings";
@@ -139,14 +138,7 @@ pub(super) async fn embeddings(
             total_tokens: tokens,
         },
     };
-    let mut response = Json(body).into_response();
-    response.extensions_mut().insert(Tokens(tokens));
-    if truncated > 0 {
-        response
-            .headers_mut()
-            .insert("x-truncated-inputs", truncated.into());
-    }
-    Ok(response)
+    Ok(embedded(Json(body), tokens, truncated))
 }
 
 /// Keeps the first `dimensions` values and scales them back to unit length (as OpenAI's shortened

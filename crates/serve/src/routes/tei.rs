@@ -24,7 +24,7 @@ use braid_model::TruncationSide;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use super::body_json;
+use super::{body_json, embedded};
 use crate::errors::{ApiError, Kind, TeiError};
 use crate::input::{parse_inputs, Input};
 use crate::observe::Tokens;
@@ -96,14 +96,7 @@ pub(super) async fn embed(
             .iter_mut()
             .for_each(|values| super::openai::shorten(values, dim));
     }
-    let mut response = Json(embeddings).into_response();
-    response.extensions_mut().insert(Tokens(tokens));
-    if truncated > 0 {
-        response
-            .headers_mut()
-            .insert("x-truncated-inputs", truncated.into());
-    }
-    Ok(response)
+    Ok(embedded(Json(embeddings), tokens, truncated))
 }
 
 fn refuse_prompt(prompt_name: Option<&str>) -> Result<(), ApiError> {
