@@ -15,6 +15,9 @@
 //! Runtime settings come from the `BRAID_*` environment variables
 //! (`braid_runtime::RuntimeConfig::from_env`).
 //!
+//! Logs go to stderr: `BRAID_LOG` filters them (`info` for `braid serve`, `warn` for the rest), and
+//! `BRAID_LOG_FORMAT=json` writes one JSON object per line instead of text.
+//!
 //! Every failure, bad input included, ends as one `braid: error: …` line on stderr and exit code 1
 //! (2 for what clap refuses); nothing writes with `println!`, so an unwritable stdout is an error too
 //! (see `output`).
@@ -218,14 +221,18 @@ fn main() {
         Command::Serve { .. } => "info",
         _ => "warn",
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("BRAID_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level)),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    let filter = tracing_subscriber::EnvFilter::try_from_env("BRAID_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    // BRAID_LOG_FORMAT=json: one JSON object per line (for log collectors); else text.
+    if std::env::var("BRAID_LOG_FORMAT").is_ok_and(|format| format == "json") {
+        logs.json().init();
+    } else {
+        logs.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init();
+    }
     if let Err(error) = run(cli) {
         note!("braid: error: {error:#}");
         std::process::exit(1);
