@@ -1,0 +1,82 @@
+// Vectorised row kernels: 16 bytes per load and store (8 halves or 4 floats), for rows whose width is a
+// multiple of the vector and whose operands are 16-byte aligned (the launches check; other shapes take
+// the scalar kernels above).
+
+// x[r, c] = gelu(x[r, c] + bias[c]) over `chunks` vectors of V elements, `row_chunks` of them per row.
+template <typename T>
+__device__ void bias_gelu_vec(T* x, const T* bias, unsigned chunks, unsigned row_chunks, int use_tanh) {
+    const int V = Vec<T>::N;
+    for (unsigned i = blockIdx.x * blockDim.x + threadIdx.x; i < chunks; i += gridDim.x * blockDim.x) {
+        const unsigned col = (i % row_chunks) * V;
+        float v[V], b[V];
+        load_vec(x + (u64)i * V, v);
+        load_vec(bias + col, b);
+        #pragma unroll
+        for (int e = 0; e < V; ++e) v[e] = use_tanh ? gelu_tanh(v[e] + b[e]) : gelu_erf(v[e] + b[e]);
+        store_vec(x + (u64)i * V, v);
+    }
+}
+
+// One warp per row: out = LayerNorm(x + bias + residual) * gamma + beta, the row held in registers
+// (lane l owns vectors l, l + 32, ...; at most LN_VECS per lane). Sums: each lane's values in index
+// order, then a butterfly over the warp — a fixed order, so the same bits every run.
+#define LN_VECS 4
+#define LN_WARPS 8
+template <typename T>
+__device__ void layer_norm_warp(const T* x, const T* bias, const T* residual, const T* gamma, const T* beta,
+                                T* out, u64 rows, unsigned cols, float eps) {
+    const int V = Vec<T>::N;
+    const u64 row = blockIdx.x * (u64)LN_WARPS + threadIdx.x / WARP;
+    if (row >= rows) return;  // warp-uniform: the whole warp leaves
+    const unsigned lane = threadIdx.x & (WARP - 1), vecs = cols / V;
+    const T* xr = x + row * cols;
+    const T* rr = residual ? residual + row * cols : 0;
+    float v[LN_VECS][V];
+    float s = 0.0f;
+    #pragma unroll
+    for (int i = 0; i < LN_VECS; ++i) {
+        const unsigned c = (lane + i * WARP) * V;
+        if (c < cols) {
+            load_vec(xr + c, v[i]);
+            if (bias) {
+                float t[V];
+                load_vec(bias + c, t);
+                #pragma unroll
+                for (int e = 0; e < V; ++e) v[i][e] += t[e];
+            }
+            if (rr) {
+                float t[V];
+                load_vec(rr + c, t);
+                #pragma unroll
+                for (int e = 0; e < V; ++e) v[i][e] += t[e];
+            }
+            #pragma unroll
+            for (int e = 0; e < V; ++e) s += v[i][e];
+        }
+    }
+    const float mean = warp_sum(s) / (float)cols;
+    float q = 0.0f;
+    #pragma unroll
+    for (int i = 0; i < LN_VECS; ++i) {
+        if ((lane + i * WARP) < vecs) {
+            #pragma unroll
+            for (int e = 0; e < V; ++e) {
+                const float d = v[i][e] - mean;
+                q += d * d;
+            }
+        }
+    }
+    const float inv = rsqrtf(warp_sum(q) / (float)cols + eps);
+    #pragma unroll
+    for (int i = 0; i < LN_VECS; ++i) {
+        const unsigned c = (lane + i * WARP) * V;
+        if (c < cols) {
+            float g[V], b[V];
+            load_vec(gamma + c, g);
+            load_vec(beta + c, b);
+            #pragma unroll
+            for (int e = 0; e < V; ++e) v[i][e] = (v[i][e] - mean) * inv * g[e] + b[e];
+            store_vec(out + row * cols + c, v[i]);
+        }
+    }
+}
