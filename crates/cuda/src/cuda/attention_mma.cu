@@ -1,7 +1,8 @@
 // Multi-head attention on tensor cores (f16 and bf16 storage): `mma.sync.m16n8k16` with f32
 // accumulators, in the FlashAttention-2 arrangement. Grid (ceil(seq / MMA_QUERIES), heads, batch),
 // MMA_WARPS warps per block, each warp owning 16 queries. Q, K and V tiles move global -> shared with
-// 16-byte `cp.async` (rows past the sequence zero-filled), shared -> registers with `ldmatrix`. Per key
+// 16-byte `cp.async` (rows past the sequence zero-filled), two stages deep (the next key tile loads
+// while this one is computed), shared -> registers with `ldmatrix`. Per key
 // tile: S = Q·Kᵀ (f32), the masked online softmax on S's accumulator fragments (running max and sum
 // per row, as the CUDA-core kernel: masked keys get 0, a fully masked row stays 0, NaN propagates),
 // then O += P·V with P packed to the input dtype straight from S's fragments (the accumulator layout of
@@ -19,7 +20,11 @@ __device__ __forceinline__ void cp_async16(void* dst, const void* src, bool vali
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;"
                  :: "r"(smem_addr(dst)), "l"(src), "r"(valid ? 16 : 0) : "memory");
 }
-__device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_all;" ::: "memory"); }
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
+// Waits until at most N committed groups of this thread are still in flight.
+template <int N> __device__ __forceinline__ void cp_async_wait() {
+    asm volatile("cp.async.wait_group %0;" :: "n"(N) : "memory");
+}
 // Four 8x8 matrices of 16-bit values; lane l gives the address of row l % 8 of matrix l / 8.
 __device__ __forceinline__ void ldmatrix_x4(unsigned (&r)[4], const void* p) {
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];"
@@ -49,46 +54,63 @@ __device__ __forceinline__ void mma16816(b16*, float (&d)[4], const unsigned (&a
 template <typename T, int D, bool SPLIT_P>
 __device__ void attention_mma(const T* qkv, const float* mask, T* out, unsigned n, unsigned heads,
                               float scale_log2) {
-    const int KEYS = D > 64 ? 32 : 64;  // keys per tile: Q + K + V tiles stay under 48 KB of shared memory
+    const int KEYS = D > 64 ? 32 : 64;  // keys per tile: two stages of K + V stay under 48 KB
     const int STRIDE = D + 8;           // 16-bit elements per shared row: +16 bytes, so the 8 rows of one
                                         // ldmatrix fall in 8 different bank groups
     const int CHUNKS = D / 8;           // 16-byte pieces per row
-    __shared__ __align__(16) unsigned short qs[MMA_QUERIES * STRIDE];
-    __shared__ __align__(16) unsigned short ks[KEYS * STRIDE];
-    __shared__ __align__(16) unsigned short vs[KEYS * STRIDE];
-    __shared__ float keep[KEYS];
+    const int TILE = KEYS * STRIDE;
+    // Two stages of [K tile | V tile]: tile t lives in stage t % 2 while tile t + 1 loads into the other.
+    // Q passes through stage 1 first (it fits: MMA_QUERIES * STRIDE <= 2 * TILE) on its way to registers.
+    static_assert(MMA_QUERIES * STRIDE <= 2 * TILE, "Q must fit in one stage");
+    __shared__ __align__(16) unsigned short kv[2][2 * TILE];
+    __shared__ float keep[2][KEYS];
     const u64 b = blockIdx.z, hidden = (u64)heads * D, row = 3 * hidden;
     const unsigned warp = threadIdx.x / WARP, lane = threadIdx.x & (WARP - 1), g = lane >> 2, c2 = 2 * (lane & 3);
     const unsigned q_block = blockIdx.x * MMA_QUERIES;
     const T* base = qkv + b * n * row + blockIdx.y * (u64)D;
-    for (unsigned i = threadIdx.x; i < MMA_QUERIES * CHUNKS; i += blockDim.x) {
-        const unsigned r = i / CHUNKS, c = i % CHUNKS, q = q_block + r;
-        cp_async16(qs + r * STRIDE + c * 8, base + (u64)(q < n ? q : 0) * row + c * 8, q < n);
-    }
-    const float neg_inf = __int_as_float(0xff800000);
-    unsigned qf[D / 16][4];
-    float o[D / 8][4], top[2] = {neg_inf, neg_inf}, total[2] = {0.0f, 0.0f};
-    #pragma unroll
-    for (int t = 0; t < D / 8; ++t) o[t][0] = o[t][1] = o[t][2] = o[t][3] = 0.0f;
-    for (unsigned k0 = 0; k0 < n; k0 += KEYS) {
-        __syncthreads();  // every warp is done with the previous tile
+    // Issues the loads of key tile `k0` into `stage` (rows past the sequence zero-filled, masked).
+    auto load_tile = [&](unsigned k0, int stage) {
         for (unsigned i = threadIdx.x; i < KEYS * CHUNKS; i += blockDim.x) {
             const unsigned r = i / CHUNKS, c = i % CHUNKS, key = k0 + r;
             const T* src = base + (u64)(key < n ? key : 0) * row + c * 8;
-            cp_async16(ks + r * STRIDE + c * 8, src + hidden, key < n);
-            cp_async16(vs + r * STRIDE + c * 8, src + 2 * hidden, key < n);
+            cp_async16(kv[stage] + r * STRIDE + c * 8, src + hidden, key < n);
+            cp_async16(kv[stage] + TILE + r * STRIDE + c * 8, src + 2 * hidden, key < n);
         }
         if (threadIdx.x < KEYS) {
             const unsigned key = k0 + threadIdx.x;
-            keep[threadIdx.x] = key < n && mask[b * n + key] != 0.0f ? 1.0f : 0.0f;
+            keep[stage][threadIdx.x] = key < n && mask[b * n + key] != 0.0f ? 1.0f : 0.0f;
         }
-        cp_async_wait_all();
+        cp_async_commit();
+    };
+    for (unsigned i = threadIdx.x; i < MMA_QUERIES * CHUNKS; i += blockDim.x) {
+        const unsigned r = i / CHUNKS, c = i % CHUNKS, q = q_block + r;
+        cp_async16(kv[1] + r * STRIDE + c * 8, base + (u64)(q < n ? q : 0) * row + c * 8, q < n);
+    }
+    load_tile(0, 0);
+    cp_async_wait<0>();
+    __syncthreads();
+    // This warp's 16 queries as A fragments, kept for every tile.
+    unsigned qf[D / 16][4];
+    #pragma unroll
+    for (int t = 0; t < D / 16; ++t)
+        ldmatrix_x4(qf[t], kv[1] + (warp * 16 + (lane & 15)) * STRIDE + t * 16 + (lane >> 4) * 8);
+    __syncthreads();  // Q is out of stage 1 before tile 1 loads into it
+    const float neg_inf = __int_as_float(0xff800000);
+    float o[D / 8][4], top[2] = {neg_inf, neg_inf}, total[2] = {0.0f, 0.0f};
+    #pragma unroll
+    for (int t = 0; t < D / 8; ++t) o[t][0] = o[t][1] = o[t][2] = o[t][3] = 0.0f;
+    for (unsigned k0 = 0, tile = 0; k0 < n; k0 += KEYS, ++tile) {
+        const int stage = tile & 1;
+        if (k0 + KEYS < n) {  // prefetch the next tile, then wait for this one only
+            load_tile(k0 + KEYS, stage ^ 1);
+            cp_async_wait<1>();
+        } else {
+            cp_async_wait<0>();
+        }
         __syncthreads();
-        if (k0 == 0) {  // this warp's 16 queries as A fragments, kept for every tile
-            #pragma unroll
-            for (int t = 0; t < D / 16; ++t)
-                ldmatrix_x4(qf[t], qs + (warp * 16 + (lane & 15)) * STRIDE + t * 16 + (lane >> 4) * 8);
-        }
+        const unsigned short* ks = kv[stage];
+        const unsigned short* vs = kv[stage] + TILE;
+        const float* kept_keys = keep[stage];
         // S = Q·Kᵀ: tile j holds keys k0 + 8j .. + 7. An x4 load of 8 keys x 32 features gives the B
         // fragments of two k16 steps.
         float s[KEYS / 8][4];
@@ -108,8 +130,8 @@ __device__ void attention_mma(const T* qkv, const float* mask, T* out, unsigned 
         bool kept[KEYS / 8][2];
         #pragma unroll
         for (int j = 0; j < KEYS / 8; ++j) {
-            kept[j][0] = keep[j * 8 + c2] != 0.0f;
-            kept[j][1] = keep[j * 8 + c2 + 1] != 0.0f;
+            kept[j][0] = kept_keys[j * 8 + c2] != 0.0f;
+            kept[j][1] = kept_keys[j * 8 + c2 + 1] != 0.0f;
         }
         float rescale[2];
         #pragma unroll
@@ -176,6 +198,7 @@ __device__ void attention_mma(const T* qkv, const float* mask, T* out, unsigned 
                 }
             }
         }
+        __syncthreads();  // every warp is done with this stage before the next prefetch refills it
     }
     #pragma unroll
     for (int i = 0; i < 2; ++i) {
