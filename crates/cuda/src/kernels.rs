@@ -24,7 +24,9 @@
 //!   probabilities into two bf16 parts (hi + lo) so they keep ~16 bits. The PTX is cached on disk by
 //!   [`crate::ptx_cache`], so a process after the first skips NVRTC's compile.
 //! - The row kernels move 16 bytes per load where the row width and the operands' alignment allow it
-//!   (bias + GELU; LayerNorm one warp per row with the row in registers), else the scalar forms.
+//!   (bias + GELU; LayerNorm with 16 or 32 lanes per row and the row in registers), else the scalar
+//!   forms. In f16/bf16 the vector GELU's erf is Abramowitz & Stegun 7.1.26 (error ≤ ~3e-7, far below
+//!   the storage's rounding); f32 keeps `erff`.
 
 use std::ffi::{c_void, CString};
 
@@ -64,9 +66,9 @@ pub(crate) const POOL_FEATURES: usize = 32;
 pub(crate) const MMA_ATTENTION_BLOCK: u32 = 4 * 32;
 pub(crate) const MMA_ATTENTION_QUERIES: usize = 64;
 pub(crate) const MMA_HEAD_DIMS: [usize; 3] = [32, 64, 128];
-/// The warp-per-row LayerNorm: rows per block (`LN_WARPS`) and 16-byte vectors per lane (`LN_VECS`),
-/// which bounds the row width it takes (`32 * LN_VECS` vectors).
-pub(crate) const LN_ROWS_PER_BLOCK: u32 = 8;
+/// The vectorised LayerNorm: warps per block (`LN_WARPS`) and 16-byte vectors per lane (`LN_VECS`);
+/// a row takes 16 lanes up to `16 * LN_VECS` vectors, 32 lanes up to `32 * LN_VECS`.
+pub(crate) const LN_WARPS: u32 = 8;
 pub(crate) const LN_VECS_PER_LANE: usize = 4;
 
 /// The kernels of one storage dtype (`braid_<op>_<dtype>` in the source).
@@ -82,8 +84,8 @@ pub(crate) struct KernelSet {
     pub(crate) l2_normalize: sys::CUfunction,
     /// 16-byte-vector bias + GELU (`braid_bias_gelu_vec_<dtype>`).
     pub(crate) bias_gelu_vec: sys::CUfunction,
-    /// Warp-per-row vectorised LayerNorm (`braid_layer_norm_warp_<dtype>`).
-    pub(crate) layer_norm_warp: sys::CUfunction,
+    /// Vectorised LayerNorm with 16 and 32 lanes per row (`braid_layer_norm_rows{16,32}_<dtype>`).
+    pub(crate) layer_norm_rows: [sys::CUfunction; 2],
     /// Tensor-core attention per head size of [`MMA_HEAD_DIMS`] (f16 and bf16 only).
     pub(crate) attention_mma: Option<[sys::CUfunction; 3]>,
 }
@@ -167,7 +169,7 @@ impl Kernels {
                 mean_pool: f("mean_pool")?,
                 l2_normalize: f("l2_normalize")?,
                 bias_gelu_vec: f("bias_gelu_vec")?,
-                layer_norm_warp: f("layer_norm_warp")?,
+                layer_norm_rows: [f("layer_norm_rows16")?, f("layer_norm_rows32")?],
                 attention_mma: if dtype == "f32" {
                     None
                 } else {

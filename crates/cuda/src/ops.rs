@@ -24,7 +24,7 @@ use cudarc::driver::sys;
 use crate::device::addr;
 use crate::kernels::{
     arg, grid_for, grid_rows, launch, KernelSet, ATTENTION_BLOCK, ATTENTION_MAX_HEAD_DIM,
-    ATTENTION_QUERIES, BLOCK, LN_ROWS_PER_BLOCK, LN_VECS_PER_LANE, MMA_ATTENTION_BLOCK,
+    ATTENTION_QUERIES, BLOCK, LN_VECS_PER_LANE, LN_WARPS, MMA_ATTENTION_BLOCK,
     MMA_ATTENTION_QUERIES, MMA_HEAD_DIMS, POOL_BLOCK, POOL_FEATURES,
 };
 use crate::{CudaDevice, CudaStream};
@@ -304,12 +304,16 @@ impl Ops for CudaDevice {
         let (x, gamma, beta, out) = (addr(op.x), addr(op.gamma), addr(op.beta), addr(op.out));
         let (bias, residual) = (addr_or_null(op.bias), addr_or_null(op.residual));
         let (cols, eps) = (op.cols as u64, op.eps);
-        let vec = vector_len(op.dtype);
-        let fits = cols % vec == 0 && cols / vec <= 32 * LN_VECS_PER_LANE as u64;
-        if fits && aligned16(&[x, bias, residual, gamma, beta, out]) {
+        let (vec, per_lane) = (vector_len(op.dtype), LN_VECS_PER_LANE as u64);
+        // 16 lanes per row when that holds the row, else 32 (see the kernel).
+        let lanes = [16u64, 32].into_iter().find(|l| cols / vec <= l * per_lane);
+        let vector_path = cols % vec == 0 && aligned16(&[x, bias, residual, gamma, beta, out]);
+        if let (true, Some(lanes)) = (vector_path, lanes) {
             let (rows, cols) = (op.rows as u64, cols as u32);
-            let grid = rows.div_ceil(LN_ROWS_PER_BLOCK as u64) as u32;
+            let rows_per_block = LN_WARPS as u64 * 32 / lanes;
+            let grid = rows.div_ceil(rows_per_block) as u32;
             return self.with_kernels(stream, op.dtype, "layer_norm", |raw, k| {
+                let kernel = k.layer_norm_rows[usize::from(lanes == 32)];
                 let args = &mut [
                     arg(&x),
                     arg(&bias),
@@ -324,15 +328,7 @@ impl Ops for CudaDevice {
                 // SAFETY: the parameters in the kernel's order, alive for the call; x, residual and out
                 // hold rows x cols elements, bias, gamma and beta `cols`, all 16-byte aligned (or 0 for
                 // an absent operand), cols a multiple of the vector within the kernel's row limit.
-                unsafe {
-                    launch(
-                        k.layer_norm_warp,
-                        (grid, 1, 1),
-                        LN_ROWS_PER_BLOCK * 32,
-                        raw,
-                        args,
-                    )
-                }
+                unsafe { launch(kernel, (grid, 1, 1), LN_WARPS * 32, raw, args) }
             });
         }
         self.with_kernels(stream, op.dtype, "layer_norm", |raw, k| {

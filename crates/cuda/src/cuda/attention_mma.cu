@@ -34,6 +34,12 @@ __device__ __forceinline__ void ldmatrix_x4_trans(unsigned (&r)[4], const void* 
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];"
                  : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(smem_addr(p)) : "memory");
 }
+// max(a, b), NaN if either is NaN (one instruction; the C form in common.cuh takes three).
+__device__ __forceinline__ float max_nan_ptx(float a, float b) {
+    float d;
+    asm("max.NaN.f32 %0, %1, %2;" : "=f"(d) : "f"(a), "f"(b));
+    return d;
+}
 // d += a·b for one m16n8k16 tile.
 __device__ __forceinline__ void mma16816(h16*, float (&d)[4], const unsigned (&a)[4], unsigned b0, unsigned b1) {
     asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
@@ -126,7 +132,8 @@ __device__ void attention_mma(const T* qkv, const float* mask, T* out, unsigned 
             }
         }
         // Online softmax, rows g (i = 0) and g + 8 (i = 1): the row's max over this tile from the quad of
-        // lanes that share it, the old sum and context rescaled to it.
+        // lanes that share it, the old sum and context rescaled to it. Maxima are of the raw scores
+        // (max(c·s) = c·max(s) for c > 0), so each probability is one fma and one exp2.
         bool kept[KEYS / 8][2];
         #pragma unroll
         for (int j = 0; j < KEYS / 8; ++j) {
@@ -140,22 +147,22 @@ __device__ void attention_mma(const T* qkv, const float* mask, T* out, unsigned 
             #pragma unroll
             for (int j = 0; j < KEYS / 8; ++j) {
                 #pragma unroll
-                for (int e = 0; e < 2; ++e) {
-                    s[j][2 * i + e] *= scale_log2;
-                    if (kept[j][e]) m = max_nan(m, s[j][2 * i + e]);
-                }
+                for (int e = 0; e < 2; ++e)
+                    if (kept[j][e]) m = max_nan_ptx(m, s[j][2 * i + e]);
             }
-            m = max_nan(m, __shfl_xor_sync(0xffffffffu, m, 1));
-            m = max_nan(m, __shfl_xor_sync(0xffffffffu, m, 2));
-            // -infinity while every key so far is masked: nothing to rescale. NaN stays NaN.
-            rescale[i] = m == neg_inf ? 1.0f : exp2f(top[i] - m);
+            m = max_nan_ptx(m, __shfl_xor_sync(0xffffffffu, m, 1));
+            m = max_nan_ptx(m, __shfl_xor_sync(0xffffffffu, m, 2));
+            // -infinity while every key so far is masked: nothing to rescale. NaN stays NaN; a kept +inf
+            // (or, with every kept score -inf, a kept -inf) makes p NaN, as in the CUDA-core kernel.
+            rescale[i] = m == neg_inf ? 1.0f : exp2f((top[i] - m) * scale_log2);
             top[i] = m;
+            const float offset = m * scale_log2;
             float sum = 0.0f;
             #pragma unroll
             for (int j = 0; j < KEYS / 8; ++j) {
                 #pragma unroll
                 for (int e = 0; e < 2; ++e) {
-                    const float p = kept[j][e] ? exp2f(s[j][2 * i + e] - m) : 0.0f;
+                    const float p = kept[j][e] ? exp2f(fmaf(s[j][2 * i + e], scale_log2, -offset)) : 0.0f;
                     s[j][2 * i + e] = p;
                     sum += p;
                 }

@@ -19,9 +19,12 @@ extern "C" __global__ void braid_mean_pool_##S(const T* x, const float* mask, u6
 extern "C" __global__ void braid_l2_normalize_##S(T* x, u64 dim) { l2_normalize(x, dim); } \
 extern "C" __global__ void braid_bias_gelu_vec_##S(T* x, const T* bias, unsigned chunks, unsigned row_chunks, \
     int use_tanh) { bias_gelu_vec(x, bias, chunks, row_chunks, use_tanh); } \
-extern "C" __global__ void __launch_bounds__(LN_WARPS * WARP) braid_layer_norm_warp_##S(const T* x, \
+extern "C" __global__ void __launch_bounds__(LN_WARPS * WARP) braid_layer_norm_rows16_##S(const T* x, \
     const T* bias, const T* residual, const T* gamma, const T* beta, T* out, u64 rows, unsigned cols, float eps) { \
-    layer_norm_warp(x, bias, residual, gamma, beta, out, rows, cols, eps); }
+    layer_norm_rows<T, 16>(x, bias, residual, gamma, beta, out, rows, cols, eps); } \
+extern "C" __global__ void __launch_bounds__(LN_WARPS * WARP) braid_layer_norm_rows32_##S(const T* x, \
+    const T* bias, const T* residual, const T* gamma, const T* beta, T* out, u64 rows, unsigned cols, float eps) { \
+    layer_norm_rows<T, 32>(x, bias, residual, gamma, beta, out, rows, cols, eps); }
 
 BRAID_KERNELS(f32, float)
 BRAID_KERNELS(f16, h16)
