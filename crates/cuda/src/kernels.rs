@@ -24,7 +24,7 @@
 //!   probabilities into two bf16 parts (hi + lo) so they keep ~16 bits. The PTX is cached on disk by
 //!   [`crate::ptx_cache`], so a process after the first skips NVRTC's compile.
 //! - The row kernels move 16 bytes per load where the row width and the operands' alignment allow it
-//!   (bias + GELU; LayerNorm with 16 or 32 lanes per row and the row in registers), else the scalar
+//!   (row gathers; bias + GELU; LayerNorm with 16 or 32 lanes per row and the row in registers), else the scalar
 //!   forms. In f16/bf16 the vector GELU's erf is Abramowitz & Stegun 7.1.26 (error ≤ ~3e-7, far below
 //!   the storage's rounding); f32 keeps `erff`.
 
@@ -82,6 +82,8 @@ pub(crate) struct KernelSet {
     pub(crate) gather_rows: sys::CUfunction,
     pub(crate) mean_pool: sys::CUfunction,
     pub(crate) l2_normalize: sys::CUfunction,
+    /// 16-byte-vector row gather (`braid_gather_rows_vec_<dtype>`).
+    pub(crate) gather_rows_vec: sys::CUfunction,
     /// 16-byte-vector bias + GELU (`braid_bias_gelu_vec_<dtype>`).
     pub(crate) bias_gelu_vec: sys::CUfunction,
     /// Vectorised LayerNorm with 16 and 32 lanes per row (`braid_layer_norm_rows{16,32}_<dtype>`).
@@ -168,6 +170,7 @@ impl Kernels {
                 gather_rows: f("gather_rows")?,
                 mean_pool: f("mean_pool")?,
                 l2_normalize: f("l2_normalize")?,
+                gather_rows_vec: f("gather_rows_vec")?,
                 bias_gelu_vec: f("bias_gelu_vec")?,
                 layer_norm_rows: [f("layer_norm_rows16")?, f("layer_norm_rows32")?],
                 attention_mma: if dtype == "f32" {

@@ -8,8 +8,8 @@
 //! on tensor cores for f16/bf16 heads of 32, 64 or 128 features with 16-byte-aligned operands, on CUDA
 //! cores otherwise ([`CudaDevice::attention_on_cuda_cores`], also the reference the tensor-core kernel
 //! is tested against) — and the unfused GEMM–softmax–GEMM path above that. A GEMM with a bias goes
-//! through cuBLASLt's bias epilogue where it takes the product. Bias + GELU and LayerNorm use their
-//! 16-byte-vector kernels when the row width and operand alignment allow.
+//! through cuBLASLt's bias epilogue where it takes the product. Row gathers, bias + GELU and LayerNorm
+//! use their 16-byte-vector kernels when the row width and operand alignment allow.
 
 use std::ffi::c_void;
 
@@ -398,6 +398,35 @@ impl Ops for CudaDevice {
         let (table, ids, out) = (addr(op.table), addr(op.ids), addr(op.out));
         let (table_rows, n_ids, dim) = (op.table_rows as u64, op.n_ids as u64, op.dim as u64);
         let accumulate = i32::from(op.mode == Accumulate::Add);
+        let vec = vector_len(op.dtype);
+        let sizes = (u32::try_from(n_ids * dim / vec), u32::try_from(table_rows));
+        if let (true, (Ok(chunks), Ok(rows))) = (dim % vec == 0 && aligned16(&[table, out]), sizes)
+        {
+            let row_chunks = (dim / vec) as u32;
+            return self.with_kernels(stream, op.dtype, "gather_rows", |raw, k| {
+                let args = &mut [
+                    arg(&table),
+                    arg(&rows),
+                    arg(&ids),
+                    arg(&chunks),
+                    arg(&row_chunks),
+                    arg(&out),
+                    arg(&accumulate),
+                ];
+                // SAFETY: the parameters in the kernel's order, alive for the call; the table holds
+                // table_rows x dim elements, ids n_ids, out n_ids x dim (tensor layer); table and out
+                // are 16-byte aligned and dim a multiple of the vector.
+                unsafe {
+                    launch(
+                        k.gather_rows_vec,
+                        (grid_for(chunks as u64), 1, 1),
+                        BLOCK,
+                        raw,
+                        args,
+                    )
+                }
+            });
+        }
         self.with_kernels(stream, op.dtype, "gather_rows", |raw, k| {
             go(
                 k.gather_rows,

@@ -3,7 +3,7 @@
 //! differs). The fused attention is checked on MiniLM's head size, BERT-base's, the largest fused head
 //! (128; f16/bf16 run these three on tensor cores), on a head size that is not a multiple of the warp,
 //! odd lengths and a one-token sequence, with padded and fully masked sequences, and above the fused
-//! kernel's limit (the unfused fallback). The row kernels (LayerNorm, bias + GELU) are checked at
+//! kernel's limit (the unfused fallback). The row kernels (gathers, LayerNorm, bias + GELU) are checked at
 //! widths their 16-byte-vector forms take (up to the widest) and widths that take the scalar forms.
 //! Skips with a line saying so on a machine without a CUDA driver.
 
@@ -249,14 +249,19 @@ fn every_op_matches_the_cpu_backend_in_every_dtype() {
     }
 }
 
-/// inputs: [rows, cols] (as f32), y [rows, cols], b, gamma, beta [cols]: LayerNorm(y + b + y), then
-/// bias + GELU (tanh) on it with b.
+/// inputs: [rows, cols] (as f32), y [rows, cols], b, gamma, beta [cols]: g = y's rows reversed plus y
+/// (two gathers, one accumulating), LayerNorm(g + b + y), then bias + GELU (tanh) on it with b.
 fn rows_of_width<D: Ops>(rt: &Runtime<D>, dt: DType, v: &[Vec<f32>]) -> Tensor<D> {
     let [rows, cols] = [0, 1].map(|i| v[0][i] as usize);
     let y = up(rt, dt, &v[1], &[rows, cols]);
     let [b, gamma, beta] = [2, 3, 4].map(|i| up(rt, dt, &v[i], &[cols]));
+    let reversed: Vec<u32> = (0..rows as u32).rev().collect();
+    let in_order: Vec<u32> = (0..rows as u32).collect();
+    let [reversed, in_order] = [reversed, in_order].map(|ids| rt.from_u32(&ids, &[rows]).unwrap());
+    let mut g = rt.gather_rows(&y, &reversed, None).unwrap().unwrap();
+    rt.gather_rows(&y, &in_order, Some(&mut g)).unwrap();
     let mut x = rt
-        .layer_norm(&y, Some(&b), Some(&y), &gamma, &beta, 1e-12)
+        .layer_norm(&g, Some(&b), Some(&y), &gamma, &beta, 1e-12)
         .unwrap();
     rt.bias_gelu(&mut x, &b, Gelu::Tanh).unwrap();
     x
@@ -280,7 +285,7 @@ fn row_kernels_match_the_cpu_backend_at_every_width() {
         inputs.extend((0..3).map(|_| values(&mut rng, cols)));
         for dtype in DTYPES {
             let loose = (dtype.0, dtype.1 * 4.0);
-            let what = format!("layer_norm + gelu {rows}x{cols}");
+            let what = format!("gather + layer_norm + gelu {rows}x{cols}");
             check_both!(pair, &what, loose, &inputs, rows_of_width);
         }
     }

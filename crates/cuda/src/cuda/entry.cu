@@ -17,6 +17,9 @@ extern "C" __global__ void braid_gather_rows_##S(const T* table, u64 table_rows,
 extern "C" __global__ void braid_mean_pool_##S(const T* x, const float* mask, u64 batch, u64 seq, u64 dim, \
     T* out) { mean_pool(x, mask, batch, seq, dim, out); } \
 extern "C" __global__ void braid_l2_normalize_##S(T* x, u64 dim) { l2_normalize(x, dim); } \
+extern "C" __global__ void braid_gather_rows_vec_##S(const T* table, unsigned table_rows, const unsigned* ids, \
+    unsigned chunks, unsigned row_chunks, T* out, int accumulate) { \
+    gather_rows_vec(table, table_rows, ids, chunks, row_chunks, out, accumulate); } \
 extern "C" __global__ void braid_bias_gelu_vec_##S(T* x, const T* bias, unsigned chunks, unsigned row_chunks, \
     int use_tanh) { bias_gelu_vec(x, bias, chunks, row_chunks, use_tanh); } \
 extern "C" __global__ void __launch_bounds__(LN_WARPS * WARP) braid_layer_norm_rows16_##S(const T* x, \

@@ -20,6 +20,31 @@ __device__ void bias_gelu_vec(T* x, const T* bias, unsigned chunks, unsigned row
     }
 }
 
+// out[r, :] (+)= table[ids[r], :] by vectors: `row_chunks` vectors of V elements a row, `chunks` in all;
+// an id out of range gives NaN (the tensor layer checks ids first), as the scalar kernel.
+template <typename T>
+__device__ void gather_rows_vec(const T* table, unsigned table_rows, const unsigned* ids, unsigned chunks,
+                                unsigned row_chunks, T* out, int accumulate) {
+    const int V = Vec<T>::N;
+    for (unsigned i = blockIdx.x * blockDim.x + threadIdx.x; i < chunks; i += gridDim.x * blockDim.x) {
+        const unsigned r = i / row_chunks, c = i - r * row_chunks, id = ids[r];
+        float v[V];
+        if (id < table_rows) {
+            load_vec(table + ((u64)id * row_chunks + c) * V, v);
+        } else {
+            #pragma unroll
+            for (int e = 0; e < V; ++e) v[e] = __int_as_float(0x7fc00000);
+        }
+        if (accumulate) {
+            float o[V];
+            load_vec(out + (u64)i * V, o);
+            #pragma unroll
+            for (int e = 0; e < V; ++e) v[e] += o[e];
+        }
+        store_vec(out + (u64)i * V, v);
+    }
+}
+
 // LANES lanes per row (16 or 32; 32 / LANES rows per warp): out = LayerNorm(x + bias + residual) * gamma
 // + beta, the row held in registers (lane l of a row owns vectors l, l + LANES, ...; at most LN_VECS
 // each). Narrow rows take 16 lanes so that every lane holds the same number of vectors (MiniLM's 384
