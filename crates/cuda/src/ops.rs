@@ -71,6 +71,20 @@ fn vector_len(dtype: DType) -> u64 {
     16 / dtype.size() as u64
 }
 
+/// `rows x cols` elements of `dtype` as 16-byte vectors for the vector kernels — `(vectors in all,
+/// vectors a row)` — when `cols` is a multiple of the vector, every address is 16-byte aligned and the
+/// count fits the kernels' 32-bit indices; `None` sends the op to its scalar kernel.
+fn vector_rows(dtype: DType, rows: u64, cols: u64, addresses: &[u64]) -> Option<(u32, u32)> {
+    let vec = vector_len(dtype);
+    if cols % vec != 0 || !aligned16(addresses) {
+        return None;
+    }
+    Some((
+        u32::try_from(rows * cols / vec).ok()?,
+        u32::try_from(cols / vec).ok()?,
+    ))
+}
+
 /// Whether every address is a multiple of 16 (0, an absent operand, is).
 fn aligned16(addresses: &[u64]) -> bool {
     addresses.iter().all(|a| a % 16 == 0)
@@ -264,10 +278,7 @@ impl Ops for CudaDevice {
         let (x, bias) = (addr(op.x), addr(op.bias));
         let (rows, cols) = (op.rows as u64, op.cols as u64);
         let tanh = i32::from(op.gelu == Gelu::Tanh);
-        let vec = vector_len(op.dtype);
-        let chunks = u32::try_from(rows * cols / vec).ok();
-        if let (true, Some(chunks)) = (cols % vec == 0 && aligned16(&[x, bias]), chunks) {
-            let row_chunks = (cols / vec) as u32;
+        if let Some((chunks, row_chunks)) = vector_rows(op.dtype, rows, cols, &[x, bias]) {
             return self.with_kernels(stream, op.dtype, "bias_gelu", |raw, k| {
                 let args = &mut [
                     arg(&x),
@@ -276,17 +287,7 @@ impl Ops for CudaDevice {
                     arg(&row_chunks),
                     arg(&tanh),
                 ];
-                // SAFETY: the parameters in the kernel's order, alive for the call; x holds rows x cols
-                // elements and the bias `cols`, both 16-byte aligned, cols a multiple of the vector.
-                unsafe {
-                    launch(
-                        k.bias_gelu_vec,
-                        (grid_for(chunks as u64), 1, 1),
-                        BLOCK,
-                        raw,
-                        args,
-                    )
-                }
+                go(k.bias_gelu_vec, grid_for(chunks as u64), raw, args)
             });
         }
         self.with_kernels(stream, op.dtype, "bias_gelu", |raw, k| {
@@ -398,11 +399,8 @@ impl Ops for CudaDevice {
         let (table, ids, out) = (addr(op.table), addr(op.ids), addr(op.out));
         let (table_rows, n_ids, dim) = (op.table_rows as u64, op.n_ids as u64, op.dim as u64);
         let accumulate = i32::from(op.mode == Accumulate::Add);
-        let vec = vector_len(op.dtype);
-        let sizes = (u32::try_from(n_ids * dim / vec), u32::try_from(table_rows));
-        if let (true, (Ok(chunks), Ok(rows))) = (dim % vec == 0 && aligned16(&[table, out]), sizes)
-        {
-            let row_chunks = (dim / vec) as u32;
+        let vector = vector_rows(op.dtype, n_ids, dim, &[table, out]);
+        if let (Some((chunks, row_chunks)), Ok(rows)) = (vector, u32::try_from(table_rows)) {
             return self.with_kernels(stream, op.dtype, "gather_rows", |raw, k| {
                 let args = &mut [
                     arg(&table),
@@ -413,18 +411,7 @@ impl Ops for CudaDevice {
                     arg(&out),
                     arg(&accumulate),
                 ];
-                // SAFETY: the parameters in the kernel's order, alive for the call; the table holds
-                // table_rows x dim elements, ids n_ids, out n_ids x dim (tensor layer); table and out
-                // are 16-byte aligned and dim a multiple of the vector.
-                unsafe {
-                    launch(
-                        k.gather_rows_vec,
-                        (grid_for(chunks as u64), 1, 1),
-                        BLOCK,
-                        raw,
-                        args,
-                    )
-                }
+                go(k.gather_rows_vec, grid_for(chunks as u64), raw, args)
             });
         }
         self.with_kernels(stream, op.dtype, "gather_rows", |raw, k| {

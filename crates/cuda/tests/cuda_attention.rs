@@ -79,14 +79,7 @@ fn tensor_core_attention_matches_the_cuda_core_kernel() {
         let qkv: Vec<f32> = (0..batch * seq * 3 * shape.hidden())
             .map(|_| (rng.next_u64() >> 40) as f32 / (1u64 << 22) as f32 - 2.0)
             .collect();
-        // Sequence 0 full, 1 padded after 3 tokens (or none), 2 fully masked.
-        let mut mask = vec![1f32; batch * seq];
-        if batch > 1 {
-            mask[seq + 3.min(seq)..2 * seq].fill(0.0);
-        }
-        if batch > 2 {
-            mask[2 * seq..3 * seq].fill(0.0);
-        }
+        let mask = common::padded_and_masked(batch, seq);
         for (dtype, tolerance) in [(DType::F16, 2e-3f32), (DType::BF16, 1.6e-2)] {
             let got = run(&rt, Kernel::TensorCores, dtype, shape, &qkv, &mask);
             let want = run(&rt, Kernel::CudaCores, dtype, shape, &qkv, &mask);

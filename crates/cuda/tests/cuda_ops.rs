@@ -309,14 +309,7 @@ fn fused_attention_matches_the_unfused_cpu_path() {
         (1, 1, 2, 32),
         (2, 20, 2, 160),
     ] {
-        // Sequence 0 full, 1 padded after 3 tokens, the third fully masked (its context must be zeros).
-        let mut mask = vec![1f32; batch * seq];
-        if batch > 1 {
-            mask[seq + 3.min(seq)..2 * seq].fill(0.0);
-        }
-        if batch > 2 {
-            mask[2 * seq..3 * seq].fill(0.0);
-        }
+        let mask = common::padded_and_masked(batch, seq);
         let inputs = vec![
             vec![batch as f32, seq as f32, heads as f32, hd as f32],
             values(&mut rng, batch * seq * 3 * heads * hd),
