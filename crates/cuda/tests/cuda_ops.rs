@@ -1,8 +1,11 @@
 //! Every CUDA op against the CPU backend on the same inputs: f32 within rounding, f16 and bf16 within
 //! their precision (the CPU gets the inputs rounded to the dtype first, so only the op's own arithmetic
-//! differs). The fused attention is checked on MiniLM's head size, on a head size that is not a multiple
-//! of the warp, with padded and fully masked sequences, and above the fused kernel's limit (the unfused
-//! fallback). Skips with a line saying so on a machine without a CUDA driver.
+//! differs). The fused attention is checked on MiniLM's head size, BERT-base's, the largest fused head
+//! (128; f16/bf16 run these three on tensor cores), on a head size that is not a multiple of the warp,
+//! odd lengths and a one-token sequence, with padded and fully masked sequences, and above the fused
+//! kernel's limit (the unfused fallback). The row kernels (gathers, LayerNorm, bias + GELU) are checked at
+//! widths their 16-byte-vector forms take (up to the widest) and widths that take the scalar forms.
+//! Skips with a line saying so on a machine without a CUDA driver.
 
 mod common;
 
@@ -246,6 +249,48 @@ fn every_op_matches_the_cpu_backend_in_every_dtype() {
     }
 }
 
+/// inputs: [rows, cols] (as f32), y [rows, cols], b, gamma, beta [cols]: g = y's rows reversed plus y
+/// (two gathers, one accumulating), LayerNorm(g + b + y), then bias + GELU (tanh) on it with b.
+fn rows_of_width<D: Ops>(rt: &Runtime<D>, dt: DType, v: &[Vec<f32>]) -> Tensor<D> {
+    let [rows, cols] = [0, 1].map(|i| v[0][i] as usize);
+    let y = up(rt, dt, &v[1], &[rows, cols]);
+    let [b, gamma, beta] = [2, 3, 4].map(|i| up(rt, dt, &v[i], &[cols]));
+    let reversed: Vec<u32> = (0..rows as u32).rev().collect();
+    let in_order: Vec<u32> = (0..rows as u32).collect();
+    let [reversed, in_order] = [reversed, in_order].map(|ids| rt.from_u32(&ids, &[rows]).unwrap());
+    let mut g = rt.gather_rows(&y, &reversed, None).unwrap().unwrap();
+    rt.gather_rows(&y, &in_order, Some(&mut g)).unwrap();
+    let mut x = rt
+        .layer_norm(&g, Some(&b), Some(&y), &gamma, &beta, 1e-12)
+        .unwrap();
+    rt.bias_gelu(&mut x, &b, Gelu::Tanh).unwrap();
+    x
+}
+
+#[test]
+fn row_kernels_match_the_cpu_backend_at_every_width() {
+    let Some(device) = common::device_or_skip() else {
+        return;
+    };
+    let pair = Pair::new(device);
+    let mut rng = Rng::new(13);
+    // 384 (MiniLM: 16 lanes a row in f16, 32 in f32), 512 (the widest 16-lane f16 row) and 1024 (the
+    // widest f16 row of the vector LayerNorm; f32 takes the scalar one) take the vector kernels; 83 (not
+    // a multiple of the vector) and 1032 (too wide) the scalar ones. 9 rows leave a block part empty.
+    for (rows, cols) in [(9, 384), (3, 512), (3, 1024), (5, 83), (2, 1032)] {
+        let mut inputs = vec![
+            vec![rows as f32, cols as f32],
+            values(&mut rng, rows * cols),
+        ];
+        inputs.extend((0..3).map(|_| values(&mut rng, cols)));
+        for dtype in DTYPES {
+            let loose = (dtype.0, dtype.1 * 4.0);
+            let what = format!("gather + layer_norm + gelu {rows}x{cols}");
+            check_both!(pair, &what, loose, &inputs, rows_of_width);
+        }
+    }
+}
+
 #[test]
 fn fused_attention_matches_the_unfused_cpu_path() {
     let Some(device) = common::device_or_skip() else {
@@ -259,14 +304,12 @@ fn fused_attention_matches_the_unfused_cpu_path() {
         (3, 70, 12, 32),
         (2, 33, 3, 48),
         (2, 5, 2, 64),
+        (3, 200, 2, 64),
+        (3, 129, 4, 128),
+        (1, 1, 2, 32),
         (2, 20, 2, 160),
     ] {
-        // Sequence 0 full, 1 padded after 3 tokens, the third fully masked (its context must be zeros).
-        let mut mask = vec![1f32; batch * seq];
-        mask[seq + 3..2 * seq].fill(0.0);
-        if batch > 2 {
-            mask[2 * seq..3 * seq].fill(0.0);
-        }
+        let mask = common::padded_and_masked(batch, seq);
         let inputs = vec![
             vec![batch as f32, seq as f32, heads as f32, hd as f32],
             values(&mut rng, batch * seq * 3 * heads * hd),

@@ -62,3 +62,16 @@ pub fn mismatches(got: &[u8], want: &[u8]) -> usize {
     );
     got.iter().zip(want).filter(|(a, b)| a != b).count()
 }
+
+/// An attention mask `[batch, seq]` for the attention tests: sequence 0 full, sequence 1 padded after 3
+/// tokens, sequence 2 fully masked (its context must be zeros); further sequences full.
+pub fn padded_and_masked(batch: usize, seq: usize) -> Vec<f32> {
+    let mut mask = vec![1f32; batch * seq];
+    if batch > 1 {
+        mask[seq + 3.min(seq)..2 * seq].fill(0.0);
+    }
+    if batch > 2 {
+        mask[2 * seq..3 * seq].fill(0.0);
+    }
+    mask
+}
