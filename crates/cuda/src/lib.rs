@@ -38,6 +38,7 @@
 //! - `staging` — the page-locked buffers that let `copy_from_host` return before the copy runs.
 //! - `pinned` — the cache of page-locked host buffers both of those draw from.
 //! - `blas` — a stream's cuBLAS handle and braid's strided GEMM mapped onto column-major cuBLAS.
+//! - `blas_lt` — a stream's cuBLASLt handle: GEMMs with the bias in the epilogue.
 //! - `kernels` — the non-GEMM ops as CUDA C, compiled once per device by NVRTC (PTX cached on disk by
 //!   `ptx_cache`).
 //! - `ops` — the [`braid_runtime::ops::Ops`] impl that routes each op descriptor to one of the two.
@@ -54,6 +55,7 @@
 //! [`CudaDevice::context`] and [`CudaStream::cu_stream`].
 
 mod blas;
+mod blas_lt;
 mod context;
 pub mod device;
 pub mod download;

@@ -20,8 +20,8 @@
 //! matrix (one fused kernel on CUDA; strided batched GEMMs around a softmax on the CPU) and writes the
 //! context into `[tokens, hidden]` with heads interleaved — no transposes. Post-LayerNorm, as in BERT:
 //! `x = LN(x + Attn(x))`, `x = LN(x + FFN(x))`, each LayerNorm also adding the bias of the linear
-//! before it. On CUDA a layer is 9 launches: 4 GEMMs, the QKV bias, attention, bias+GELU and 2
-//! LayerNorms.
+//! before it. On CUDA a layer is 8 launches: 4 GEMMs (the QKV bias in the first one's cuBLASLt
+//! epilogue), attention, bias+GELU and 2 LayerNorms.
 
 use std::sync::Arc;
 

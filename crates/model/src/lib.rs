@@ -49,5 +49,5 @@ pub use model_dir::{
     default_model_dir, ModelDir, ModelSpec, DEFAULT_MODEL_NAME, MODELS_DIR_ENV, MODEL_ENV,
 };
 pub use pooling::{Modules, Pooling, PoolingConfig, SentenceBertConfig};
-pub use tokenizer::{Encoding, Tokenizer, MAX_INPUT_BYTES};
+pub use tokenizer::{Bounded, Encoding, Token, Tokenizer, TruncationSide, MAX_INPUT_BYTES};
 pub use weights::{BertWeights, EmbeddingWeights, HostTensor, LayerWeights};

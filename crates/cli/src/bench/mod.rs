@@ -33,6 +33,7 @@ use braid_runtime::MAX_WORKER_SLOTS;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
+pub(crate) use self::point::SENTENCES;
 use self::point::{make_batches, run_point};
 use crate::output::{note, to_stdout};
 
@@ -177,15 +178,12 @@ impl BenchOptions {
 
     /// The engine configuration for `model`'s backend, with this bench's overrides.
     pub fn engine_config(&self, backend: &str) -> EngineConfig {
-        let defaults = EngineConfig::for_backend(backend);
-        let max_batch_tokens = self.max_batch_tokens.unwrap_or(defaults.max_batch_tokens);
-        EngineConfig {
-            mode: braid_engine::Mode::Batched,
-            executors: self.executors.unwrap_or(defaults.executors),
-            max_batch_tokens,
-            max_queued_tokens: defaults.max_queued_tokens.max(max_batch_tokens),
-            ..defaults
-        }
+        crate::serve::engine_config(
+            backend,
+            braid_engine::Mode::Batched,
+            self.executors,
+            self.max_batch_tokens,
+        )
     }
 }
 

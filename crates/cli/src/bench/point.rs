@@ -15,7 +15,7 @@ use braid_model::{pad_batch, Encoding, PaddedBatch};
 use super::{BenchMode, BenchOptions, BenchPoint};
 
 /// The built-in corpus: one real sentence per line.
-const SENTENCES: &str = include_str!("../../data/sentences.txt");
+pub(crate) const SENTENCES: &str = include_str!("../../data/sentences.txt");
 /// Distinct batches each point cycles through (fewer for large batches, see `HELD_SEQUENCES`).
 const DISTINCT_BATCHES: usize = 64;
 /// The most input sequences held for one batch size: bounds the host memory of large batches.

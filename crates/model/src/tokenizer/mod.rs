@@ -31,6 +31,14 @@
 //!   normalizer keeps as whitespace (ASCII tab, line feed, carriage return, and Unicode spaces that
 //!   are not control characters: the normalizer deletes control characters, joining the words
 //!   around them). Any other tokenizer tokenizes the whole input, at most [`MAX_INPUT_BYTES`].
+//!
+//! A server's per-request limits (a token limit below `max_seq_length`, truncation on the left, an
+//! error instead of truncation, the tokens with their offsets) are `bounded`'s: [`Tokenizer::encode_within`]
+//! and [`Tokenizer::tokens`].
+
+mod bounded;
+
+pub use self::bounded::{Bounded, Token, TruncationSide};
 
 use std::fmt;
 use std::path::Path;
@@ -75,6 +83,9 @@ impl Encoding {
 /// A tokenizer configured for sentence embedding: no padding, truncation at `max_seq_length`.
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
+    /// The same tokenizer with truncation off: for truncation on the left (`bounded`), which needs
+    /// the end of the input.
+    untruncated: tokenizers::Tokenizer,
     max_seq_length: usize,
     lowercase: bool,
     /// Whether a prefix cut at whitespace tokenizes like the start of the whole text (module doc).
@@ -115,8 +126,13 @@ impl Tokenizer {
                 ))
             })?;
         let prefix_safe = prefix_safe(&inner);
+        let mut untruncated = inner.clone();
+        untruncated
+            .with_truncation(None)
+            .map_err(|e| error(format!("cannot turn truncation off: {e}")))?;
         Ok(Self {
             inner,
+            untruncated,
             max_seq_length,
             lowercase,
             prefix_safe,
@@ -181,29 +197,50 @@ impl Tokenizer {
     /// Tokenizes ever longer prefixes of `text`, the first ending past byte `after` and cut near
     /// `budget` bytes, each twice as long as the last, until one is truncated (so it gives the
     /// whole text's encoding) or is the whole text. Also returns the bytes tokenized in all.
-    fn encode_from(
+    fn encode_from(&self, text: &str, after: usize, budget: usize) -> Result<(Encoding, usize)> {
+        self.encode_raw_from(text, after, budget, Detail::Fast)
+            .map(|(encoding, tokenized)| (convert(encoding), tokenized))
+    }
+
+    /// [`Tokenizer::encode_from`]'s loop, returning the tokenizers crate's encoding (with offsets
+    /// when `detail` asks for them).
+    fn encode_raw_from(
         &self,
         text: &str,
         mut after: usize,
         mut budget: usize,
-    ) -> Result<(Encoding, usize)> {
+        detail: Detail,
+    ) -> Result<(tokenizers::Encoding, usize)> {
         let mut tokenized = 0;
         loop {
             let cut = self.cut_point(text, after, budget);
-            let prefix = &text[..cut];
-            let encoding = if self.lowercase {
-                self.inner.encode_fast(prefix.to_lowercase(), true)
-            } else {
-                self.inner.encode_fast(prefix, true)
-            }
-            .map_err(encode_error)?;
+            let encoding = self.encode_raw(&self.inner, &text[..cut], detail)?;
             tokenized += cut;
             if cut == text.len() || truncated(&encoding) {
-                return Ok((convert(encoding), tokenized));
+                return Ok((encoding, tokenized));
             }
             after = cut;
             budget = budget.max(cut).saturating_mul(2);
         }
+    }
+
+    /// One call of `tokenizer` on `text` (lower-cased first where the model asks for it).
+    fn encode_raw(
+        &self,
+        tokenizer: &tokenizers::Tokenizer,
+        text: &str,
+        detail: Detail,
+    ) -> Result<tokenizers::Encoding> {
+        let text: std::borrow::Cow<'_, str> = if self.lowercase {
+            text.to_lowercase().into()
+        } else {
+            text.into()
+        };
+        match detail {
+            Detail::Fast => tokenizer.encode_fast(text.as_ref(), true),
+            Detail::Offsets { special_tokens } => tokenizer.encode(text.as_ref(), special_tokens),
+        }
+        .map_err(encode_error)
     }
 
     /// Where to cut `text` for a prefix of about `budget` bytes ending past byte `after` (a char
@@ -226,6 +263,15 @@ impl Tokenizer {
         }
         last.unwrap_or(text.len())
     }
+}
+
+/// How much one tokenizer call computes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Detail {
+    /// Ids and type ids only, special tokens added (`encode_fast`: no offsets).
+    Fast,
+    /// Offsets too, special tokens added or not.
+    Offsets { special_tokens: bool },
 }
 
 /// Refuses an input longer than [`MAX_INPUT_BYTES`], before any of it is tokenized.
@@ -285,7 +331,7 @@ fn encode_error(error: tokenizers::Error) -> ModelError {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
     /// A BERT WordPiece tokenizer.json over a tiny vocabulary, with the given pre-tokenizer.
@@ -322,9 +368,12 @@ mod tests {
         )
     }
 
-    fn tokenizer(pre_tokenizer: &str, max_seq_length: usize) -> Tokenizer {
+    pub(super) fn tokenizer(pre_tokenizer: &str, max_seq_length: usize) -> Tokenizer {
+        // A file per call: tests run at once on threads of one process.
+        static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let path = std::env::temp_dir().join(format!(
-            "braid-model-tokenizer-{}-{pre_tokenizer}.json",
+            "braid-model-tokenizer-{}-{call}-{pre_tokenizer}.json",
             std::process::id()
         ));
         std::fs::write(&path, tokenizer_json(pre_tokenizer)).unwrap();
