@@ -6,7 +6,8 @@
 #                                          # into DIR: the wgpu test binaries, braid, the forward_counts
 #                                          # example, the model (word-embedding rows the golden fixture
 #                                          # does not use zeroed, so all of it fits the device tool's
-#                                          # 64 MiB), the fixture, libvulkan1 as .deb files, this script
+#                                          # 64 MiB), the fixture, libvulkan1 and the GL dispatch
+#                                          # libraries NVIDIA's Vulkan driver needs, as .deb files
 #   bash DIR/wgpu-h200.sh run              # there: unpack, Vulkan loader, wgpu tests (adapter required),
 #                                          # dispatches/submits per forward under each commit policy,
 #                                          # braid bench on wgpu per policy (f32) and in f16, and on CUDA
@@ -40,7 +41,9 @@ pack)
     o="-oAPT::Architecture=amd64 -oAPT::Architectures=amd64 -oDir::State::Lists=$lists"
     mkdir -p "$lists/partial"
     apt-get $o update -qq
-    (cd "$stage/debs" && apt-get $o download libvulkan1)
+    # The loader alone finds no adapter there: NVIDIA's Vulkan driver needs the GL vendor-neutral
+    # dispatch libraries too (measured on the H200: "adapters: none" with libvulkan1 only).
+    (cd "$stage/debs" && apt-get $o download libvulkan1 libegl1 libglvnd0 libopengl0 libgl1 libglx0 libgles2)
     tar -C "$stage" -cf - . | xz -T0 -6 > "$dir/pack.tar.xz"
     cp "$0" "$dir/wgpu-h200.sh"
     rm -rf "$stage" "$lists"
@@ -57,13 +60,14 @@ run)
             "$here/pack.tar.xz"
     fi | tar -C "$work" -xf -
     cd "$work"
-    if ! ldconfig -p | grep -q 'libvulkan\.so\.1'; then
+    if ! ldconfig -p | grep -q 'libGLX\.so\.0' || ! ldconfig -p | grep -q 'libvulkan\.so\.1'; then
         for f in debs/*.deb; do dpkg -x "$f" /; done
         ldconfig
     fi
-    nvidia_icd=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
-    if [ -z "${VK_DRIVER_FILES:-}" ] && [ -f "$nvidia_icd" ]; then
-        export VK_DRIVER_FILES="$nvidia_icd"
+    nvidia=/usr/local/nvidia/share
+    if [ -z "${VK_DRIVER_FILES:-}" ] && [ -f "$nvidia/vulkan/icd.d/nvidia_icd.json" ]; then
+        export VK_DRIVER_FILES="$nvidia/vulkan/icd.d/nvidia_icd.json"
+        export __EGL_VENDOR_LIBRARY_FILENAMES="$nvidia/glvnd/egl_vendor.d/10_nvidia.json"
     fi
     # NVRTC and cuBLAS for the CUDA figures beside wgpu's; cudarc loads them by name.
     for d in /usr/local/cuda/lib64 /usr/local/cuda-13.0/targets/x86_64-linux/lib; do
