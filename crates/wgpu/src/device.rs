@@ -297,7 +297,8 @@ impl WgpuDevice {
         Ok(Self {
             shared: Arc::new(Shared {
                 arenas: Arenas::new(arena, limits.max_buffer_size),
-                capacity: host_memory().unwrap_or(limits.max_buffer_size as usize),
+                capacity: braid_runtime::cpu::host_memory()
+                    .unwrap_or(limits.max_buffer_size as usize),
                 device,
                 queue,
                 limits,
@@ -335,14 +336,6 @@ impl WgpuDevice {
     pub fn raw_allocated(&self) -> usize {
         self.shared.arenas.allocated()
     }
-}
-
-/// The host's memory (Linux's `/proc/meminfo`), if it can be read.
-fn host_memory() -> Option<usize> {
-    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
-    let kib: usize = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib * 1024)
 }
 
 impl Device for WgpuDevice {

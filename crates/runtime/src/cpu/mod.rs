@@ -88,7 +88,7 @@ impl Default for CpuDevice {
 impl CpuDevice {
     /// A CPU device whose capacity is the machine's memory.
     pub fn new() -> Self {
-        Self::with_memory_capacity(physical_memory())
+        Self::with_memory_capacity(host_memory().unwrap_or(16 << 30))
     }
 
     /// A CPU device that refuses raw allocations past `bytes` in total, like a GPU with that much memory.
@@ -124,15 +124,13 @@ impl CpuDevice {
     }
 }
 
-fn physical_memory() -> usize {
-    std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|s| {
-            let line = s.lines().find(|l| l.starts_with("MemTotal:"))?;
-            let kib: usize = line.split_whitespace().nth(1)?.parse().ok()?;
-            Some(kib * 1024)
-        })
-        .unwrap_or(16 << 30)
+/// The host's memory (Linux's `/proc/meminfo`), if it can be read. The CPU device's default capacity,
+/// and the wgpu backend's (wgpu reports no GPU memory).
+pub fn host_memory() -> Option<usize> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: usize = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
 }
 
 /// A device f32 slice.
