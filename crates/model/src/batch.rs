@@ -133,7 +133,7 @@ impl TokenBatch {
     /// every backend runs best. An empty encoding (which a packed batch cannot hold) pads.
     pub fn new(encodings: &[Encoding], pad_id: u32, packed: bool) -> Self {
         let uneven = encodings.windows(2).any(|w| w[0].len() != w[1].len());
-        if packed && uneven && encodings.iter().all(|e| e.len() > 0) {
+        if packed && uneven && encodings.iter().all(|e| !e.is_empty()) {
             Self::Packed(pack_batch(encodings))
         } else {
             Self::Padded(pad_batch(encodings, pad_id))

@@ -10,6 +10,10 @@
 //!   op reuses its memory on the same stream without a host sync.
 //! - Padding never changes a sentence's embedding: attention masks padded keys out, positions restart
 //!   in every row, and pooling skips padded tokens.
+//! - A batch runs padded ([`BertModel::forward`]) or packed ([`BertModel::forward_packed`]: the tokens
+//!   of all sequences in one `[tokens, hidden]` matrix, so no linear layer computes padding; attention
+//!   and pooling take the sequences' offsets). Both give the same embeddings (bit for bit on the CPU);
+//!   [`BertModel::prepare`] picks the layout the device prefers.
 //! - The compute dtype is a parameter; a backend that lacks it for an op reports a clear
 //!   `Unsupported` error (the CPU backend computes in f32).
 //!
