@@ -197,6 +197,10 @@ enum Command {
         /// Engine padded-token budget per batch (default: 32768 on a GPU, 8192 on the CPU).
         #[arg(long, value_name = "N")]
         max_batch_tokens: Option<usize>,
+        /// Direct mode's batch layout: `auto` (what the device prefers: packed on CUDA and the CPU
+        /// when lengths differ), `padded` or `packed` (to compare them).
+        #[arg(long, value_enum, default_value = "auto")]
+        layout: bench::Layout,
     },
     /// Serve embeddings over HTTP: OpenAI's POST /v1/embeddings and text-embeddings-inference's
     /// POST /embed, POST /tokenize, GET /info, GET /health; GET /metrics (Prometheus). Every flag is
@@ -280,8 +284,10 @@ fn run(cli: Cli) -> Result<()> {
             mode,
             executors,
             max_batch_tokens,
+            layout,
         } => {
             let options = bench::BenchOptions {
+                layout,
                 threads: threads.unwrap_or_else(bench::default_thread_sweep),
                 batches: batch,
                 seconds,

@@ -15,8 +15,8 @@ use std::ffi::c_void;
 
 use braid_runtime::device::DType;
 use braid_runtime::ops::{
-    unfused_attention, Accumulate, Add, Attention, AttentionShape, BiasGelu, Fill, GatherRows,
-    Gelu, Gemm, L2Normalize, LayerNorm, MaskedSoftmax, MeanPool, Ops,
+    attention_by_sequence, unfused_attention, Accumulate, Add, Attention, AttentionShape, BiasGelu,
+    Fill, GatherRows, Gelu, Gemm, L2Normalize, LayerNorm, MaskedSoftmax, MeanPool, Ops, Packing,
 };
 use braid_runtime::Result;
 use cudarc::driver::sys;
@@ -99,7 +99,13 @@ struct TensorCoreLaunch {
 }
 
 impl TensorCoreLaunch {
-    fn encode(&self, stream: &CudaStream, op: &Attention<'_, CudaDevice>) -> Result<()> {
+    /// Encodes `op`, padded (`offsets` 0) or packed (`offsets` the device address of its [`Packing`]).
+    fn encode(
+        &self,
+        stream: &CudaStream,
+        op: &Attention<'_, CudaDevice>,
+        offsets: u64,
+    ) -> Result<()> {
         let shape = &op.shape;
         if shape.batch == 0 || shape.seq == 0 {
             return Ok(());
@@ -116,14 +122,16 @@ impl TensorCoreLaunch {
             let args = &mut [
                 arg(&qkv),
                 arg(&mask),
+                arg(&offsets),
                 arg(&out),
                 arg(&seq),
                 arg(&heads),
                 arg(&scale_log2),
             ];
             // SAFETY: the parameters in the kernel's order, alive for the call; the tensor layer checked
-            // qkv [batch * seq, 3 * heads * head_dim], mask [batch, seq] and out [batch * seq, hidden];
-            // qkv and out are 16-byte aligned and head_dim is the kernel's (`tensor_core_attention`).
+            // qkv [tokens, 3 * heads * head_dim], mask [tokens] and out [tokens, hidden], and the
+            // offsets (when given) against them; qkv and out are 16-byte aligned and head_dim is the
+            // kernel's (`tensor_core_attention`).
             unsafe { launch(self.kernel, grid, MMA_ATTENTION_BLOCK, raw, args) }
         })
     }
@@ -160,7 +168,7 @@ impl CudaDevice {
         op: &Attention<'_, Self>,
     ) -> Result<()> {
         match self.tensor_core_attention(op)? {
-            Some(launch) => launch.encode(stream, op),
+            Some(launch) => launch.encode(stream, op, 0),
             None => Err(braid_runtime::RuntimeError::Unsupported {
                 op: "tensor-core attention (f16/bf16, head_dim 32/64/128, 16-byte-aligned qkv and out)",
                 dtype: op.dtype,
@@ -178,6 +186,16 @@ impl CudaDevice {
         &self,
         stream: &CudaStream,
         op: &Attention<'_, Self>,
+    ) -> Result<()> {
+        self.cuda_core_attention(stream, op, 0)
+    }
+
+    /// The CUDA-core kernel on `op`, padded (`offsets` 0) or packed.
+    fn cuda_core_attention(
+        &self,
+        stream: &CudaStream,
+        op: &Attention<'_, Self>,
+        offsets: u64,
     ) -> Result<()> {
         let shape = &op.shape;
         if !fused_attention(shape) {
@@ -204,6 +222,7 @@ impl CudaDevice {
             let args = &mut [
                 arg(&qkv),
                 arg(&mask),
+                arg(&offsets),
                 arg(&out),
                 arg(&seq),
                 arg(&heads),
@@ -211,8 +230,35 @@ impl CudaDevice {
                 arg(&shape.scale),
             ];
             // SAFETY: the parameters in the kernel's order, alive for the call; the tensor layer checked
-            // qkv [batch * seq, 3 * heads * head_dim], mask [batch, seq] and out [batch * seq, hidden].
+            // qkv [tokens, 3 * heads * head_dim], mask [tokens] and out [tokens, hidden], and the
+            // offsets (when given) against them.
             unsafe { launch(k.attention, grid, ATTENTION_BLOCK, raw, args) }
+        })
+    }
+}
+
+impl CudaDevice {
+    /// Mean pooling, padded (`offsets` 0) or packed.
+    fn pool_means(&self, stream: &CudaStream, op: &MeanPool<'_, Self>, offsets: u64) -> Result<()> {
+        if op.batch == 0 || op.dim == 0 {
+            return Ok(());
+        }
+        let grid = (op.batch as u32, op.dim.div_ceil(POOL_FEATURES) as u32, 1);
+        let (x, mask, out) = (addr(op.x), addr(op.mask), addr(op.out));
+        let (batch, seq, dim) = (op.batch as u64, op.seq as u64, op.dim as u64);
+        self.with_kernels(stream, op.dtype, "mean_pool", |raw, k| {
+            let args = &mut [
+                arg(&x),
+                arg(&mask),
+                arg(&offsets),
+                arg(&batch),
+                arg(&seq),
+                arg(&dim),
+                arg(&out),
+            ];
+            // SAFETY: the parameters in the kernel's order, alive for the call; the tensor layer checked
+            // x [tokens, dim], mask [tokens] and out [batch, dim], and the offsets (when given).
+            unsafe { launch(k.mean_pool, grid, POOL_BLOCK, raw, args) }
         })
     }
 }
@@ -390,8 +436,29 @@ impl Ops for CudaDevice {
             return unfused_attention(self, stream, op);
         }
         match self.tensor_core_attention(op)? {
-            Some(launch) => launch.encode(stream, op),
+            Some(launch) => launch.encode(stream, op, 0),
             None => self.attention_on_cuda_cores(stream, op),
+        }
+    }
+
+    /// Packed batches run as one launch of the same kernels (`sequence_span` in `common.cuh`).
+    fn prefers_packed(&self) -> bool {
+        true
+    }
+
+    fn attention_packed(
+        &self,
+        stream: &CudaStream,
+        op: &Attention<'_, Self>,
+        packing: &Packing<'_, Self>,
+    ) -> Result<()> {
+        if !fused_attention(&op.shape) {
+            return attention_by_sequence(self, stream, op, packing);
+        }
+        let offsets = addr(packing.offsets);
+        match self.tensor_core_attention(op)? {
+            Some(launch) => launch.encode(stream, op, offsets),
+            None => self.cuda_core_attention(stream, op, offsets),
         }
     }
 
@@ -433,25 +500,16 @@ impl Ops for CudaDevice {
     }
 
     fn mean_pool(&self, stream: &CudaStream, op: &MeanPool<'_, Self>) -> Result<()> {
-        if op.batch == 0 || op.dim == 0 {
-            return Ok(());
-        }
-        let grid = (op.batch as u32, op.dim.div_ceil(POOL_FEATURES) as u32, 1);
-        let (x, mask, out) = (addr(op.x), addr(op.mask), addr(op.out));
-        let (batch, seq, dim) = (op.batch as u64, op.seq as u64, op.dim as u64);
-        self.with_kernels(stream, op.dtype, "mean_pool", |raw, k| {
-            let args = &mut [
-                arg(&x),
-                arg(&mask),
-                arg(&batch),
-                arg(&seq),
-                arg(&dim),
-                arg(&out),
-            ];
-            // SAFETY: the parameters in the kernel's order, alive for the call; the tensor layer checked
-            // x [batch, seq, dim], mask [batch, seq] and out [batch, dim].
-            unsafe { launch(k.mean_pool, grid, POOL_BLOCK, raw, args) }
-        })
+        self.pool_means(stream, op, 0)
+    }
+
+    fn mean_pool_packed(
+        &self,
+        stream: &CudaStream,
+        op: &MeanPool<'_, Self>,
+        packing: &Packing<'_, Self>,
+    ) -> Result<()> {
+        self.pool_means(stream, op, addr(packing.offsets))
     }
 
     fn l2_normalize(&self, stream: &CudaStream, op: &L2Normalize<'_, Self>) -> Result<()> {

@@ -1,6 +1,7 @@
-//! all-MiniLM-L6-v2 on the GPU against the golden fixture's float64 reference: fp32 single and batched
-//! (cosine ≥ 0.99999, max abs ≤ 1e-4), 16 threads at once bit-identical to one thread (fp32 without
-//! TF32), and fp16 / bf16 single and batched (cosine ≥ 0.999). Skips with a line saying so on a machine
+//! all-MiniLM-L6-v2 on the GPU against the golden fixture's float64 reference: fp32 single, in one
+//! packed batch and in one padded batch (cosine ≥ 0.99999, max abs ≤ 1e-4; packed within 1e-6 of
+//! padded), 16 threads at once bit-identical to one thread (fp32 without TF32), and fp16 / bf16 the same
+//! three ways (cosine ≥ 0.999). Skips with a line saying so on a machine
 //! without a CUDA driver.
 //!
 //! On a GPU machine without the repository around it, `BRAID_GOLDEN` names the fixture file and
@@ -14,7 +15,7 @@ use std::sync::Arc;
 
 use braid_cuda::CudaDevice;
 use braid_model::load::Embedder;
-use braid_model::{default_model_dir, BertModel, ModelDir};
+use braid_model::{default_model_dir, pack_batch, pad_batch, BertModel, ModelDir};
 use braid_runtime::{DType, Runtime, RuntimeConfig, StreamPoolConfig};
 use model_common::{assert_near_golden, differing_across_threads, golden_cases};
 
@@ -36,12 +37,27 @@ fn minilm(device: CudaDevice, dtype: DType) -> BertModel<CudaDevice> {
     BertModel::load(runtime, &dir, dtype).unwrap()
 }
 
-/// Each case alone, then all of them in one batch.
-fn single_and_batched(model: &dyn Embedder, texts: &[&str]) -> (Vec<Vec<f32>>, Vec<Vec<f32>>) {
+/// Each case alone, then all of them in one packed batch and in one padded batch.
+fn single_packed_padded(model: &dyn Embedder, texts: &[&str]) -> [Vec<Vec<f32>>; 3] {
     let single = (texts.iter())
         .map(|t| model.embed(&[t]).unwrap().remove(0))
         .collect();
-    (single, model.embed(texts).unwrap())
+    let encodings = model.spec().tokenizer.encode_batch(texts).unwrap();
+    let pad = model.spec().config.pad_token_id;
+    [
+        single,
+        model.embed_packed(&pack_batch(&encodings)).unwrap(),
+        model.embed_batch(&pad_batch(&encodings, pad)).unwrap(),
+    ]
+}
+
+/// The largest |a - b| over every element of two sets of embeddings.
+fn max_abs_diff(a: &[Vec<f32>], b: &[Vec<f32>]) -> f32 {
+    a.iter()
+        .flatten()
+        .zip(b.iter().flatten())
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }
 
 #[test]
@@ -52,13 +68,22 @@ fn golden_embeddings_single_and_batched_and_sixteen_threads() {
     let model: Arc<dyn Embedder> = Arc::new(minilm(device, DType::F32));
     let cases = Arc::new(golden_cases());
     let texts: Vec<&str> = cases.iter().map(|c| c.text.as_str()).collect();
-    let (single, batched) = single_and_batched(&*model, &texts);
+    let [single, packed, padded] = single_packed_padded(&*model, &texts);
     let (mut worst_cos, mut worst_abs) = (1f64, 0f64);
-    for (label, got) in [("single", &single), ("batched", &batched)] {
+    for (label, got) in [
+        ("single", &single),
+        ("packed", &packed),
+        ("padded", &padded),
+    ] {
         let (cos, abs) = assert_near_golden(label, got, &cases, MIN_COSINE, MAX_ABS_DIFF);
         (worst_cos, worst_abs) = (worst_cos.min(cos), worst_abs.max(abs));
     }
-    println!("fp32 on CUDA: min cosine {worst_cos:.9}, max abs diff {worst_abs:.2e} over 34 cases, single and batched");
+    let layouts = max_abs_diff(&packed, &padded);
+    assert!(
+        layouts <= 1e-6,
+        "packed vs padded: max abs diff {layouts:.2e}"
+    );
+    println!("fp32 on CUDA: min cosine {worst_cos:.9}, max abs diff {worst_abs:.2e} over 34 cases, single, packed and padded; packed vs padded {layouts:.2e}");
     // Every thread embeds every case, one at a time, each starting at its own.
     let per_thread = cases.len();
     let differing = differing_across_threads(model, cases, Arc::new(single), THREADS, per_thread);
@@ -78,14 +103,18 @@ fn golden_embeddings_in_fp16_and_bf16() {
     for dtype in [DType::F16, DType::BF16] {
         let model = minilm(device.clone(), dtype);
         assert_eq!(model.dtype(), dtype);
-        let (single, batched) = single_and_batched(&model, &texts);
+        let [single, packed, padded] = single_packed_padded(&model, &texts);
         let (mut worst_cos, mut worst_abs) = (1f64, 0f64);
-        for (label, got) in [("single", &single), ("batched", &batched)] {
+        for (label, got) in [
+            ("single", &single),
+            ("packed", &packed),
+            ("padded", &padded),
+        ] {
             let label = format!("{dtype} {label}");
             let (cos, abs) =
                 assert_near_golden(&label, got, &cases, MIN_COSINE_HALF, f64::INFINITY);
             (worst_cos, worst_abs) = (worst_cos.min(cos), worst_abs.max(abs));
         }
-        println!("{dtype} on CUDA: min cosine {worst_cos:.6}, max abs diff {worst_abs:.2e} over 34 cases, single and batched");
+        println!("{dtype} on CUDA: min cosine {worst_cos:.6}, max abs diff {worst_abs:.2e} over 34 cases, single, packed and padded");
     }
 }

@@ -321,3 +321,22 @@ fn fused_attention_matches_the_unfused_cpu_path() {
         }
     }
 }
+
+#[test]
+fn packed_attention_and_mean_pool_match_the_cpu_backend() {
+    let Some(device) = common::device_or_skip() else {
+        return;
+    };
+    use braid_runtime::conformance::ops as conformance;
+    let pair = conformance::Pair::new(device);
+    // Uneven sequences, an empty one, one longer than a query block and than two key tiles, one token;
+    // MiniLM's and BERT-base's heads (tensor cores in f16/bf16), a head past the fused limit (per
+    // sequence, unfused), and a head the tensor cores do not take.
+    let batches: [(&[usize], usize, usize); 4] = [
+        (&[7, 0, 130, 1, 64, 19], 12, 32),
+        (&[70, 3, 33], 4, 64),
+        (&[5, 21, 2], 2, 48),
+        (&[9, 4], 2, 160),
+    ];
+    conformance::packed_batches(&pair, &batches, &DTYPES);
+}

@@ -1,4 +1,7 @@
-//! `pad_batch`: several unpadded encodings become one rectangular, row-major batch.
+//! The two layouts of a batch of encodings: [`pad_batch`] makes one rectangular, row-major batch
+//! ([`PaddedBatch`]); [`pack_batch`] puts every sequence's tokens one after another with no padding
+//! ([`PackedBatch`]), so no linear layer computes a padded token. [`TokenBatch`] is either, as a device
+//! prefers it ([`TokenBatch::new`]).
 //!
 //! Promise for a `PaddedBatch` of `batch` rows and `seq` columns (`seq` = the longest encoding):
 //! every vector holds `batch * seq` entries, row `r` at `r * seq .. (r + 1) * seq`; a real token
@@ -59,6 +62,101 @@ pub fn pad_batch(encodings: &[Encoding], pad_id: u32) -> PaddedBatch {
     out
 }
 
+/// A packed batch: the tokens of every sequence one after another, sequence `b` at
+/// `offsets[b]..offsets[b + 1]`; positions restart at 0 in every sequence. Nothing is padded.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PackedBatch {
+    /// `sequences + 1` token offsets, from 0.
+    pub offsets: Vec<u32>,
+    /// Token ids of all sequences.
+    pub ids: Vec<u32>,
+    /// Token type ids.
+    pub type_ids: Vec<u32>,
+    /// Position ids: `0..len` for each sequence.
+    pub positions: Vec<u32>,
+}
+
+impl PackedBatch {
+    /// Sequences.
+    pub fn sequences(&self) -> usize {
+        self.offsets.len().saturating_sub(1)
+    }
+
+    /// Tokens of all sequences.
+    pub fn tokens(&self) -> usize {
+        self.ids.len()
+    }
+
+    /// The longest sequence's tokens.
+    pub fn longest(&self) -> usize {
+        self.offsets
+            .windows(2)
+            .map(|w| (w[1] - w[0]) as usize)
+            .max()
+            .unwrap_or(0)
+    }
+}
+
+/// Packs `encodings` one after another (see [`PackedBatch`]).
+pub fn pack_batch(encodings: &[Encoding]) -> PackedBatch {
+    let tokens: usize = encodings.iter().map(Encoding::len).sum();
+    let mut out = PackedBatch {
+        offsets: Vec::with_capacity(encodings.len() + 1),
+        ids: Vec::with_capacity(tokens),
+        type_ids: Vec::with_capacity(tokens),
+        positions: Vec::with_capacity(tokens),
+    };
+    out.offsets.push(0);
+    for encoding in encodings {
+        // Token counts are at most max_seq_length, and a batch's tokens far below u32::MAX (the engine
+        // bounds a batch in tokens; a caller's batch is bounded by memory long before).
+        out.ids.extend_from_slice(&encoding.ids);
+        out.type_ids.extend_from_slice(&encoding.type_ids);
+        out.positions.extend(0..encoding.len() as u32);
+        out.offsets.push(out.ids.len() as u32);
+    }
+    out
+}
+
+/// A batch in the layout its device prefers.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TokenBatch {
+    /// One rectangle (see [`pad_batch`]).
+    Padded(PaddedBatch),
+    /// No padding (see [`pack_batch`]).
+    Packed(PackedBatch),
+}
+
+impl TokenBatch {
+    /// `encodings` packed when `packed` (the device prefers packed batches) and their lengths differ,
+    /// else padded: with equal lengths both layouts are the same tokens, and the padded one is the one
+    /// every backend runs best. An empty encoding (which a packed batch cannot hold) pads.
+    pub fn new(encodings: &[Encoding], pad_id: u32, packed: bool) -> Self {
+        let uneven = encodings.windows(2).any(|w| w[0].len() != w[1].len());
+        if packed && uneven && encodings.iter().all(|e| !e.is_empty()) {
+            Self::Packed(pack_batch(encodings))
+        } else {
+            Self::Padded(pad_batch(encodings, pad_id))
+        }
+    }
+
+    /// Sequences.
+    pub fn sequences(&self) -> usize {
+        match self {
+            Self::Padded(b) => b.batch,
+            Self::Packed(b) => b.sequences(),
+        }
+    }
+
+    /// Token rows the forward computes: real and padded (padded), or real only (packed).
+    pub fn computed_tokens(&self) -> usize {
+        match self {
+            Self::Padded(b) => b.batch * b.seq,
+            Self::Packed(b) => b.tokens(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -108,6 +206,35 @@ mod tests {
         assert_eq!((b.batch, b.seq), (1, 2));
         assert_eq!(b.mask, [1.0, 1.0]);
         assert_eq!(b.positions, [0, 1]);
+    }
+
+    #[test]
+    fn packs_without_padding_and_restarts_positions() {
+        let rows = [
+            enc(&[101, 7, 102], &[0, 0, 0]),
+            enc(&[101, 102], &[0, 1]),
+            enc(&[101, 5, 6, 7, 102], &[0; 5]),
+        ];
+        let b = pack_batch(&rows);
+        assert_eq!((b.sequences(), b.tokens(), b.longest()), (3, 10, 5));
+        assert_eq!(b.offsets, [0, 3, 5, 10]);
+        assert_eq!(b.ids, [101, 7, 102, 101, 102, 101, 5, 6, 7, 102]);
+        assert_eq!(b.type_ids, [0, 0, 0, 0, 1, 0, 0, 0, 0, 0]);
+        assert_eq!(b.positions, [0, 1, 2, 0, 1, 0, 1, 2, 3, 4]);
+        assert!(matches!(
+            TokenBatch::new(&rows, 0, true),
+            TokenBatch::Packed(_)
+        ));
+        assert!(matches!(
+            TokenBatch::new(&rows, 0, false),
+            TokenBatch::Padded(_)
+        ));
+        let even = [rows[0].clone(), rows[0].clone()];
+        assert!(matches!(
+            TokenBatch::new(&even, 0, true),
+            TokenBatch::Padded(_)
+        ));
+        assert_eq!(pack_batch(&[]).sequences(), 0);
     }
 
     #[test]

@@ -10,6 +10,10 @@
 //!   op reuses its memory on the same stream without a host sync.
 //! - Padding never changes a sentence's embedding: attention masks padded keys out, positions restart
 //!   in every row, and pooling skips padded tokens.
+//! - A batch runs padded ([`BertModel::forward`]) or packed ([`BertModel::forward_packed`]: the tokens
+//!   of all sequences in one `[tokens, hidden]` matrix, so no linear layer computes padding; attention
+//!   and pooling take the sequences' offsets). Both give the same embeddings (bit for bit on the CPU);
+//!   [`BertModel::prepare`] picks the layout the device prefers.
 //! - The compute dtype is a parameter; a backend that lacks it for an op reports a clear
 //!   `Unsupported` error (the CPU backend computes in f32).
 //!
@@ -26,13 +30,14 @@
 use std::sync::Arc;
 
 use braid_runtime::ops::{Gelu, Ops};
-use braid_runtime::{DType, Runtime, RuntimeError, Tensor};
+use braid_runtime::{DType, PackedSequences, Runtime, RuntimeError, Tensor};
 
-use crate::batch::{pad_batch, PaddedBatch};
+use crate::batch::{PackedBatch, PaddedBatch, TokenBatch};
 use crate::config::{Activation, BertConfig};
 use crate::error::{ModelError, Result};
 use crate::model_dir::{ModelDir, ModelSpec};
 use crate::pooling::{Pooling, PoolingConfig};
+use crate::tokenizer::Encoding;
 use crate::weights::{BertWeights, HostTensor, LayerWeights};
 
 /// One encoder layer's weights on the device.
@@ -58,6 +63,20 @@ struct DeviceEmbeddings<D: Ops> {
     token_type: Tensor<D>,
     ln_gamma: Tensor<D>,
     ln_beta: Tensor<D>,
+}
+
+/// What the layers and the pooling need of a batch beside its token states: the mask, and the
+/// layout's shape (padded) or where each sequence lies (packed; its mask is all ones).
+enum Layout<D: Ops> {
+    Padded {
+        mask: Tensor<D>,
+        batch: usize,
+        seq: usize,
+    },
+    Packed {
+        mask: Tensor<D>,
+        sequences: PackedSequences<D>,
+    },
 }
 
 /// A sentence-embedding model whose weights live on a runtime's device. `Sync`: share it (by
@@ -157,12 +176,26 @@ impl<D: Ops> BertModel<D> {
         self.dtype
     }
 
-    /// Embeddings of `texts`, one vector per input in input order, computed as one padded batch on
-    /// the calling thread's current stream.
+    /// Embeddings of `texts`, one vector per input in input order, computed as one batch (in the
+    /// layout the device prefers, [`TokenBatch::new`]) on the calling thread's current stream.
     pub fn embed(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
         let encodings = self.spec.tokenizer.encode_batch(texts)?;
-        let batch = pad_batch(&encodings, self.config.pad_token_id);
-        self.embed_batch(&batch)
+        self.embed_prepared(&self.prepare(&encodings))
+    }
+
+    /// `encodings` as a batch in the layout this model's device prefers: packed where packed batches
+    /// run faster ([`Ops::prefers_packed`]) and the lengths differ, else padded.
+    pub fn prepare(&self, encodings: &[Encoding]) -> TokenBatch {
+        let packed = self.runtime.device().prefers_packed();
+        TokenBatch::new(encodings, self.config.pad_token_id, packed)
+    }
+
+    /// Embeddings of a prepared batch, copied to the host (waits for the current stream).
+    pub fn embed_prepared(&self, batch: &TokenBatch) -> Result<Vec<Vec<f32>>> {
+        match batch {
+            TokenBatch::Padded(batch) => self.embed_batch(batch),
+            TokenBatch::Packed(batch) => self.embed_packed(batch),
+        }
     }
 
     /// Embeddings of a padded batch, copied to the host (waits for the current stream).
@@ -171,7 +204,21 @@ impl<D: Ops> BertModel<D> {
             return Ok(Vec::new());
         }
         let pooled = self.forward(batch)?;
-        let flat = self.runtime.to_vec_f32(&pooled)?;
+        self.download(&pooled)
+    }
+
+    /// Embeddings of a packed batch, copied to the host (waits for the current stream).
+    pub fn embed_packed(&self, batch: &PackedBatch) -> Result<Vec<Vec<f32>>> {
+        if batch.sequences() == 0 {
+            return Ok(Vec::new());
+        }
+        let pooled = self.forward_packed(batch)?;
+        self.download(&pooled)
+    }
+
+    /// The pooled embeddings on the host, one vector per row, checked finite.
+    fn download(&self, pooled: &Tensor<D>) -> Result<Vec<Vec<f32>>> {
+        let flat = self.runtime.to_vec_f32(pooled)?;
         crate::finite::check_embeddings(&flat, self.dim())?;
         Ok(flat.chunks(self.dim()).map(<[f32]>::to_vec).collect())
     }
@@ -180,23 +227,56 @@ impl<D: Ops> BertModel<D> {
     /// embeddings on the device, encoded on the current stream. Does not wait for the device.
     pub fn forward(&self, batch: &PaddedBatch) -> Result<Tensor<D>> {
         self.check_batch(batch)?;
-        let rt = &*self.runtime;
         let (b, s) = (batch.batch, batch.seq);
-        let tokens = b * s;
-        let mask = rt.from_f32(&batch.mask, &[b, s])?;
-        let mut x = self.embed_tokens(batch)?;
+        let layout = Layout::Padded {
+            mask: self.runtime.from_f32(&batch.mask, &[b, s])?,
+            batch: b,
+            seq: s,
+        };
+        let x = self.embed_tokens(&batch.ids, &batch.positions, &batch.type_ids)?;
+        self.encode(x, &layout)
+    }
+
+    /// [`BertModel::forward`] of a packed batch: no padded token is computed; the same embeddings.
+    pub fn forward_packed(&self, batch: &PackedBatch) -> Result<Tensor<D>> {
+        self.check_packed(batch)?;
+        let rt = &*self.runtime;
+        let layout = Layout::Packed {
+            mask: rt.full(&[batch.tokens()], 1.0)?,
+            sequences: rt.packed_sequences(&batch.offsets)?,
+        };
+        let x = self.embed_tokens(&batch.ids, &batch.positions, &batch.type_ids)?;
+        self.encode(x, &layout)
+    }
+
+    /// The encoder layers on the embedded tokens `x`, then pooling (and normalisation).
+    fn encode(&self, mut x: Tensor<D>, layout: &Layout<D>) -> Result<Tensor<D>> {
+        let rt = &*self.runtime;
         for layer in &self.layers {
-            x = self.encoder_layer(layer, x, &mask)?;
+            x = self.encoder_layer(layer, x, layout)?;
         }
-        let mut pooled = match self.pooling.mode {
-            Pooling::Mean => rt.mean_pool(&x.reshape(&[b, s, self.dim()])?, &mask)?,
-            Pooling::Cls => {
-                let first_tokens: Vec<u32> = (0..tokens).step_by(s).map(|t| t as u32).collect();
-                let ids = rt.from_u32(&first_tokens, &[b])?;
+        let mut pooled = match (self.pooling.mode, layout) {
+            (Pooling::Mean, Layout::Padded { mask, batch, seq }) => {
+                rt.mean_pool(&x.reshape(&[*batch, *seq, self.dim()])?, mask)?
+            }
+            (Pooling::Mean, Layout::Packed { mask, sequences }) => {
+                rt.mean_pool_packed(&x, mask, sequences)?
+            }
+            (Pooling::Cls, layout) => {
+                let first_tokens: Vec<u32> = match layout {
+                    Layout::Padded { batch, seq, .. } => {
+                        (0..batch * seq).step_by(*seq).map(|t| t as u32).collect()
+                    }
+                    Layout::Packed { sequences, .. } => {
+                        let offsets = sequences.offsets();
+                        offsets[..offsets.len() - 1].to_vec()
+                    }
+                };
+                let ids = rt.from_u32(&first_tokens, &[first_tokens.len()])?;
                 rt.gather_rows(&x, &ids, None)?
                     .expect("gather_rows without an accumulator returns a tensor")
             }
-            Pooling::Max => unreachable!("refused by check_supported"),
+            (Pooling::Max, _) => unreachable!("refused by check_supported"),
         };
         if self.pooling.normalize {
             rt.l2_normalize(&mut pooled)?;
@@ -205,19 +285,19 @@ impl<D: Ops> BertModel<D> {
     }
 
     /// Word + position + token-type embeddings, then LayerNorm: `[tokens, hidden]`.
-    fn embed_tokens(&self, batch: &PaddedBatch) -> Result<Tensor<D>> {
+    fn embed_tokens(&self, ids: &[u32], positions: &[u32], type_ids: &[u32]) -> Result<Tensor<D>> {
         let rt = &*self.runtime;
         let e = &self.embeddings;
-        let tokens = batch.batch * batch.seq;
-        let ids = rt.from_u32(&batch.ids, &[tokens])?;
+        let tokens = ids.len();
+        let ids = rt.from_u32(ids, &[tokens])?;
         let mut x = rt
             .gather_rows(&e.word, &ids, None)?
             .expect("gather_rows without an accumulator returns a tensor");
         drop(ids);
-        let positions = rt.from_u32(&batch.positions, &[tokens])?;
+        let positions = rt.from_u32(positions, &[tokens])?;
         rt.gather_rows(&e.position, &positions, Some(&mut x))?;
         drop(positions);
-        let type_ids = rt.from_u32(&batch.type_ids, &[tokens])?;
+        let type_ids = rt.from_u32(type_ids, &[tokens])?;
         rt.gather_rows(&e.token_type, &type_ids, Some(&mut x))?;
         drop(type_ids);
         let eps = self.config.layer_norm_eps as f32;
@@ -231,12 +311,18 @@ impl<D: Ops> BertModel<D> {
         &self,
         layer: &DeviceLayer<D>,
         x: Tensor<D>,
-        mask: &Tensor<D>,
+        layout: &Layout<D>,
     ) -> Result<Tensor<D>> {
         let rt = &*self.runtime;
         let eps = self.config.layer_norm_eps as f32;
         let qkv = rt.linear(&x, &layer.qkv_weight, Some(&layer.qkv_bias))?;
-        let context = rt.attention(&qkv, mask, self.config.num_attention_heads)?;
+        let heads = self.config.num_attention_heads;
+        let context = match layout {
+            Layout::Padded { mask, .. } => rt.attention(&qkv, mask, heads)?,
+            Layout::Packed { mask, sequences } => {
+                rt.attention_packed(&qkv, mask, sequences, heads)?
+            }
+        };
         drop(qkv);
         let attn_out = rt.linear(&context, &layer.attn_out_weight, None)?;
         drop(context);
@@ -294,17 +380,56 @@ impl<D: Ops> BertModel<D> {
                 batch.seq, self.config.max_position_embeddings
             ));
         }
-        let in_range = |ids: &[u32], limit: usize| ids.iter().all(|&i| (i as usize) < limit);
-        if !in_range(&batch.ids, self.config.vocab_size)
-            || !in_range(&batch.type_ids, self.config.type_vocab_size)
-            || !in_range(&batch.positions, self.config.max_position_embeddings)
+        self.check_ids(&batch.ids, &batch.type_ids, &batch.positions)
+    }
+
+    /// A packed batch the model can run: offsets from 0 to the token count, never decreasing, no
+    /// empty sequence, every sequence within the position table, ids within the vocabulary.
+    fn check_packed(&self, batch: &PackedBatch) -> Result<()> {
+        let tokens = batch.ids.len();
+        let invalid = |detail: String| Err(ModelError::InvalidBatch { detail });
+        let offsets = &batch.offsets;
+        if offsets.first() != Some(&0)
+            || offsets.last().map(|&t| t as usize) != Some(tokens)
+            || offsets.windows(2).any(|w| w[0] >= w[1])
         {
             return invalid(format!(
-                "ids must be < vocab_size {}, type ids < {}, positions < {}",
-                self.config.vocab_size,
-                self.config.type_vocab_size,
+                "packed offsets must rise from 0 to the {tokens} tokens, every sequence non-empty; \
+                 got {} offsets",
+                offsets.len()
+            ));
+        }
+        if batch.type_ids.len() != tokens || batch.positions.len() != tokens {
+            return invalid(format!(
+                "a packed batch of {tokens} tokens needs {tokens} type ids and positions"
+            ));
+        }
+        if batch.longest() > self.config.max_position_embeddings {
+            return invalid(format!(
+                "sequence length {} exceeds the model's {} positions",
+                batch.longest(),
                 self.config.max_position_embeddings
             ));
+        }
+        self.check_ids(&batch.ids, &batch.type_ids, &batch.positions)
+    }
+
+    /// Ids within the vocabulary, type ids and positions within their tables (a bad id would otherwise
+    /// read outside an embedding table).
+    fn check_ids(&self, ids: &[u32], type_ids: &[u32], positions: &[u32]) -> Result<()> {
+        let in_range = |ids: &[u32], limit: usize| ids.iter().all(|&i| (i as usize) < limit);
+        if !in_range(ids, self.config.vocab_size)
+            || !in_range(type_ids, self.config.type_vocab_size)
+            || !in_range(positions, self.config.max_position_embeddings)
+        {
+            return Err(ModelError::InvalidBatch {
+                detail: format!(
+                    "ids must be < vocab_size {}, type ids < {}, positions < {}",
+                    self.config.vocab_size,
+                    self.config.type_vocab_size,
+                    self.config.max_position_embeddings
+                ),
+            });
         }
         Ok(())
     }

@@ -11,7 +11,9 @@
 //! - **PoolingConfig**: how token states become one vector (`Pooling`) and whether it is
 //!   L2-normalised (`modules.json`, `1_Pooling/config.json`).
 //! - **Tokenizer** / **Encoding**: text to unpadded ids, truncated at `max_seq_length`.
-//! - **PaddedBatch**: encodings padded into one row-major rectangle with mask and positions.
+//! - **PaddedBatch**: encodings padded into one row-major rectangle with mask and positions;
+//!   **PackedBatch**: the same tokens one sequence after another, no padding, with offsets;
+//!   **TokenBatch**: either, in the layout the device prefers.
 //! - **BertWeights**: the checkpoint's tensors as `HostTensor`s (f32), Q, K and V fused per layer.
 //! - **BertModel**: the weights on a runtime's device and the forward pass (`embed`, `forward`).
 //! - **ModelError**: every loading failure, with the file and the fix in its message, and every
@@ -41,7 +43,7 @@ mod pooling;
 mod tokenizer;
 mod weights;
 
-pub use batch::{pad_batch, PaddedBatch};
+pub use batch::{pack_batch, pad_batch, PackedBatch, PaddedBatch, TokenBatch};
 pub use config::{Activation, BertConfig};
 pub use encoder::BertModel;
 pub use error::{ModelError, Result};

@@ -37,7 +37,7 @@ use braid_runtime::{
 };
 use braid_wgpu::WgpuDevice;
 
-use crate::batch::{pad_batch, PaddedBatch};
+use crate::batch::{PackedBatch, PaddedBatch, TokenBatch};
 use crate::encoder::BertModel;
 use crate::error::{ModelError, Result};
 use crate::model_dir::{ModelDir, ModelSpec};
@@ -166,13 +166,28 @@ pub trait Embedder: Send + Sync {
     fn embed(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>>;
 
     /// Embeddings of pre-tokenized inputs (for example of a fixed length, as `braid bench --seq` uses),
-    /// padded into one batch with the model's pad token.
+    /// as one batch in the layout the device prefers ([`Embedder::prepare`]).
     fn embed_encodings(&self, encodings: &[Encoding]) -> Result<Vec<Vec<f32>>> {
-        self.embed_batch(&pad_batch(encodings, self.spec().config.pad_token_id))
+        self.embed_prepared(&self.prepare(encodings))
     }
 
-    /// Embeddings of an already padded batch (see [`pad_batch`]); checked against the model first.
+    /// `encodings` as one batch in the layout the device prefers: packed (no padded token computed)
+    /// where that runs faster and the lengths differ, else padded.
+    fn prepare(&self, encodings: &[Encoding]) -> TokenBatch;
+
+    /// Embeddings of a prepared batch ([`Embedder::prepare`]); checked against the model first.
+    fn embed_prepared(&self, batch: &TokenBatch) -> Result<Vec<Vec<f32>>> {
+        match batch {
+            TokenBatch::Padded(batch) => self.embed_batch(batch),
+            TokenBatch::Packed(batch) => self.embed_packed(batch),
+        }
+    }
+
+    /// Embeddings of an already padded batch (see [`pad_batch`](crate::pad_batch)); checked against the model first.
     fn embed_batch(&self, batch: &PaddedBatch) -> Result<Vec<Vec<f32>>>;
+
+    /// Embeddings of an already packed batch (see [`pack_batch`](crate::pack_batch)); checked against the model first.
+    fn embed_packed(&self, batch: &PackedBatch) -> Result<Vec<Vec<f32>>>;
 
     /// The model's config, pooling, sequence limit and tokenizer.
     fn spec(&self) -> &ModelSpec;
@@ -247,8 +262,16 @@ impl<D: Ops> Embedder for BertModel<D> {
         BertModel::embed(self, texts)
     }
 
+    fn prepare(&self, encodings: &[Encoding]) -> TokenBatch {
+        BertModel::prepare(self, encodings)
+    }
+
     fn embed_batch(&self, batch: &PaddedBatch) -> Result<Vec<Vec<f32>>> {
         BertModel::embed_batch(self, batch)
+    }
+
+    fn embed_packed(&self, batch: &PackedBatch) -> Result<Vec<Vec<f32>>> {
+        BertModel::embed_packed(self, batch)
     }
 
     fn spec(&self) -> &ModelSpec {

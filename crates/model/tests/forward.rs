@@ -1,11 +1,12 @@
 //! The forward pass of all-MiniLM-L6-v2 on the CPU backend against the golden fixture's float64
-//! reference embeddings: one at a time, all in one padded batch, and from 16 threads at once.
+//! reference embeddings: one at a time, all in one padded batch, all in one packed batch, and from 16
+//! threads at once; and every layout and composition of a batch bit-identical to the single calls.
 
 mod common;
 
 use std::sync::Arc;
 
-use braid_model::{pad_batch, BertModel, ModelError, PaddedBatch};
+use braid_model::{pack_batch, pad_batch, BertModel, ModelError, PaddedBatch, TokenBatch};
 use braid_runtime::cpu::CpuDevice;
 use braid_runtime::{DType, Runtime, RuntimeConfig, StreamPoolConfig};
 use common::{cosine_and_max_abs, golden_cases, minilm_dir, Case};
@@ -45,11 +46,36 @@ fn single_inputs_match_the_float64_reference() {
     }
 }
 
+/// All cases in one batch of `layout`.
+fn embed_as(model: &BertModel<CpuDevice>, texts: &[&str], packed: bool) -> Vec<Vec<f32>> {
+    let encodings = model.spec().tokenizer.encode_batch(texts).unwrap();
+    if packed {
+        model.embed_packed(&pack_batch(&encodings)).unwrap()
+    } else {
+        let pad = model.spec().config.pad_token_id;
+        model.embed_batch(&pad_batch(&encodings, pad)).unwrap()
+    }
+}
+
+#[test]
+fn one_packed_batch_matches_the_reference_for_every_input() {
+    let model = minilm(cpu_runtime());
+    let cases = golden_cases();
+    let encodings = model.spec().tokenizer.encode_batch(&texts(&cases)).unwrap();
+    // The CPU backend prefers packed batches: `embed` packs these uneven cases.
+    assert!(matches!(model.prepare(&encodings), TokenBatch::Packed(_)));
+    let got = embed_as(&model, &texts(&cases), true);
+    assert_eq!(got.len(), cases.len());
+    for (case, embedding) in cases.iter().zip(&got) {
+        assert_matches_reference("packed", case, embedding);
+    }
+}
+
 #[test]
 fn one_padded_batch_matches_the_reference_for_every_input() {
     let model = minilm(cpu_runtime());
     let cases = golden_cases();
-    let got = model.embed(&texts(&cases)).unwrap();
+    let got = embed_as(&model, &texts(&cases), false);
     assert_eq!(got.len(), cases.len());
     // The batch is padded to the 256-token case, so every shorter input carries padding.
     for (case, embedding) in cases.iter().zip(&got) {
@@ -57,7 +83,7 @@ fn one_padded_batch_matches_the_reference_for_every_input() {
     }
     // Intermediates go back to the cache as they die: the same forward again needs no new raw memory.
     let before = model.runtime().allocator().stats();
-    let again = model.embed(&texts(&cases)).unwrap();
+    let again = embed_as(&model, &texts(&cases), false);
     let after = model.runtime().allocator().stats();
     assert_eq!(after.raw_allocs, before.raw_allocs, "{after}");
     assert_eq!(again, got, "the same batch gives the same embeddings");
@@ -68,8 +94,9 @@ fn one_padded_batch_matches_the_reference_for_every_input() {
 }
 
 /// A sequence's embedding does not depend, in any bit, on the batch it runs in: alone, in the whole
-/// fixture padded to its longest case, reversed, in pairs of far-apart lengths and in runs of five. The
-/// engine's batches mix callers' requests, so this is what makes its results equal the single calls.
+/// fixture padded to its longest case or packed, reversed, in pairs of far-apart lengths and in runs of
+/// five. The engine's batches mix callers' requests, so this is what makes its results equal the single
+/// calls.
 #[test]
 fn batch_composition_does_not_change_a_single_bit() {
     let model = minilm(cpu_runtime());
@@ -85,19 +112,22 @@ fn batch_composition_does_not_change_a_single_bit() {
     let mut differing = Vec::new();
     for batch in &compositions {
         let batch_texts: Vec<&str> = batch.iter().map(|&i| cases[i].text.as_str()).collect();
-        let got = model.embed(&batch_texts).unwrap();
-        for (&i, embedding) in batch.iter().zip(&got) {
-            if bits(embedding) != single[i] {
-                differing.push((i, batch.clone()));
+        for packed in [false, true] {
+            let got = embed_as(&model, &batch_texts, packed);
+            for (&i, embedding) in batch.iter().zip(&got) {
+                if bits(embedding) != single[i] {
+                    differing.push((i, batch.clone(), packed));
+                }
             }
         }
     }
     assert!(
         differing.is_empty(),
-        "{} results differ from their single call, e.g. case {} in batch {:?}",
+        "{} results differ from their single call, e.g. case {} in batch {:?} (packed: {})",
         differing.len(),
         differing[0].0,
-        differing[0].1
+        differing[0].1,
+        differing[0].2
     );
 }
 
@@ -192,6 +222,29 @@ fn an_empty_batch_gives_no_embeddings_and_bad_batches_are_refused() {
     };
     let err = model.forward(&too_long).unwrap_err().to_string();
     assert!(err.contains("exceeds the model's 512 positions"), "{err}");
+
+    let packed = pack_batch(&encodings);
+    let mut empty_sequence = packed.clone();
+    empty_sequence.offsets.insert(1, 0);
+    let mut past_the_end = packed.clone();
+    *past_the_end.offsets.last_mut().unwrap() += 1;
+    let mut bad_positions = packed.clone();
+    bad_positions.positions.pop();
+    let mut bad_id = packed.clone();
+    bad_id.ids[0] = spec.config.vocab_size as u32;
+    for (bad, says) in [
+        (empty_sequence, "every sequence non-empty"),
+        (past_the_end, "rise from 0 to the"),
+        (bad_positions, "type ids and positions"),
+        (bad_id, "vocab_size"),
+    ] {
+        let err = model.forward_packed(&bad).unwrap_err();
+        assert!(
+            matches!(err, ModelError::InvalidBatch { .. }) && err.to_string().contains(says),
+            "{err}"
+        );
+    }
+    assert_eq!(model.embed_packed(&pack_batch(&[])).unwrap().len(), 0);
 }
 
 #[test]

@@ -62,4 +62,4 @@ pub use stream::{
     CommitPolicy, CurrentStreamGuard, Event, EventPool, ExhaustionPolicy, Stream, StreamLease,
     StreamPool, StreamPoolConfig, MAX_WORKER_SLOTS,
 };
-pub use tensor::Tensor;
+pub use tensor::{PackedSequences, Tensor};

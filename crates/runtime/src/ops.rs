@@ -13,6 +13,13 @@
 //! [`Ops::attention`] has a provided implementation (two batched GEMMs around a masked softmax, through
 //! a scratch tensor of probabilities); a backend with a fused kernel overrides it and asks for no
 //! scratch ([`Ops::attention_scratch`]).
+//!
+//! Packed batches ([`Packing`]): the tokens of every sequence in one `[tokens, ..]` matrix with no
+//! padding, sequence `b` at rows `offsets[b]..offsets[b + 1]`. Only attention and mean pooling look
+//! across tokens, so only they have a packed form ([`Ops::attention_packed`], [`Ops::mean_pool_packed`]);
+//! every other op is row-wise and runs on the packed matrix as it is. Their provided implementations run
+//! the padded op once per sequence (correct everywhere, one launch per sequence); a backend with
+//! variable-length kernels overrides them. [`Ops::prefers_packed`] tells a model which layout to build.
 
 use crate::device::{DType, Device, View};
 use crate::error::{Result, RuntimeError};
@@ -292,6 +299,30 @@ pub struct Attention<'a, D: Device> {
     pub scratch: Option<View<'a, D>>,
 }
 
+/// Where the sequences of a packed batch lie: sequence `b` is rows `offsets[b]..offsets[b + 1]` of a
+/// packed operand (`offsets[0] == 0`, non-decreasing, one entry more than sequences), the same offsets
+/// on the device (u32, for kernels) and on the host (for per-sequence fallbacks and launch sizes).
+#[derive(Clone, Copy)]
+pub struct Packing<'a, D: Device> {
+    /// `[sequences + 1]`, u32.
+    pub offsets: View<'a, D>,
+    /// The same offsets.
+    pub host: &'a [u32],
+}
+
+impl<D: Device> Packing<'_, D> {
+    /// Sequence `b`'s first row and its token count.
+    pub fn span(&self, b: usize) -> (usize, usize) {
+        let first = self.host[b] as usize;
+        (first, self.host[b + 1] as usize - first)
+    }
+
+    /// Sequences.
+    pub fn sequences(&self) -> usize {
+        self.host.len().saturating_sub(1)
+    }
+}
+
 /// Whether [`GatherRows`] overwrites its output or adds to it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Accumulate {
@@ -389,10 +420,39 @@ pub trait Ops: Device {
     fn attention(&self, stream: &Self::Stream, op: &Attention<'_, Self>) -> Result<()> {
         unfused_attention(self, stream, op)
     }
+    /// Whether a packed batch runs faster here than the same batch padded: true where
+    /// [`Ops::attention_packed`] and [`Ops::mean_pool_packed`] are single kernels, or where a launch per
+    /// sequence costs nothing (the CPU); false where each launch is a dispatch that costs more than the
+    /// padding saves.
+    fn prefers_packed(&self) -> bool {
+        false
+    }
+    /// [`Attention`] over a packed batch (module doc): `op.qkv` is `[tokens, 3 * hidden]`, `op.mask` and
+    /// `op.out` are `[tokens]` and `[tokens, hidden]`, `op.shape.batch` is the number of sequences and
+    /// `op.shape.seq` the longest; the scratch is what [`Ops::attention_scratch`] asks for one sequence
+    /// of the longest length. Provided: [`attention_by_sequence`].
+    fn attention_packed(
+        &self,
+        stream: &Self::Stream,
+        op: &Attention<'_, Self>,
+        packing: &Packing<'_, Self>,
+    ) -> Result<()> {
+        attention_by_sequence(self, stream, op, packing)
+    }
     /// See [`GatherRows`].
     fn gather_rows(&self, stream: &Self::Stream, op: &GatherRows<'_, Self>) -> Result<()>;
     /// See [`MeanPool`].
     fn mean_pool(&self, stream: &Self::Stream, op: &MeanPool<'_, Self>) -> Result<()>;
+    /// [`MeanPool`] over a packed batch: `op.x` is `[tokens, dim]`, `op.mask` `[tokens]`, `op.batch` the
+    /// number of sequences and `op.seq` the longest. Provided: [`mean_pool_by_sequence`].
+    fn mean_pool_packed(
+        &self,
+        stream: &Self::Stream,
+        op: &MeanPool<'_, Self>,
+        packing: &Packing<'_, Self>,
+    ) -> Result<()> {
+        mean_pool_by_sequence(self, stream, op, packing)
+    }
     /// See [`L2Normalize`].
     fn l2_normalize(&self, stream: &Self::Stream, op: &L2Normalize<'_, Self>) -> Result<()>;
     /// See [`Add`].
@@ -449,4 +509,65 @@ pub fn unfused_attention<D: Ops>(
             bias: None,
         },
     )
+}
+
+/// [`Ops::attention_packed`] as one padded [`Ops::attention`] per sequence, each on its own rows of the
+/// packed operands (and the same scratch, reused in stream order): the same arithmetic as the sequence
+/// alone.
+pub fn attention_by_sequence<D: Ops>(
+    device: &D,
+    stream: &D::Stream,
+    op: &Attention<'_, D>,
+    packing: &Packing<'_, D>,
+) -> Result<()> {
+    let element = op.dtype.size();
+    let hidden = op.shape.hidden();
+    for b in 0..packing.sequences() {
+        let (first, len) = packing.span(b);
+        if len == 0 {
+            continue;
+        }
+        device.attention(
+            stream,
+            &Attention {
+                dtype: op.dtype,
+                shape: AttentionShape {
+                    batch: 1,
+                    seq: len,
+                    ..op.shape
+                },
+                qkv: op.qkv.skip(first * 3 * hidden * element),
+                mask: op.mask.skip(first * DType::F32.size()),
+                out: op.out.skip(first * hidden * element),
+                scratch: op.scratch,
+            },
+        )?;
+    }
+    Ok(())
+}
+
+/// [`Ops::mean_pool_packed`] as one padded [`Ops::mean_pool`] per sequence.
+pub fn mean_pool_by_sequence<D: Ops>(
+    device: &D,
+    stream: &D::Stream,
+    op: &MeanPool<'_, D>,
+    packing: &Packing<'_, D>,
+) -> Result<()> {
+    let element = op.dtype.size();
+    for b in 0..packing.sequences() {
+        let (first, len) = packing.span(b);
+        device.mean_pool(
+            stream,
+            &MeanPool {
+                dtype: op.dtype,
+                x: op.x.skip(first * op.dim * element),
+                mask: op.mask.skip(first * DType::F32.size()),
+                batch: 1,
+                seq: len,
+                dim: op.dim,
+                out: op.out.skip(b * op.dim * element),
+            },
+        )?;
+    }
+    Ok(())
 }

@@ -351,3 +351,87 @@ fn half_tensors_round_trip_and_mixed_dtypes_are_refused() {
     );
     assert!(err.unwrap_err().to_string().contains("ids, not values"));
 }
+
+#[test]
+fn packed_attention_and_mean_pool_equal_the_padded_ops_bit_for_bit() {
+    let rt = cpu_runtime(RuntimeConfig::default());
+    let (heads, hd, lengths) = (3usize, 8usize, [7usize, 0, 30, 1, 12]);
+    let (batch, seq, width) = (lengths.len(), 30usize, 3 * heads * hd);
+    let mut state = 1u64;
+    let mut next = || {
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (state >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+    };
+    let padded_qkv: Vec<f32> = (0..batch * seq * width).map(|_| next()).collect();
+    let mut mask = vec![0f32; batch * seq];
+    let (mut packed_qkv, mut offsets) = (Vec::new(), vec![0u32]);
+    for (b, &len) in lengths.iter().enumerate() {
+        mask[b * seq..b * seq + len].fill(1.0);
+        packed_qkv.extend_from_slice(&padded_qkv[b * seq * width..(b * seq + len) * width]);
+        offsets.push(offsets.last().unwrap() + len as u32);
+    }
+    let tokens = *offsets.last().unwrap() as usize;
+
+    let qkv = rt.from_f32(&padded_qkv, &[batch * seq, width]).unwrap();
+    let mask_t = rt.from_f32(&mask, &[batch, seq]).unwrap();
+    let context = rt.attention(&qkv, &mask_t, heads).unwrap();
+    let context_rows = rt.to_vec_f32(&context).unwrap();
+    let pooled = rt
+        .mean_pool(
+            &context.reshape(&[batch, seq, heads * hd]).unwrap(),
+            &mask_t,
+        )
+        .unwrap();
+    let (context, pooled) = (context_rows, rt.to_vec_f32(&pooled).unwrap());
+
+    let sequences = rt.packed_sequences(&offsets).unwrap();
+    assert_eq!(
+        (
+            sequences.sequences(),
+            sequences.tokens(),
+            sequences.longest()
+        ),
+        (batch, tokens, seq)
+    );
+    let qkv = rt.from_f32(&packed_qkv, &[tokens, width]).unwrap();
+    let ones = rt.from_f32(&vec![1.0; tokens], &[tokens]).unwrap();
+    let packed_context = rt.attention_packed(&qkv, &ones, &sequences, heads).unwrap();
+    let packed_pooled = rt
+        .mean_pool_packed(&packed_context, &ones, &sequences)
+        .unwrap();
+    let packed_context = rt.to_vec_f32(&packed_context).unwrap();
+
+    let hidden = heads * hd;
+    for (b, &len) in lengths.iter().enumerate() {
+        let first = offsets[b] as usize;
+        let padded_rows = &context[b * seq * hidden..(b * seq + len) * hidden];
+        let packed_rows = &packed_context[first * hidden..(first + len) * hidden];
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert_eq!(
+            bits(padded_rows),
+            bits(packed_rows),
+            "sequence {b}'s context"
+        );
+    }
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    assert_eq!(
+        bits(&pooled),
+        bits(&rt.to_vec_f32(&packed_pooled).unwrap()),
+        "pooled"
+    );
+
+    for bad in [&[][..], &[1, 3][..], &[0, 4, 2][..]] {
+        let err = rt
+            .packed_sequences(bad)
+            .err()
+            .expect("bad offsets are refused");
+        assert!(err.to_string().contains("offsets must start at 0"), "{err}");
+    }
+    let err = rt.attention_packed(&qkv, &ones, &rt.packed_sequences(&[0, 5]).unwrap(), heads);
+    assert!(err
+        .unwrap_err()
+        .to_string()
+        .contains("a packed batch of 5 tokens"));
+}

@@ -10,9 +10,9 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, ensure, Context, Result};
 use braid_engine::Engine;
 use braid_model::load::Embedder;
-use braid_model::{pad_batch, Encoding, PaddedBatch};
+use braid_model::{pack_batch, pad_batch, Encoding, TokenBatch};
 
-use super::{BenchMode, BenchOptions, BenchPoint};
+use super::{BenchMode, BenchOptions, BenchPoint, Layout};
 
 /// The built-in corpus: one real sentence per line.
 pub(crate) const SENTENCES: &str = include_str!("../../data/sentences.txt");
@@ -21,20 +21,21 @@ const DISTINCT_BATCHES: usize = 64;
 /// The most input sequences held for one batch size: bounds the host memory of large batches.
 const HELD_SEQUENCES: usize = 16_384;
 
-/// One caller batch: its sequences (what an engine takes) and the same padded (what a direct forward
-/// takes).
+/// One caller batch: its sequences (what an engine takes) and the same prepared in the layout the
+/// device prefers (what a direct forward takes: padding or packing is not part of the timed call).
 pub(super) struct CallerBatch {
     encodings: Vec<Encoding>,
-    padded: PaddedBatch,
+    prepared: TokenBatch,
 }
 
-/// Up to `DISTINCT_BATCHES` padded batches of `batch` inputs (at most `HELD_SEQUENCES` inputs in
+/// Up to `DISTINCT_BATCHES` batches of `batch` inputs (at most `HELD_SEQUENCES` inputs in
 /// all, at least one batch): consecutive sentences of the corpus (wrapping), or synthetic ids of
 /// exactly `seq` tokens.
 pub(super) fn make_batches(
     model: &dyn Embedder,
     batch: usize,
     seq: Option<usize>,
+    layout: Layout,
 ) -> Result<Vec<CallerBatch>> {
     let spec = model.spec();
     let distinct = (HELD_SEQUENCES / batch).clamp(1, DISTINCT_BATCHES);
@@ -60,8 +61,13 @@ pub(super) fn make_batches(
             let rows: Vec<Encoding> = (0..batch)
                 .map(|i| encodings[(b * batch + i) % encodings.len()].clone())
                 .collect();
+            let prepared = match layout {
+                Layout::Auto => model.prepare(&rows),
+                Layout::Padded => TokenBatch::Padded(pad_batch(&rows, spec.config.pad_token_id)),
+                Layout::Packed => TokenBatch::Packed(pack_batch(&rows)),
+            };
             CallerBatch {
-                padded: pad_batch(&rows, spec.config.pad_token_id),
+                prepared,
                 encodings: rows,
             }
         })
@@ -119,7 +125,7 @@ pub(super) fn run_point(
                 .name(format!("bench-caller-{t}"))
                 .spawn(move || -> Result<(usize, usize, Vec<Duration>)> {
                     let mut next = t * 7;
-                    let mut call = || -> Result<&PaddedBatch> {
+                    let mut call = || -> Result<&[Encoding]> {
                         let batch = &batches[next % batches.len()];
                         next += 1;
                         match &engine {
@@ -127,10 +133,10 @@ pub(super) fn run_point(
                                 engine.embed_encodings(batch.encodings.clone())?;
                             }
                             None => {
-                                model.embed_batch(&batch.padded)?;
+                                model.embed_prepared(&batch.prepared)?;
                             }
                         }
-                        Ok(&batch.padded)
+                        Ok(&batch.encodings)
                     };
                     let warm_up = call();
                     ready.wait();
@@ -141,8 +147,8 @@ pub(super) fn run_point(
                         let t0 = Instant::now();
                         let batch = call()?;
                         latencies.push(t0.elapsed());
-                        sequences += batch.batch;
-                        tokens += batch.mask.iter().filter(|&&m| m != 0.0).count();
+                        sequences += batch.len();
+                        tokens += batch.iter().map(Encoding::len).sum::<usize>();
                     }
                     Ok((sequences, tokens, latencies))
                 })
@@ -178,18 +184,19 @@ pub(super) fn run_point(
     let (mean_batch, padding_share) = match engine.map(|e| e.stats()) {
         Some(stats) => (stats.mean_batch_size(), stats.padding_share()),
         None => {
-            let padded = &batches[0].padded;
-            let real = padded.mask.iter().filter(|&&m| m != 0.0).count();
+            let first = &batches[0];
+            let real: usize = first.encodings.iter().map(Encoding::len).sum();
+            let computed = first.prepared.computed_tokens();
             (
-                padded.batch as f64,
-                1.0 - real as f64 / padded.mask.len().max(1) as f64,
+                first.prepared.sequences() as f64,
+                1.0 - real as f64 / computed.max(1) as f64,
             )
         }
     };
     Ok(BenchPoint {
         mode,
         threads,
-        batch: batches[0].padded.batch,
+        batch: batches[0].prepared.sequences(),
         sequences,
         seconds: elapsed,
         seq_per_s: sequences as f64 / elapsed,

@@ -1,5 +1,6 @@
 // Multi-head attention on tensor cores (f16 and bf16 storage): `mma.sync.m16n8k16` with f32
-// accumulators, in the FlashAttention-2 arrangement. Grid (ceil(seq / MMA_QUERIES), heads, batch),
+// accumulators, in the FlashAttention-2 arrangement; padded or packed (`sequence_span`, as the CUDA-core
+// kernel). Grid (ceil(seq / MMA_QUERIES), heads, batch),
 // MMA_WARPS warps per block, each warp owning 16 queries. Q, K and V tiles move global -> shared with
 // 16-byte `cp.async` (rows past the sequence zero-filled), two stages deep (the next key tile loads
 // while this one is computed), shared -> registers with `ldmatrix`. Per key
@@ -58,8 +59,8 @@ __device__ __forceinline__ void mma16816(b16*, float (&d)[4], const unsigned (&a
 // Thread `lane` of a warp holds, of every 16 x 8 accumulator tile, rows g = lane / 4 and g + 8,
 // columns 2 * (lane % 4) and + 1.
 template <typename T, int D, bool SPLIT_P>
-__device__ void attention_mma(const T* qkv, const float* mask, T* out, unsigned n, unsigned heads,
-                              float scale_log2) {
+__device__ void attention_mma(const T* qkv, const float* mask, const unsigned* offsets, T* out, unsigned seq,
+                              unsigned heads, float scale_log2) {
     const int KEYS = D > 64 ? 32 : 64;  // keys per tile: two stages of K + V stay under 48 KB
     const int STRIDE = D + 8;           // 16-bit elements per shared row: +16 bytes, so the 8 rows of one
                                         // ldmatrix fall in 8 different bank groups
@@ -70,10 +71,12 @@ __device__ void attention_mma(const T* qkv, const float* mask, T* out, unsigned 
     static_assert(MMA_QUERIES * STRIDE <= 2 * TILE, "Q must fit in one stage");
     __shared__ __align__(16) unsigned short kv[2][2 * TILE];
     __shared__ float keep[2][KEYS];
-    const u64 b = blockIdx.z, hidden = (u64)heads * D, row = 3 * hidden;
+    const u64 hidden = (u64)heads * D, row = 3 * hidden;
+    const Span span = sequence_span(offsets, blockIdx.z, seq);
+    const unsigned n = span.len, q_block = blockIdx.x * MMA_QUERIES;
+    if (q_block >= n) return;  // past a shorter packed sequence: block-uniform, before any barrier
     const unsigned warp = threadIdx.x / WARP, lane = threadIdx.x & (WARP - 1), g = lane >> 2, c2 = 2 * (lane & 3);
-    const unsigned q_block = blockIdx.x * MMA_QUERIES;
-    const T* base = qkv + b * n * row + blockIdx.y * (u64)D;
+    const T* base = qkv + span.first * row + blockIdx.y * (u64)D;
     // Issues the loads of key tile `k0` into `stage` (rows past the sequence zero-filled, masked).
     auto load_tile = [&](unsigned k0, int stage) {
         for (unsigned i = threadIdx.x; i < KEYS * CHUNKS; i += blockDim.x) {
@@ -84,7 +87,7 @@ __device__ void attention_mma(const T* qkv, const float* mask, T* out, unsigned 
         }
         if (threadIdx.x < KEYS) {
             const unsigned key = k0 + threadIdx.x;
-            keep[stage][threadIdx.x] = key < n && mask[b * n + key] != 0.0f ? 1.0f : 0.0f;
+            keep[stage][threadIdx.x] = key < n && mask[span.first + key] != 0.0f ? 1.0f : 0.0f;
         }
         cp_async_commit();
     };
@@ -218,7 +221,7 @@ __device__ void attention_mma(const T* qkv, const float* mask, T* out, unsigned 
     for (int i = 0; i < 2; ++i) {
         const unsigned q = q_block + warp * 16 + g + 8 * i;
         if (q >= n) continue;
-        T* dst = out + (b * n + q) * hidden + blockIdx.y * (u64)D + c2;
+        T* dst = out + (span.first + q) * hidden + blockIdx.y * (u64)D + c2;
         #pragma unroll
         for (int t = 0; t < D / 8; ++t)
             *reinterpret_cast<unsigned*>(dst + t * 8) = pack2(dst, o[t][2 * i] * total[i], o[t][2 * i + 1] * total[i]);

@@ -1,5 +1,6 @@
 // Fused multi-head attention over qkv [batch, seq, 3 * hidden] (Q | K | V, heads side by side) into
-// out [batch, seq, hidden]. Grid (ceil(seq / ATT_QUERIES), heads, batch), ATT_WARPS warps per block; each
+// out [batch, seq, hidden], or over a packed batch (`offsets` given: `sequence_span`, seq the longest;
+// blocks past a shorter sequence's end exit at once). Grid (ceil(seq / ATT_QUERIES), heads, batch), ATT_WARPS warps per block; each
 // warp owns ATT_PER_WARP queries and works on all of them at once (independent accumulators, so the
 // loops are not one long dependency chain). Keys stream through shared memory ATT_KEYS at a time with
 // an online softmax (running max and sum in f32, fixed order: deterministic). head_dim <= ATT_MAX_HD.
@@ -10,16 +11,19 @@
 #define ATT_MAX_HD 128
 #define ATT_LOADS 8
 template <typename T>
-__device__ void attention(const T* qkv, const float* mask, T* out, u64 seq, u64 heads, u64 head_dim, float scale) {
+__device__ void attention(const T* qkv, const float* mask, const unsigned* offsets, T* out, u64 seq, u64 heads,
+                          u64 head_dim, float scale) {
     __shared__ float ks[ATT_KEYS][ATT_MAX_HD + 1];  // +1: lanes read different rows, different banks
     __shared__ float vs[ATT_KEYS][ATT_MAX_HD];
     __shared__ float qs[ATT_WARPS][ATT_PER_WARP][ATT_MAX_HD];
     __shared__ float keep[ATT_KEYS];
-    const unsigned hd = (unsigned)head_dim, n = (unsigned)seq;
-    const u64 b = blockIdx.z, h = blockIdx.y, hidden = heads * head_dim, row = 3 * hidden;
+    const u64 h = blockIdx.y, hidden = heads * head_dim, row = 3 * hidden;
+    const Span span = sequence_span(offsets, blockIdx.z, (unsigned)seq);
+    if (blockIdx.x * ATT_QUERIES >= span.len) return;  // block-uniform, before any barrier
+    const unsigned hd = (unsigned)head_dim, n = span.len;
     const int warp = threadIdx.x / WARP, lane = threadIdx.x & (WARP - 1);
     const unsigned q0 = blockIdx.x * ATT_QUERIES + warp * ATT_PER_WARP;
-    const T* base = qkv + b * seq * row + h * head_dim;
+    const T* base = qkv + span.first * row + h * head_dim;
     #pragma unroll
     for (int i = 0; i < ATT_PER_WARP; ++i)  // queries past the end compute on zeros and store nothing
         for (unsigned d = lane; d < hd; d += WARP)
@@ -57,7 +61,7 @@ __device__ void attention(const T* qkv, const float* mask, T* out, u64 seq, u64 
         }
         if (threadIdx.x < ATT_KEYS) {
             const unsigned key = k0 + threadIdx.x;
-            keep[threadIdx.x] = key < n && mask[b * seq + key] != 0.0f ? 1.0f : 0.0f;
+            keep[threadIdx.x] = key < n && mask[span.first + key] != 0.0f ? 1.0f : 0.0f;
         }
         __syncthreads();
         // Scores: lane j holds key k0 + j's score for every query of this warp.
@@ -108,7 +112,7 @@ __device__ void attention(const T* qkv, const float* mask, T* out, u64 seq, u64 
         #pragma unroll
         for (int c = 0; c < ATT_MAX_HD / WARP; ++c) {
             const unsigned d = lane + c * WARP;
-            if (d < hd) store(out + (b * seq + q0 + i) * hidden + h * head_dim + d, acc[i][c] * inv);
+            if (d < hd) store(out + (span.first + q0 + i) * hidden + h * head_dim + d, acc[i][c] * inv);
         }
     }
 }

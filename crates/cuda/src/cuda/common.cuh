@@ -124,3 +124,14 @@ template <typename T> __device__ __forceinline__ void store_vec(T* p, const floa
     t.w = pack2(p, v[6], v[7]);
     *reinterpret_cast<uint4*>(p) = t;
 }
+
+// Sequence `b` of a batch: its first row and its token count. Packed (`offsets` given): rows
+// offsets[b] .. offsets[b + 1]; padded: rows b * n .. b * n + n. The mask is indexed by row either way.
+struct Span {
+    u64 first;
+    unsigned len;
+};
+__device__ __forceinline__ Span sequence_span(const unsigned* offsets, u64 b, unsigned n) {
+    if (offsets != nullptr) return Span{offsets[b], offsets[b + 1] - offsets[b]};
+    return Span{b * n, n};
+}

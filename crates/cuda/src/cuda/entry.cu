@@ -10,12 +10,12 @@ extern "C" __global__ void braid_layer_norm_##S(const T* x, const T* bias, const
     layer_norm(x, bias, residual, gamma, beta, out, cols, eps); } \
 extern "C" __global__ void braid_masked_softmax_##S(T* scores, const float* mask, u64 rows, \
     u64 rows_per_batch, u64 k, float scale) { masked_softmax(scores, mask, rows, rows_per_batch, k, scale); } \
-extern "C" __global__ void braid_attention_##S(const T* qkv, const float* mask, T* out, u64 seq, u64 heads, \
-    u64 hd, float scale) { attention(qkv, mask, out, seq, heads, hd, scale); } \
+extern "C" __global__ void braid_attention_##S(const T* qkv, const float* mask, const unsigned* offsets, T* out, \
+    u64 seq, u64 heads, u64 hd, float scale) { attention(qkv, mask, offsets, out, seq, heads, hd, scale); } \
 extern "C" __global__ void braid_gather_rows_##S(const T* table, u64 table_rows, const unsigned* ids, \
     u64 n_ids, u64 dim, T* out, int accumulate) { gather_rows(table, table_rows, ids, n_ids, dim, out, accumulate); } \
-extern "C" __global__ void braid_mean_pool_##S(const T* x, const float* mask, u64 batch, u64 seq, u64 dim, \
-    T* out) { mean_pool(x, mask, batch, seq, dim, out); } \
+extern "C" __global__ void braid_mean_pool_##S(const T* x, const float* mask, const unsigned* offsets, u64 batch, \
+    u64 seq, u64 dim, T* out) { mean_pool(x, mask, offsets, batch, seq, dim, out); } \
 extern "C" __global__ void braid_l2_normalize_##S(T* x, u64 dim) { l2_normalize(x, dim); } \
 extern "C" __global__ void braid_gather_rows_vec_##S(const T* table, unsigned table_rows, const unsigned* ids, \
     unsigned chunks, unsigned row_chunks, T* out, int accumulate) { \
@@ -36,8 +36,8 @@ BRAID_KERNELS(bf16, b16)
 // Tensor-core attention: braid_attention_mma<head_dim>_<dtype>, f16 and bf16 (bf16 with P split).
 #define BRAID_MMA_ATTENTION(S, T, D, SPLIT) \
 extern "C" __global__ void __launch_bounds__(MMA_WARPS * WARP) braid_attention_mma##D##_##S(const T* qkv, \
-    const float* mask, T* out, unsigned n, unsigned heads, float scale_log2) { \
-    attention_mma<T, D, SPLIT>(qkv, mask, out, n, heads, scale_log2); }
+    const float* mask, const unsigned* offsets, T* out, unsigned seq, unsigned heads, float scale_log2) { \
+    attention_mma<T, D, SPLIT>(qkv, mask, offsets, out, seq, heads, scale_log2); }
 BRAID_MMA_ATTENTION(f16, h16, 32, false)
 BRAID_MMA_ATTENTION(f16, h16, 64, false)
 BRAID_MMA_ATTENTION(f16, h16, 128, false)

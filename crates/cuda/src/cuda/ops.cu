@@ -94,15 +94,17 @@ __device__ void gather_rows(const T* table, u64 table_rows, const unsigned* ids,
 // POOL_WARPS warps: lane = feature, the warps stride over the sequence, their partials summed in order.
 #define POOL_WARPS 8
 template <typename T>
-__device__ void mean_pool(const T* x, const float* mask, u64 batch, u64 seq, u64 dim, T* out) {
+__device__ void mean_pool(const T* x, const float* mask, const unsigned* offsets, u64 batch, u64 seq, u64 dim,
+                          T* out) {
     __shared__ float sums[POOL_WARPS][WARP];
     __shared__ float counts[POOL_WARPS];
     const int warp = threadIdx.x / WARP, lane = threadIdx.x & (WARP - 1);
     const u64 b = blockIdx.x, d = blockIdx.y * (u64)WARP + lane;
+    const Span span = sequence_span(offsets, b, (unsigned)seq);
     float acc = 0.0f, count = 0.0f;
-    for (u64 s = warp; s < seq; s += POOL_WARPS) {
-        const float m = mask[b * seq + s];
-        if (m != 0.0f && d < dim) acc += m * load(x + (b * seq + s) * dim + d);
+    for (u64 s = warp; s < span.len; s += POOL_WARPS) {
+        const float m = mask[span.first + s];
+        if (m != 0.0f && d < dim) acc += m * load(x + (span.first + s) * dim + d);
         count += m;
     }
     sums[warp][lane] = acc;

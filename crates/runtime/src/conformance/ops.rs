@@ -6,7 +6,8 @@
 //! [`every_op`] covers linear + bias, LayerNorm with bias and residual, bias + GELU (exact and tanh),
 //! gather (overwrite and add) + masked mean pool + L2 norm, a strided batched GEMM over views of one
 //! fused matrix, fill and add; [`attention_shapes`] the attention on several shapes with padded and
-//! fully masked sequences.
+//! fully masked sequences; [`packed_batches`] attention and mean pooling over packed batches of uneven
+//! (and empty) sequences.
 
 use crate::cpu::CpuDevice;
 use crate::ops::{Gelu, Gemm, GemmSpec, MatStrides, Ops};
@@ -262,6 +263,66 @@ pub fn attention_shapes<G: Ops>(
         let what = format!("attention {batch}x{seq}x{heads}x{hd}");
         for &dtype in dtypes {
             pair.check(&what, dtype, &inputs, attention, attention);
+        }
+    }
+}
+
+/// inputs: [heads, head_dim, lengths..] (as f32), qkv [tokens, 3 * heads * head_dim], mask [tokens]:
+/// packed attention, then packed mean pooling of its context, `[sequences, hidden]` (the context itself
+/// when `v[3]` is given, so both ops are checked).
+fn packed_attention_pool<D: Ops>(rt: &Runtime<D>, dt: DType, v: &[Vec<f32>]) -> Tensor<D> {
+    let (heads, hd) = (v[0][0] as usize, v[0][1] as usize);
+    let mut offsets = vec![0u32];
+    for &len in &v[0][2..] {
+        offsets.push(offsets.last().unwrap() + len as u32);
+    }
+    let sequences = rt.packed_sequences(&offsets).unwrap();
+    let tokens = sequences.tokens();
+    let qkv = up(rt, dt, &v[1], &[tokens, 3 * heads * hd]);
+    let mask = rt.from_f32(&v[2], &[tokens]).unwrap();
+    let context = rt.attention_packed(&qkv, &mask, &sequences, heads).unwrap();
+    if v.len() > 3 {
+        return context;
+    }
+    rt.mean_pool_packed(&context, &mask, &sequences).unwrap()
+}
+
+/// Packed attention and packed mean pooling against the CPU backend's (which runs each sequence as a
+/// padded batch of one), for each `(lengths, heads, head_dim)` in each of `dtypes`; the last token of
+/// the first sequence is masked, so masks are read by packed row.
+pub fn packed_batches<G: Ops>(
+    pair: &Pair<G>,
+    batches: &[(&[usize], usize, usize)],
+    dtypes: &[(DType, f32)],
+) {
+    let mut rng = Rng::new(13);
+    for &(lengths, heads, hd) in batches {
+        let tokens: usize = lengths.iter().sum();
+        let mut mask = vec![1f32; tokens];
+        if lengths[0] > 1 {
+            mask[lengths[0] - 1] = 0.0;
+        }
+        let mut head = vec![heads as f32, hd as f32];
+        head.extend(lengths.iter().map(|&l| l as f32));
+        let pooled = vec![head, rng.values(tokens * 3 * heads * hd), mask];
+        let mut context = pooled.clone();
+        context.push(Vec::new());
+        for &dtype in dtypes {
+            let what = format!("packed {lengths:?} x{heads}x{hd}");
+            pair.check(
+                &format!("{what} attention"),
+                dtype,
+                &context,
+                packed_attention_pool,
+                packed_attention_pool,
+            );
+            pair.check(
+                &format!("{what} + mean_pool"),
+                dtype,
+                &pooled,
+                packed_attention_pool,
+                packed_attention_pool,
+            );
         }
     }
 }

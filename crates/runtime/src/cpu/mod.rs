@@ -411,6 +411,12 @@ impl Ops for CpuDevice {
         })
     }
 
+    /// The provided per-sequence forms of the packed ops are the CPU's best: a launch is a closure on
+    /// this stream, and no padded token is computed.
+    fn prefers_packed(&self) -> bool {
+        true
+    }
+
     fn mean_pool(&self, stream: &CpuStream, op: &MeanPool<'_, Self>) -> Result<()> {
         f32_only("mean_pool", op.dtype)?;
         let (x, mask, out) = (addr(op.x), addr(op.mask), addr(op.out));

@@ -16,8 +16,10 @@ use crate::runtime::Runtime;
 use crate::stream::Stream;
 
 mod ops;
+mod packed;
 
 pub use self::ops::GemmOperand;
+pub use self::packed::PackedSequences;
 
 /// A dense tensor on a device.
 pub struct Tensor<D: Device> {

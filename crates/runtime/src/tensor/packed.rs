@@ -1,0 +1,176 @@
+//! Packed batches at the tensor layer: [`PackedSequences`] (where each sequence's tokens lie, on the
+//! host and on the device) and the two ops that look across tokens in packed form,
+//! [`Runtime::attention_packed`] and [`Runtime::mean_pool_packed`] (the `ops` module doc says why only
+//! these two). Every other op runs on a packed `[tokens, ..]` matrix as on any other.
+
+use super::{expect_f32_mask, float_dtype, rows_cols, shape_error, Tensor};
+use crate::device::Device;
+use crate::error::Result;
+use crate::ops::{Attention, AttentionShape, MeanPool, Ops, Packing};
+use crate::runtime::Runtime;
+
+/// The sequence boundaries of a packed batch: sequence `b` is rows `offsets[b]..offsets[b + 1]`.
+/// Made by [`Runtime::packed_sequences`], which checks the offsets once.
+pub struct PackedSequences<D: Device> {
+    host: Vec<u32>,
+    device: Tensor<D>,
+    longest: usize,
+}
+
+impl<D: Device> PackedSequences<D> {
+    /// Sequences.
+    pub fn sequences(&self) -> usize {
+        self.host.len() - 1
+    }
+
+    /// Tokens of all sequences.
+    pub fn tokens(&self) -> usize {
+        *self
+            .host
+            .last()
+            .expect("offsets hold at least one entry (checked)") as usize
+    }
+
+    /// The longest sequence's tokens.
+    pub fn longest(&self) -> usize {
+        self.longest
+    }
+
+    /// The offsets, `sequences + 1` of them.
+    pub fn offsets(&self) -> &[u32] {
+        &self.host
+    }
+
+    fn packing(&self) -> Packing<'_, D> {
+        Packing {
+            offsets: self.device.view(),
+            host: &self.host,
+        }
+    }
+}
+
+impl<D: Ops> Runtime<D> {
+    /// The boundaries of a packed batch, uploaded on the current stream: `offsets` starts at 0, never
+    /// decreases and has one entry more than there are sequences.
+    pub fn packed_sequences(&self, offsets: &[u32]) -> Result<PackedSequences<D>> {
+        let valid = offsets.first() == Some(&0) && offsets.windows(2).all(|w| w[0] <= w[1]);
+        if !valid {
+            return Err(shape_error(
+                "packed_sequences",
+                format!(
+                    "offsets must start at 0, never decrease and have one entry more than there are \
+                     sequences; got {} entries starting {:?}",
+                    offsets.len(),
+                    &offsets[..offsets.len().min(4)]
+                ),
+            ));
+        }
+        let longest = offsets
+            .windows(2)
+            .map(|w| (w[1] - w[0]) as usize)
+            .max()
+            .unwrap_or(0);
+        Ok(PackedSequences {
+            device: self.from_u32(offsets, &[offsets.len()])?,
+            host: offsets.to_vec(),
+            longest,
+        })
+    }
+
+    /// [`Runtime::attention`] over a packed batch: `qkv [tokens, 3 * hidden]`, `mask [tokens]` (f32),
+    /// context `[tokens, hidden]`; each sequence attends only to its own tokens. See
+    /// [`Ops::attention_packed`].
+    pub fn attention_packed(
+        &self,
+        qkv: &Tensor<D>,
+        mask: &Tensor<D>,
+        sequences: &PackedSequences<D>,
+        heads: usize,
+    ) -> Result<Tensor<D>> {
+        let dtype = float_dtype("attention", [qkv])?;
+        expect_f32_mask("attention", mask)?;
+        let tokens = sequences.tokens();
+        let (rows, width) = rows_cols(&qkv.shape);
+        if rows != tokens || mask.shape != [tokens] || heads == 0 || width % (3 * heads) != 0 {
+            return Err(shape_error(
+                "attention",
+                format!(
+                    "a packed batch of {tokens} tokens needs qkv [{tokens}, 3 * hidden] with hidden a \
+                     multiple of {heads} heads and mask [{tokens}], got {:?} and {:?}",
+                    qkv.shape, mask.shape
+                ),
+            ));
+        }
+        let head_dim = width / (3 * heads);
+        let shape = AttentionShape {
+            batch: sequences.sequences(),
+            seq: sequences.longest(),
+            heads,
+            head_dim,
+            scale: 1.0 / (head_dim as f32).sqrt(),
+        };
+        let out = self.empty(&[tokens, shape.hidden()], dtype)?;
+        let one_sequence = AttentionShape { batch: 1, ..shape };
+        let scratch = match self.device().attention_scratch(&one_sequence) {
+            0 => None,
+            elements => Some(self.empty(&[elements], dtype)?),
+        };
+        self.encode(|d, s| {
+            d.attention_packed(
+                s,
+                &Attention {
+                    dtype,
+                    shape,
+                    qkv: qkv.view(),
+                    mask: mask.view(),
+                    out: out.view(),
+                    scratch: scratch.as_ref().map(Tensor::view),
+                },
+                &sequences.packing(),
+            )
+        })?;
+        Ok(out)
+    }
+
+    /// [`Runtime::mean_pool`] over a packed batch: `x [tokens, dim]`, `mask [tokens]` (f32), into
+    /// `[sequences, dim]`. See [`Ops::mean_pool_packed`].
+    pub fn mean_pool_packed(
+        &self,
+        x: &Tensor<D>,
+        mask: &Tensor<D>,
+        sequences: &PackedSequences<D>,
+    ) -> Result<Tensor<D>> {
+        let dtype = float_dtype("mean_pool", [x])?;
+        expect_f32_mask("mean_pool", mask)?;
+        let tokens = sequences.tokens();
+        let (rows, dim) = rows_cols(&x.shape);
+        if rows != tokens || x.shape.len() != 2 || mask.shape != [tokens] {
+            return Err(shape_error(
+                "mean_pool",
+                format!(
+                    "a packed batch of {tokens} tokens needs x [{tokens}, dim] and mask [{tokens}], \
+                     got {:?} and {:?}",
+                    x.shape, mask.shape
+                ),
+            ));
+        }
+        let batch = sequences.sequences();
+        let out = self.empty(&[batch, dim], dtype)?;
+        self.encode(|d, s| {
+            d.mean_pool_packed(
+                s,
+                &MeanPool {
+                    dtype,
+                    x: x.view(),
+                    mask: mask.view(),
+                    batch,
+                    seq: sequences.longest(),
+                    dim,
+                    out: out.view(),
+                },
+                &sequences.packing(),
+            )
+        })?;
+        Ok(out)
+    }
+}
