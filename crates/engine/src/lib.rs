@@ -230,6 +230,11 @@ impl Engine {
         self.shared.devices.iter().map(Device::state).collect()
     }
 
+    /// The model on device `index` (in [`Engine::devices`]' order), if there is one.
+    pub fn device_model(&self, index: usize) -> Option<&Arc<dyn Embedder>> {
+        self.shared.devices.get(index).map(|d| &d.model)
+    }
+
     /// How many devices the engine drives.
     pub fn device_count(&self) -> usize {
         self.shared.devices.len()
