@@ -136,6 +136,8 @@ pub fn run(model: ModelArgs, args: ServeArgs) -> Result<()> {
             "--executors {executors}: between 1 and 16 executor threads"
         );
     }
+    // A bad --devices fails before the server listens (the loader plans the same again).
+    crate::devices::plan(model.device, args.devices.as_ref(), true)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("braid-serve")
