@@ -189,18 +189,22 @@ impl Shared {
         let (mut idle, mut ran) = (false, false);
         while dev.is_healthy() {
             let healthy = self.healthy_devices.load(Ordering::SeqCst);
-            // Look again at once on shutdown, a hand-off to this device, or any device retired.
+            // Look again at once on a hand-off to this device, any device retired, or shutdown with
+            // no batch held (then this executor may exit; while batches are held it sleeps, and the
+            // executor that ends the last one wakes it).
             let look = || {
-                self.closing()
-                    || dev.handoff.load(Ordering::SeqCst)
+                dev.handoff.load(Ordering::SeqCst)
                     || self.healthy_devices.load(Ordering::SeqCst) != healthy
+                    || (self.closing() && self.holding.load(Ordering::SeqCst) == 0)
             };
             match self.next(dev, &mut idle) {
                 Next::Run { batch, padded } => {
                     self.run(dev, batch, padded);
                     ran = true;
                     if self.closing() {
-                        // Executors waiting for the last batch to end may now exit.
+                        // Executors waiting for the last batch to end may now exit (`run` lowered
+                        // `holding` before this read of `closing`; shutdown wakes everyone after
+                        // setting it, so one of the two wakes a sleeper that saw a batch held).
                         self.queue.wake_all();
                     }
                 }
