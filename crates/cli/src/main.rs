@@ -23,6 +23,7 @@
 //! (see `output`).
 
 mod bench;
+mod devices;
 mod embed;
 mod fetch;
 mod output;
@@ -34,7 +35,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
-use braid_engine::{Engine, EngineConfig};
+use braid_engine::{Engine, EngineConfig, EngineDevice};
 use braid_model::load::{load, DeviceChoice, Embedder, LoadOptions, DEVICE_CHOICES};
 use braid_model::{default_model_dir, MODELS_DIR_ENV};
 use braid_runtime::{DType, RuntimeConfig};
@@ -70,6 +71,10 @@ struct ModelArgs {
     /// accumulating in f32).
     #[arg(long, env = "BRAID_DTYPE", value_enum, default_value_t = DTypeChoice::F32)]
     dtype: DTypeChoice,
+}
+
+fn parse_devices(text: &str) -> Result<devices::DeviceList, String> {
+    text.parse()
 }
 
 fn parse_device(text: &str) -> Result<DeviceChoice, String> {
@@ -112,9 +117,25 @@ impl ModelArgs {
     /// The model, through the loading seam, for `callers` threads at once; runtime settings from the
     /// `BRAID_*` environment variables.
     fn load(&self, callers: usize) -> Result<Arc<dyn Embedder>> {
+        self.load_on(self.device, callers)
+    }
+
+    /// The model on every device `--devices` names (see `devices`), each loaded once.
+    fn load_devices(
+        &self,
+        devices: Option<&devices::DeviceList>,
+        every_gpu_by_default: bool,
+        callers: usize,
+    ) -> Result<Vec<EngineDevice>> {
+        let planned = devices::plan(self.device, devices, every_gpu_by_default)?;
+        devices::load_all(planned, |choice| self.load_on(choice, callers))
+    }
+
+    /// The model on `device` (a device `--devices` names; else `--device`).
+    fn load_on(&self, device: DeviceChoice, callers: usize) -> Result<Arc<dyn Embedder>> {
         let options = LoadOptions {
             model_dir: self.dir(),
-            device: self.device,
+            device,
             dtype: self.dtype.into(),
             callers,
             runtime: RuntimeConfig::from_env()?,
@@ -123,7 +144,7 @@ impl ModelArgs {
             format!(
                 "loading the model from {} (--device {})",
                 options.model_dir.display(),
-                self.device
+                device
             )
         })
     }
@@ -201,6 +222,11 @@ enum Command {
         /// when lengths differ), `padded` or `packed` (to compare them).
         #[arg(long, value_enum, default_value = "auto")]
         layout: bench::Layout,
+        /// The devices one engine drives: `all` or numbers such as `0,1` (GPU ordinals with
+        /// --device cuda; with --device cpu, that many CPU runtimes). Default: the one --device
+        /// names (GPU 0). Direct mode spreads the callers over them.
+        #[arg(long, value_name = "LIST", value_parser = parse_devices)]
+        devices: Option<devices::DeviceList>,
     },
     /// Serve embeddings over HTTP: OpenAI's POST /v1/embeddings and text-embeddings-inference's
     /// POST /embed, POST /tokenize, GET /info, GET /health; GET /metrics (Prometheus). Every flag is
@@ -285,6 +311,7 @@ fn run(cli: Cli) -> Result<()> {
             executors,
             max_batch_tokens,
             layout,
+            devices,
         } => {
             let options = bench::BenchOptions {
                 layout,
@@ -304,8 +331,8 @@ fn run(cli: Cli) -> Result<()> {
                 .transpose()?;
             let plot = options.open_plot(json.as_ref())?;
             let name = model.name();
-            let model = model.load(options.most_threads())?;
-            bench::run(&model, &name, &options, json, plot, &mut stdout).map(drop)
+            let devices = model.load_devices(devices.as_ref(), false, options.most_threads())?;
+            bench::run(&devices, &name, &options, json, plot, &mut stdout).map(drop)
         }
         Command::Serve { model, serve } => serve::run(model, serve),
         Command::ServeBench { model, bench } => serve_bench::run(model, bench, &mut stdout),

@@ -7,13 +7,13 @@
 //! Exit: 0 after SIGINT or SIGTERM once requests in flight have finished; 1 (with a `braid: error:`
 //! line) when the address cannot be bound, the model cannot load or a setting is out of range.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use braid_engine::{EngineConfig, Mode};
 use braid_serve::ServeConfig;
 
+use crate::devices::DeviceList;
 use crate::ModelArgs;
 
 /// `braid serve`'s own flags.
@@ -60,9 +60,14 @@ pub struct ServeArgs {
     /// `direct`.
     #[arg(long, env = "BRAID_ENGINE_MODE", default_value = "auto", value_parser = parse_mode)]
     mode: Mode,
-    /// Engine executor threads, 1 to 16 (default: 4 on a GPU, 1 on the CPU).
+    /// Engine executor threads per device, 1 to 16 (default: 4 on a GPU, 1 on the CPU).
     #[arg(long, env = "BRAID_EXECUTORS")]
     executors: Option<usize>,
+    /// The devices the engine drives: `all` or numbers such as `0,1` (GPU ordinals with --device
+    /// cuda; with --device cpu, that many CPU runtimes, for testing). Default: every visible CUDA
+    /// GPU when --device is auto, else the one --device names.
+    #[arg(long, env = "BRAID_DEVICES", value_name = "LIST", value_parser = crate::parse_devices)]
+    devices: Option<DeviceList>,
 }
 
 /// Seconds as a decimal (`0.5`, `30`), more than 0 and at most an hour.
@@ -131,6 +136,8 @@ pub fn run(model: ModelArgs, args: ServeArgs) -> Result<()> {
             "--executors {executors}: between 1 and 16 executor threads"
         );
     }
+    // A bad --devices fails before the server listens (the loader plans the same again).
+    crate::devices::plan(model.device, args.devices.as_ref(), true)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("braid-serve")
@@ -143,12 +150,18 @@ pub fn run(model: ModelArgs, args: ServeArgs) -> Result<()> {
         let address = listener.local_addr().context("reading the bound address")?;
         tracing::info!("listening on http://{address}");
         let (mode, executors, tokens) = (args.mode, args.executors, args.max_batch_tokens);
+        let devices = args.devices.clone();
         let load = move || -> braid_serve::LoadResult {
-            let model = model
-                .load(stream_callers(executors))
+            let devices = model
+                .load_devices(devices.as_ref(), true, stream_callers(executors))
                 .map_err(|e| format!("{e:#}"))?;
-            let config = engine_config(model.backend(), mode, executors, tokens);
-            Ok((Arc::clone(&model), config))
+            let backend = devices.first().map_or("cpu", |d| d.model.backend());
+            let config = engine_config(backend, mode, executors, tokens);
+            tracing::info!(
+                devices = %devices.iter().map(|d| d.name.as_str()).collect::<Vec<_>>().join(","),
+                "the model is loaded on every device"
+            );
+            Ok((devices, config))
         };
         braid_serve::run(config, listener, load, braid_serve::shutdown::signal())
             .await

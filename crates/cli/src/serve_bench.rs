@@ -20,7 +20,7 @@ use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, ensure, Context, Result};
-use braid_engine::{Engine, Mode};
+use braid_engine::{Engine, EngineDevice, Mode};
 use braid_serve::loadgen::{run_load, wait_ready, LoadReport, LoadSpec, Route};
 use braid_serve::ServeConfig;
 
@@ -157,7 +157,10 @@ pub fn run(model_args: ModelArgs, args: ServeBenchArgs, out: &mut dyn Write) -> 
     let server = server_runtime.spawn(braid_serve::run(
         serve_config,
         listener,
-        move || Ok((server_model, server_config)),
+        move || {
+            let name = format!("{}:0", server_model.backend());
+            Ok((vec![EngineDevice::new(name, server_model)], server_config))
+        },
         async move {
             let _ = stopped.await;
             "the end of the bench"

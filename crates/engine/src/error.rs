@@ -44,6 +44,17 @@ pub enum EngineError {
         detail: String,
     },
 
+    /// Every device of the engine has failed (device errors, or memory that splitting did not
+    /// cure): nothing is left to run requests on. Requests waiting fail with it, new ones are refused.
+    #[error(
+        "every device of the engine has failed ({detail}); it takes no more requests: restart the \
+         engine (or the server) once the devices are usable again"
+    )]
+    NoHealthyDevice {
+        /// Each device's name and why it failed.
+        detail: String,
+    },
+
     /// The model failed: the request's own input (tokenization, length), or the batch it ran in.
     #[error(transparent)]
     Model(Arc<ModelError>),
@@ -55,6 +66,16 @@ impl EngineError {
         matches!(self, Self::Model(e) if is_out_of_memory(e))
     }
 
+    /// Whether this is a device failing (a failed stream, a driver error) rather than the request's
+    /// input or memory, or every device having failed.
+    pub fn is_device_failure(&self) -> bool {
+        match self {
+            Self::NoHealthyDevice { .. } => true,
+            Self::Model(e) => Fault::of(e) == Fault::Device,
+            _ => false,
+        }
+    }
+
     /// A short, stable name of the kind, for metrics labels.
     pub fn kind(&self) -> &'static str {
         match self {
@@ -62,12 +83,44 @@ impl EngineError {
             Self::ShutDown => "shut_down",
             Self::InvalidConfig { .. } => "invalid_config",
             Self::Internal { .. } => "internal",
+            Self::NoHealthyDevice { .. } => "no_healthy_device",
             Self::Model(e) if is_out_of_memory(e) => "out_of_memory",
+            Self::Model(e) if Fault::of(e) == Fault::Device => "device",
             Self::Model(e) => match **e {
                 ModelError::NonFiniteEmbedding { .. } => "non_finite",
                 ModelError::InputTooLong { .. } => "input_too_long",
                 _ => "model",
             },
+        }
+    }
+}
+
+/// What a failed forward says about where the fault lies (`Engine` acts on it: module doc of
+/// `executor`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Fault {
+    /// The request's own input (a bad token id, a shape the model refuses, ...): only its request
+    /// fails.
+    Input,
+    /// Out of memory: the batch is split and retried; a single sequence that still does not fit
+    /// retires the device when another healthy one can take the work.
+    OutOfMemory,
+    /// The device itself (a failed stream, a driver error, a runtime that is gone): the device is
+    /// retired and its work goes to the others.
+    Device,
+}
+
+impl Fault {
+    /// The fault a model error stands for.
+    pub(crate) fn of(error: &ModelError) -> Self {
+        match error {
+            _ if is_out_of_memory(error) => Self::OutOfMemory,
+            ModelError::Runtime(
+                RuntimeError::StreamFailed { .. }
+                | RuntimeError::Device(_)
+                | RuntimeError::Dropped { .. },
+            ) => Self::Device,
+            _ => Self::Input,
         }
     }
 }

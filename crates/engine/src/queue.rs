@@ -13,6 +13,10 @@
 //!   next free executor takes it) rather than be padded — except in a small batch (under an eighth
 //!   of the budget), where a forward costs the same whatever its shape and one batch beats two.
 //!
+//! A device that fails hands the sequences of its batches in flight back ([`Queue::requeue`]): they
+//! keep their submission order (so they are the oldest and go first) and are counted in the queued
+//! tokens again, past the bound if need be (they were accepted once; they are not refused now).
+//!
 //! # Waking executors
 //!
 //! The inbox's length is announced on a [`Doorbell`]: an executor with nothing to do sleeps on it, and
@@ -41,21 +45,28 @@ pub(crate) struct Queue {
     pub(crate) pending: Mutex<Pending>,
 }
 
-/// Sequences moved out of the inbox, waiting for a batch (executors only).
+/// Sequences moved out of the inbox, waiting for a batch (executors only), and how many executors of
+/// each device are idle (changed under the same lock: placement reads it there).
 #[derive(Default)]
 pub(crate) struct Pending {
     sequences: Vec<Sequence>,
+    /// Per device: executors that found nothing to take and have not looked again since.
+    pub(crate) idle: Vec<usize>,
 }
 
 impl Queue {
-    pub(crate) fn new(max_queued_tokens: usize) -> Self {
+    /// A queue for the executors of `devices` devices.
+    pub(crate) fn new(max_queued_tokens: usize, devices: usize) -> Self {
         Self {
             inbox: SegQueue::new(),
             doorbell: Doorbell::new(),
             queued_tokens: AtomicUsize::new(0),
             max_queued_tokens,
             next_order: AtomicU64::new(0),
-            pending: Mutex::new(Pending::default()),
+            pending: Mutex::new(Pending {
+                sequences: Vec::new(),
+                idle: vec![0; devices],
+            }),
         }
     }
 
@@ -89,12 +100,25 @@ impl Queue {
         Ok(())
     }
 
-    /// Spins (no system call) for up to `limit` while the inbox is empty; whether work came. An
-    /// executor does this before it sleeps, so a caller that submits right after its last result
-    /// does not pay a thread wake-up.
-    pub(crate) fn spin_for_work(&self, limit: Duration) -> bool {
+    /// Hands back the sequences of a batch a failed device did not finish (module doc): no bound,
+    /// their order kept. Wakes a sleeping executor.
+    pub(crate) fn requeue(&self, sequences: Vec<Sequence>) {
+        let tokens: usize = sequences.iter().map(Sequence::tokens).sum();
+        let count = sequences.len();
+        let queued = self.queued_tokens.fetch_add(tokens, Ordering::Relaxed) + tokens;
+        for sequence in sequences {
+            self.inbox.push(sequence);
+        }
+        metrics::gauge!("braid_engine_queued_tokens").set(queued as f64);
+        self.doorbell.ring(count);
+    }
+
+    /// Spins (no system call) for up to `limit` while the inbox is empty and `stop()` is false;
+    /// whether to look for work now. An executor does this before it sleeps, so a caller that
+    /// submits right after its last result does not pay a thread wake-up.
+    pub(crate) fn spin_for_work(&self, limit: Duration, stop: impl Fn() -> bool) -> bool {
         let start = std::time::Instant::now();
-        while self.inbox_is_empty() {
+        while self.inbox_is_empty() && !stop() {
             if start.elapsed() >= limit {
                 return false;
             }
@@ -137,6 +161,16 @@ impl Pending {
     /// Sequences waiting.
     pub(crate) fn len(&self) -> usize {
         self.sequences.len()
+    }
+
+    /// Puts a batch back (an executor left it for another device, see `executor`'s placement).
+    pub(crate) fn put_back(&mut self, batch: Vec<Sequence>) {
+        self.sequences.extend(batch);
+    }
+
+    /// Takes every pending sequence (every device has failed: they are failed).
+    pub(crate) fn take_all(&mut self) -> Vec<Sequence> {
+        std::mem::take(&mut self.sequences)
     }
 
     /// Removes the sequences whose caller gave up; returns their tokens.
@@ -234,6 +268,7 @@ mod tests {
                 .enumerate()
                 .map(|(i, &t)| sequence(t, i as u64))
                 .collect(),
+            idle: vec![0],
         }
     }
 
@@ -295,7 +330,7 @@ mod tests {
 
     #[test]
     fn overload_refuses_a_request_whole_and_accepts_any_request_into_an_empty_queue() {
-        let queue = Queue::new(100);
+        let queue = Queue::new(100, 1);
         queue.submit(vec![sequence(60, 0)]).unwrap();
         let err = queue
             .submit(vec![sequence(30, 0), sequence(30, 0)])

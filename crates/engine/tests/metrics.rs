@@ -49,6 +49,10 @@ fn batches_queue_and_errors_are_recorded() {
         "braid_engine_queue_wait_seconds",
         "braid_engine_forward_seconds",
         "braid_engine_queued_tokens",
+        "braid_engine_device_healthy",
+        "braid_engine_device_inflight_tokens",
+        "braid_engine_device_batches_total",
+        "braid_engine_device_sequences_total",
     ] {
         assert!(has(name), "{name} was not recorded");
     }
@@ -66,6 +70,25 @@ fn batches_queue_and_errors_are_recorded() {
         "one sample per batch"
     );
     assert!(refused, "C found B queued and was refused");
+    let device_batches: u64 = snapshot
+        .iter()
+        .filter(|(key, ..)| {
+            key.key().name() == "braid_engine_device_batches_total"
+                && key
+                    .key()
+                    .labels()
+                    .any(|l| l.key() == "device" && l.value() == "cpu")
+        })
+        .map(|(.., value)| match value {
+            DebugValue::Counter(n) => *n,
+            _ => 0,
+        })
+        .sum();
+    assert_eq!(
+        device_batches,
+        engine.stats().batches,
+        "per device, labelled"
+    );
     assert!(snapshot.iter().any(|(key, ..)| {
         key.key().name() == "braid_engine_errors_total"
             && key.key().labels().any(|l| l.value() == "overloaded")

@@ -67,6 +67,8 @@ pub enum Kind {
     NotReady,
     /// The server is shutting down.
     ShuttingDown,
+    /// Every device the engine drives has failed (see `GET /health`).
+    NoHealthyDevice,
     /// The model or engine failed (not the request's fault).
     Internal,
 }
@@ -85,7 +87,9 @@ impl Kind {
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::Overloaded => StatusCode::TOO_MANY_REQUESTS,
             Self::Timeout => StatusCode::REQUEST_TIMEOUT,
-            Self::NotReady | Self::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            Self::NotReady | Self::ShuttingDown | Self::NoHealthyDevice => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -94,7 +98,11 @@ impl Kind {
     fn openai_type(self) -> &'static str {
         match self {
             Self::Overloaded => "rate_limit_error",
-            Self::Timeout | Self::NotReady | Self::ShuttingDown | Self::Internal => "server_error",
+            Self::Timeout
+            | Self::NotReady
+            | Self::ShuttingDown
+            | Self::NoHealthyDevice
+            | Self::Internal => "server_error",
             _ => "invalid_request_error",
         }
     }
@@ -116,6 +124,7 @@ impl Kind {
             Self::Timeout => "timeout",
             Self::NotReady => "model_not_ready",
             Self::ShuttingDown => "shutting_down",
+            Self::NoHealthyDevice => "no_healthy_device",
             Self::Internal => "internal_error",
         }
     }
@@ -126,7 +135,7 @@ impl Kind {
             Self::EmptyInput => "empty",
             Self::InvalidTokenId => "tokenizer",
             Self::Overloaded => "overloaded",
-            Self::NotReady | Self::ShuttingDown => "unhealthy",
+            Self::NotReady | Self::ShuttingDown | Self::NoHealthyDevice => "unhealthy",
             Self::Internal => "backend",
             Self::Unauthorized => "unauthorized",
             Self::NotFound => "not_found",
@@ -209,6 +218,7 @@ impl ApiError {
         let kind = match error {
             EngineError::Overloaded { .. } => Kind::Overloaded,
             EngineError::ShutDown => Kind::ShuttingDown,
+            EngineError::NoHealthyDevice { .. } => Kind::NoHealthyDevice,
             _ if error.kind() == "input_too_long" => Kind::InputTooLong,
             _ => Kind::Internal,
         };

@@ -14,7 +14,11 @@
 //! - gauges set at each scrape: `braid_serve_requests_in_flight`, `braid_serve_ready`, the
 //!   allocator's statistics (`braid_allocator_*`) and the stream pool's slots
 //!   (`braid_stream_pool_worker_slots`, `braid_stream_pool_leased_slots`), and the engine's totals
-//!   (`braid_engine_batches`, `braid_engine_sequences`, `braid_engine_tokens`).
+//!   (`braid_engine_batches`, `braid_engine_sequences`, `braid_engine_tokens`); per device
+//!   (`device` label), its allocator's `braid_engine_device_reserved_bytes` (the unlabelled
+//!   allocator series are the first device's), besides the engine's own per-device series
+//!   (`braid_engine_device_healthy`, `_inflight_tokens`, `_batches_total`, `_sequences_total`,
+//!   `_requeued_sequences_total`).
 
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -148,6 +152,12 @@ pub fn render(state: &AppState) -> String {
             metrics::gauge!(name).set(value as f64);
         }
         metrics::gauge!("braid_engine_queued_tokens").set(loaded.engine.queued_tokens() as f64);
+        for device in loaded.engine.devices() {
+            if let Some(model) = loaded.engine.device_model(device.index) {
+                metrics::gauge!("braid_engine_device_reserved_bytes", "device" => device.name)
+                    .set(model.allocator_stats().reserved_bytes as f64);
+            }
+        }
     }
     handle.run_upkeep();
     handle.render()

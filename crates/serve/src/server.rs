@@ -1,5 +1,5 @@
-//! The server's life ([`run`]): listen at once, load the model and warm it up while `/health` answers
-//! 503, then serve until SIGINT or SIGTERM; then stop accepting, finish the requests in flight (at most
+//! The server's life ([`run`]): listen at once, load the model on every device and warm each up
+//! while `/health` answers 503, then serve until SIGINT or SIGTERM; then stop accepting, finish the requests in flight (at most
 //! `--request-timeout` plus [`DRAIN_GRACE`]), stop the engine (it finishes what it accepted) and return
 //! `Ok`, so the process exits 0.
 //!
@@ -14,8 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use braid_engine::{Engine, EngineConfig, EngineError};
-use braid_model::load::Embedder;
+use braid_engine::{Engine, EngineConfig, EngineDevice, EngineError};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
@@ -31,8 +30,9 @@ pub const DRAIN_GRACE: Duration = Duration::from_secs(5);
 /// The sentence the warm-up forward embeds.
 const WARM_UP_TEXT: &str = "braid warm-up: one forward before the server reports ready.";
 
-/// What the model loader returns: the model and the engine configuration to run it with.
-pub type LoadResult = Result<(Arc<dyn Embedder>, EngineConfig), Box<dyn Error + Send + Sync>>;
+/// What the model loader returns: the devices with the model loaded on each (one or more; the engine
+/// drives them all) and the engine configuration to run them with.
+pub type LoadResult = Result<(Vec<EngineDevice>, EngineConfig), Box<dyn Error + Send + Sync>>;
 
 /// Why a server stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -105,38 +105,40 @@ where
     outcome
 }
 
-/// Loads the model (on the blocking pool), starts its engine, runs one forward, and makes the model
-/// available.
+/// Loads the model (on the blocking pool) on every device, starts the engine over them, runs one
+/// forward on each device, and makes the model available.
 async fn load_and_warm_up<L>(state: &AppState, load: L) -> Result<(), ServeError>
 where
     L: FnOnce() -> LoadResult + Send + 'static,
 {
-    let (model, engine_config) = tokio::task::spawn_blocking(load)
+    let (devices, engine_config) = tokio::task::spawn_blocking(load)
         .await
         .map_err(|e| ServeError::Load(e.to_string().into()))?
         .map_err(ServeError::Load)?;
+    let Some(first) = devices.first() else {
+        return Err(ServeError::Load("the loader returned no device".into()));
+    };
     let limits = state
         .config
-        .limits(model.as_ref())
+        .limits(first.model.as_ref())
         .map_err(ServeError::Config)?;
-    let engine_model = model.clone();
-    let engine = tokio::task::spawn_blocking(move || Engine::new(engine_model, engine_config))
-        .await
-        .map_err(|e| ServeError::WarmUp(e.to_string()))??;
-    let loaded = Loaded::new(model, engine, limits);
-    let warm_up = loaded.model.spec().tokenizer.encode(WARM_UP_TEXT);
+    let warm_up = first.model.spec().tokenizer.encode(WARM_UP_TEXT);
     let encoding = warm_up.map_err(|e| ServeError::WarmUp(e.to_string()))?;
-    let engine = loaded.engine.clone();
-    let model = loaded.model.clone();
-    tokio::task::spawn_blocking(move || {
-        // Direct mode runs the forward on this thread: give it a stream for the call only.
-        let _stream = model.use_worker_stream();
-        engine.embed_encodings(vec![encoding])
+    let engine = tokio::task::spawn_blocking(move || -> Result<Engine, ServeError> {
+        // Every device runs one forward, on a stream leased for the call, before the server is ready.
+        for device in &devices {
+            let forward = device.model.use_worker_stream().and_then(|_stream| {
+                device
+                    .model
+                    .embed_encodings(std::slice::from_ref(&encoding))
+            });
+            forward.map_err(|e| ServeError::WarmUp(format!("{}: {e}", device.name)))?;
+        }
+        Ok(Engine::with_devices(devices, engine_config)?)
     })
     .await
-    .map_err(|e| ServeError::WarmUp(e.to_string()))?
-    .map_err(|e| ServeError::WarmUp(e.to_string()))?;
-    state.set_loaded(loaded);
+    .map_err(|e| ServeError::WarmUp(e.to_string()))??;
+    state.set_loaded(Loaded::new(engine, limits));
     Ok(())
 }
 

@@ -41,9 +41,11 @@ pub struct Loaded {
 }
 
 impl Loaded {
-    /// Wraps a model and its engine; `limits` from [`ServeConfig::limits`].
-    pub fn new(model: Arc<dyn Embedder>, engine: Engine, limits: Limits) -> Self {
-        // Batched mode's executors hold their own slots; direct mode's forwards lease the rest.
+    /// Wraps an engine; `limits` from [`ServeConfig::limits`].
+    pub fn new(engine: Engine, limits: Limits) -> Self {
+        let model = engine.model().clone();
+        // Batched mode's executors hold their own slots; direct mode's forwards lease the rest (every
+        // device has as many slots, and as many executors, as the first).
         let slots = model
             .worker_slots()
             .saturating_sub(model.leased_slots())
@@ -191,7 +193,8 @@ impl AppState {
         result.map_err(|error| ApiError::from_engine(&error))
     }
 
-    /// Direct mode: the forward on the blocking pool, on a stream leased for the call.
+    /// Direct mode: the forward on the blocking pool, on a stream leased for the call (by the engine
+    /// on the device it picks, when there are several).
     async fn embed_direct(
         &self,
         loaded: &Loaded,
@@ -208,7 +211,11 @@ impl AppState {
         let (model, engine) = (loaded.model.clone(), loaded.engine.clone());
         tokio::task::spawn_blocking(move || {
             let _permit = permit;
-            let _stream = model.use_worker_stream()?;
+            let _stream = if engine.device_count() == 1 {
+                Some(model.use_worker_stream()?)
+            } else {
+                None
+            };
             engine.embed_encodings(encodings)
         })
         .await

@@ -27,8 +27,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{bail, ensure, Context, Result};
-use braid_engine::EngineConfig;
-use braid_model::load::Embedder;
+use braid_engine::{EngineConfig, EngineDevice};
 use braid_runtime::MAX_WORKER_SLOTS;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
@@ -295,6 +294,8 @@ pub struct BenchPoint {
     pub mean_batch: f64,
     /// Share of the computed tokens that were padding.
     pub padding_share: f64,
+    /// Sequences each device ran in the point (its name and count; one entry with one device).
+    pub device_sequences: Vec<(String, u64)>,
 }
 
 #[derive(Serialize)]
@@ -323,10 +324,11 @@ fn cores() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
-/// Runs the sweep on `model`, prints the table to `out` (stdout), the figures to `json` and draws them
-/// to `plot` (both opened before the run, see [`OutputFile`]); returns the points.
+/// Runs the sweep on `devices` (the model loaded on each; usually one), prints the table to `out`
+/// (stdout), the figures to `json` and draws them to `plot` (both opened before the run, see
+/// [`OutputFile`]); returns the points.
 pub fn run(
-    model: &Arc<dyn Embedder>,
+    devices: &[EngineDevice],
     model_name: &str,
     options: &BenchOptions,
     json: Option<OutputFile>,
@@ -338,7 +340,23 @@ pub fn run(
         Some(seq) => format!("synthetic ids, {seq} tokens each"),
         None => "sentence corpus (data/sentences.txt)".to_string(),
     };
-    let device = model.device_description();
+    let model = &devices
+        .first()
+        .context("braid bench needs at least one device")?
+        .model;
+    let device = match devices {
+        [one] => one.model.device_description(),
+        several => format!(
+            "{} devices ({}): {}",
+            several.len(),
+            several
+                .iter()
+                .map(|d| d.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+            model.device_description()
+        ),
+    };
     let dtype = model.dtype();
     note!(
         "braid bench: {model_name} ({dtype}) on {device}; inputs: {inputs}; {} s per point",
@@ -357,7 +375,7 @@ pub fn run(
             for &mode in &options.modes {
                 progress.set_message(format!("{mode}: {threads} threads x batch {batch}"));
                 let start = progress.position();
-                let point = run_point(model, options, mode, &batches, threads, |elapsed| {
+                let point = run_point(devices, options, mode, &batches, threads, |elapsed| {
                     progress.set_position(start + elapsed.as_millis() as u64)
                 })?;
                 progress.set_position(start + (options.seconds * 1000.0) as u64);

@@ -472,6 +472,7 @@ mod tests {
             leaked_slots: 0,
             mean_batch: batch as f64,
             padding_share: 0.1,
+            device_sequences: vec![("cpu:0".into(), 10)],
         }
     }
 

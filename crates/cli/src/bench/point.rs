@@ -2,13 +2,14 @@
 //! front, outside the timed region) and its run — `threads` fresh caller threads, one warm-up call each,
 //! then calls until the window has passed — in direct mode (each caller's batch on its own leased
 //! stream) or engine mode (each caller hands its batch's sequences to one shared engine, which forms
-//! its own batches across callers).
+//! its own batches across callers). With several devices, direct mode's callers are spread over them
+//! in turn (caller t on device t mod n), and engine mode's engine drives them all.
 
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, ensure, Context, Result};
-use braid_engine::Engine;
+use braid_engine::{Engine, EngineDevice};
 use braid_model::load::Embedder;
 use braid_model::{pack_batch, pad_batch, Encoding, TokenBatch};
 
@@ -97,7 +98,7 @@ fn synthetic(seed: u64, len: usize, vocab: usize) -> Encoding {
 /// passed. In engine mode the point has an engine of its own, dropped (its executors' streams
 /// returned) when the point ends.
 pub(super) fn run_point(
-    model: &Arc<dyn Embedder>,
+    devices: &[EngineDevice],
     options: &BenchOptions,
     mode: BenchMode,
     batches: &Arc<Vec<CallerBatch>>,
@@ -107,19 +108,24 @@ pub(super) fn run_point(
     let seconds = options.seconds;
     let window = Duration::try_from_secs_f64(seconds)
         .map_err(|e| anyhow!("--seconds {seconds} is not a usable duration: {e}"))?;
+    let backend = devices.first().context("no device")?.model.backend();
     let engine = match mode {
         BenchMode::Engine => Some(Arc::new(
-            Engine::new(model.clone(), options.engine_config(model.backend()))
+            Engine::with_devices(devices.to_vec(), options.engine_config(backend))
                 .context("starting the engine")?,
         )),
         BenchMode::Direct => None,
     };
-    let before = model.allocator_stats();
-    model.reset_peak_stats();
+    let models: Vec<&Arc<dyn Embedder>> = devices.iter().map(|d| &d.model).collect();
+    let before = hits_and_misses(&models);
+    for model in &models {
+        model.reset_peak_stats();
+    }
     let ready = Arc::new(Barrier::new(threads + 1));
     let handles: Vec<_> = (0..threads)
         .map(|t| {
-            let (model, batches, ready) = (model.clone(), batches.clone(), ready.clone());
+            let model = models[t % models.len()].clone();
+            let (batches, ready) = (batches.clone(), ready.clone());
             let engine = engine.clone();
             std::thread::Builder::new()
                 .name(format!("bench-caller-{t}"))
@@ -163,10 +169,13 @@ pub(super) fn run_point(
     }
     let elapsed = start.elapsed().as_secs_f64();
     let (mut sequences, mut tokens, mut latencies) = (0, 0, Vec::new());
-    for handle in handles {
+    // Direct mode: caller t ran on device t mod n.
+    let mut direct_sequences = vec![0u64; devices.len()];
+    for (caller, handle) in handles.into_iter().enumerate() {
         let (s, t, l) = handle
             .join()
             .map_err(|_| anyhow::anyhow!("a bench caller thread panicked"))??;
+        direct_sequences[caller % devices.len()] += s as u64;
         sequences += s;
         tokens += t;
         latencies.extend(l);
@@ -177,10 +186,20 @@ pub(super) fn run_point(
             .get(((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1)))
             .map_or(f64::NAN, |d| d.as_secs_f64() * 1e3)
     };
-    let after = model.allocator_stats();
-    let hits = (after.small.hits + after.large.hits) - (before.small.hits + before.large.hits);
-    let misses =
-        (after.small.misses + after.large.misses) - (before.small.misses + before.large.misses);
+    let after = hits_and_misses(&models);
+    let (hits, misses) = (after.0 - before.0, after.1 - before.1);
+    let device_sequences = match &engine {
+        Some(engine) => engine
+            .devices()
+            .into_iter()
+            .map(|d| (d.name, d.sequences))
+            .collect(),
+        None => devices
+            .iter()
+            .zip(direct_sequences)
+            .map(|(d, s)| (d.name.clone(), s))
+            .collect(),
+    };
     let (mean_batch, padding_share) = match engine.map(|e| e.stats()) {
         Some(stats) => (stats.mean_batch_size(), stats.padding_share()),
         None => {
@@ -204,9 +223,24 @@ pub(super) fn run_point(
         p99_ms: percentile(0.99),
         mean_tokens: tokens as f64 / sequences.max(1) as f64,
         hit_rate: hits as f64 / (hits + misses).max(1) as f64,
-        peak_reserved_bytes: after.peak_reserved_bytes,
-        leaked_slots: model.leased_slots(),
+        peak_reserved_bytes: models
+            .iter()
+            .map(|m| m.allocator_stats().peak_reserved_bytes)
+            .sum(),
+        leaked_slots: models.iter().map(|m| m.leased_slots()).sum(),
         mean_batch,
         padding_share,
+        device_sequences,
+    })
+}
+
+/// The allocators' cache hits and misses, summed over the devices.
+fn hits_and_misses(models: &[&Arc<dyn Embedder>]) -> (u64, u64) {
+    models.iter().fold((0, 0), |(hits, misses), model| {
+        let s = model.allocator_stats();
+        (
+            hits + s.small.hits + s.large.hits,
+            misses + s.small.misses + s.large.misses,
+        )
     })
 }

@@ -9,8 +9,11 @@
 //! - `POST /tokenize`: `inputs` (a string or a list of strings), `add_special_tokens` (default true).
 //!   Response: per input, its tokens `{id, text, special, start, stop}` (byte offsets).
 //! - `GET /info`: the model, dtype, device, limits and version.
-//! - `GET /health`: 200 with an empty body once the model is loaded and a warm-up forward passed,
-//!   503 before that and once shutdown began.
+//! - `GET /health`: 200 once the model is loaded and a warm-up forward passed on every device, while
+//!   at least one device the engine drives is healthy; 503 before that, once shutdown began, and when
+//!   every device has failed. Once loaded, the body is JSON: `status` (`ok` or `unhealthy`) and
+//!   `devices`, each `{device, backend, healthy, failure, batches, sequences, inflight_tokens,
+//!   requeued_sequences}`.
 
 use std::sync::Arc;
 
@@ -207,6 +210,7 @@ pub(super) async fn info(State(state): State<Arc<AppState>>) -> Result<Response,
         "model_type": {"embedding": {"pooling": format!("{:?}", model.spec().pooling.mode).to_lowercase()}},
         "dimension": model.dim(),
         "device": model.device_description(),
+        "devices": loaded.engine.devices().into_iter().map(|d| d.name).collect::<Vec<_>>(),
         "backend": model.backend(),
         "engine_mode": loaded.engine.mode().to_string(),
         "max_concurrent_requests": config.max_concurrent_requests,
@@ -226,7 +230,29 @@ pub(super) async fn info(State(state): State<Arc<AppState>>) -> Result<Response,
 }
 
 /// `GET /health` (module doc).
-pub(super) async fn health(State(state): State<Arc<AppState>>) -> Result<StatusCode, TeiError> {
-    state.loaded()?;
-    Ok(StatusCode::OK)
+pub(super) async fn health(State(state): State<Arc<AppState>>) -> Result<Response, TeiError> {
+    let loaded = state.loaded()?;
+    let devices = loaded.engine.devices();
+    let healthy = devices.iter().any(|d| d.healthy);
+    let devices: Vec<Value> = devices
+        .iter()
+        .map(|d| {
+            json!({
+                "device": d.name,
+                "backend": d.backend,
+                "healthy": d.healthy,
+                "failure": d.failure,
+                "batches": d.batches,
+                "sequences": d.sequences,
+                "inflight_tokens": d.inflight_tokens,
+                "requeued_sequences": d.requeued_sequences,
+            })
+        })
+        .collect();
+    let (status, word) = if healthy {
+        (StatusCode::OK, "ok")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "unhealthy")
+    };
+    Ok((status, Json(json!({ "status": word, "devices": devices }))).into_response())
 }
