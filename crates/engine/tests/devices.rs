@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use braid_engine::{DeviceState, Engine, EngineConfig, EngineDevice, EngineError, Mode};
 use braid_model::load::{Embedder, WorkerStream};
-use braid_model::{ModelError, ModelSpec, PaddedBatch};
+use braid_model::{Encoding, ModelError, ModelSpec, PackedBatch, PaddedBatch, TokenBatch};
 use braid_runtime::{AllocatorStats, DType, RuntimeError};
 use common::{assert_same, minilm, next, references, sentences};
 
@@ -69,7 +69,20 @@ impl Embedder for Faulty {
         self.embed_encodings(&encodings)
     }
 
+    fn prepare(&self, encodings: &[Encoding]) -> TokenBatch {
+        self.inner.prepare(encodings)
+    }
+
     fn embed_batch(&self, batch: &PaddedBatch) -> braid_model::Result<Vec<Vec<f32>>> {
+        self.embed_prepared(&TokenBatch::Padded(batch.clone()))
+    }
+
+    fn embed_packed(&self, batch: &PackedBatch) -> braid_model::Result<Vec<Vec<f32>>> {
+        self.embed_prepared(&TokenBatch::Packed(batch.clone()))
+    }
+
+    /// Every forward, padded or packed, comes through here: the failure is injected before it.
+    fn embed_prepared(&self, batch: &TokenBatch) -> braid_model::Result<Vec<Vec<f32>>> {
         let n = self.forwards.fetch_add(1, Ordering::SeqCst);
         if n >= self.fail_after || self.fail_now.load(Ordering::SeqCst) {
             return Err(ModelError::Runtime(match self.failure {
@@ -84,7 +97,7 @@ impl Embedder for Faulty {
             }));
         }
         std::thread::sleep(self.delay);
-        self.inner.embed_batch(batch)
+        self.inner.embed_prepared(batch)
     }
 
     fn spec(&self) -> &ModelSpec {
