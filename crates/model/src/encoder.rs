@@ -10,6 +10,9 @@
 //!   op reuses its memory on the same stream without a host sync.
 //! - Padding never changes a sentence's embedding: attention masks padded keys out, positions restart
 //!   in every row, and pooling skips padded tokens.
+//! - Small batches on a device that can capture replay a CUDA graph per (batch, tokens) bucket
+//!   ([`crate::graphs`]); the forward is split for it into uploading the inputs, the device-only
+//!   forward (what a graph captures) and the download.
 //! - The compute dtype is a parameter; a backend that lacks it for an op reports a clear
 //!   `Unsupported` error (the CPU backend computes in f32).
 //!
@@ -31,6 +34,7 @@ use braid_runtime::{DType, Runtime, RuntimeError, Tensor};
 use crate::batch::{pad_batch, PaddedBatch};
 use crate::config::{Activation, BertConfig};
 use crate::error::{ModelError, Result};
+use crate::graphs::GraphCache;
 use crate::model_dir::{ModelDir, ModelSpec};
 use crate::pooling::{Pooling, PoolingConfig};
 use crate::weights::{BertWeights, HostTensor, LayerWeights};
@@ -60,9 +64,27 @@ struct DeviceEmbeddings<D: Ops> {
     ln_beta: Tensor<D>,
 }
 
+/// A batch's inputs on the device, as the forward reads them.
+pub(crate) struct DeviceInputs<D: Ops> {
+    /// Token ids, `[batch * seq]` u32.
+    pub(crate) ids: Tensor<D>,
+    /// Position ids, `[batch * seq]` u32.
+    pub(crate) positions: Tensor<D>,
+    /// Token type ids, `[batch * seq]` u32.
+    pub(crate) type_ids: Tensor<D>,
+    /// The attention mask, `[batch, seq]` f32.
+    pub(crate) mask: Tensor<D>,
+    /// CLS pooling only: each row's first token, `[batch]` u32.
+    pub(crate) cls_rows: Option<Tensor<D>>,
+    pub(crate) batch: usize,
+    pub(crate) seq: usize,
+}
+
 /// A sentence-embedding model whose weights live on a runtime's device. `Sync`: share it (by
 /// reference or `Arc`) among every thread that embeds.
 pub struct BertModel<D: Ops> {
+    /// Declared first, so dropped before the weights its graphs read (after `Drop` waited for them).
+    graphs: GraphCache<D>,
     runtime: Arc<Runtime<D>>,
     config: BertConfig,
     pooling: PoolingConfig,
@@ -127,6 +149,7 @@ impl<D: Ops> BertModel<D> {
             .collect::<std::result::Result<Vec<_>, RuntimeError>>()?;
         runtime.synchronize()?;
         Ok(Self {
+            graphs: GraphCache::new(&runtime)?,
             runtime,
             config,
             pooling,
@@ -140,6 +163,11 @@ impl<D: Ops> BertModel<D> {
     /// The runtime the model runs on.
     pub fn runtime(&self) -> &Arc<Runtime<D>> {
         &self.runtime
+    }
+
+    /// The model's config.
+    pub(crate) fn config(&self) -> &BertConfig {
+        &self.config
     }
 
     /// The model's config, pooling, sequence limit and tokenizer.
@@ -165,38 +193,96 @@ impl<D: Ops> BertModel<D> {
         self.embed_batch(&batch)
     }
 
-    /// Embeddings of a padded batch, copied to the host (waits for the current stream).
+    /// Embeddings of a padded batch, copied to the host (waits for the current stream). Small
+    /// batches replay a captured graph where the device has them (see [`crate::graphs`]); the result
+    /// is the plain forward's, up to rounding.
     pub fn embed_batch(&self, batch: &PaddedBatch) -> Result<Vec<Vec<f32>>> {
         if batch.batch == 0 {
             return Ok(Vec::new());
         }
-        let pooled = self.forward(batch)?;
-        let flat = self.runtime.to_vec_f32(&pooled)?;
+        self.check_batch(batch)?;
+        let flat = match self.graphs.embed(self, batch)? {
+            Some(flat) => flat,
+            None => {
+                let pooled = self.forward_device(&self.upload_inputs(batch)?)?;
+                self.runtime.to_vec_f32(&pooled)?
+            }
+        };
         crate::finite::check_embeddings(&flat, self.dim())?;
         Ok(flat.chunks(self.dim()).map(<[f32]>::to_vec).collect())
+    }
+
+    /// Turns graph replay on or off for this model from now on (it starts as `BRAID_CUDA_GRAPHS`
+    /// says: on unless `0`); graphs already captured are kept. Has no effect on a backend that cannot
+    /// capture.
+    pub fn set_graphs(&self, on: bool) {
+        self.graphs.set_enabled(on);
+    }
+
+    /// Whether `embed_batch` replays graphs (the device can capture and they are on).
+    pub fn graphs_enabled(&self) -> bool {
+        self.graphs.enabled()
+    }
+
+    /// Graphs captured so far and the bytes of device memory they keep (their pools, inputs and
+    /// outputs).
+    pub fn graph_memory(&self) -> crate::graphs::GraphMemory {
+        self.graphs.memory()
     }
 
     /// The forward pass: `[batch, hidden]` pooled (and, if the model says so, L2-normalised)
     /// embeddings on the device, encoded on the current stream. Does not wait for the device.
     pub fn forward(&self, batch: &PaddedBatch) -> Result<Tensor<D>> {
         self.check_batch(batch)?;
+        self.forward_device(&self.upload_inputs(batch)?)
+    }
+
+    /// Uploads a (checked) batch's ids, positions, type ids and mask (and, for CLS pooling, the row
+    /// starts) on the current stream.
+    fn upload_inputs(&self, batch: &PaddedBatch) -> Result<DeviceInputs<D>> {
         let rt = &*self.runtime;
         let (b, s) = (batch.batch, batch.seq);
         let tokens = b * s;
-        let mask = rt.from_f32(&batch.mask, &[b, s])?;
-        let mut x = self.embed_tokens(batch)?;
-        for layer in &self.layers {
-            x = self.encoder_layer(layer, x, &mask)?;
+        Ok(DeviceInputs {
+            ids: rt.from_u32(&batch.ids, &[tokens])?,
+            positions: rt.from_u32(&batch.positions, &[tokens])?,
+            type_ids: rt.from_u32(&batch.type_ids, &[tokens])?,
+            mask: rt.from_f32(&batch.mask, &[b, s])?,
+            cls_rows: self.cls_rows(b, s)?,
+            batch: b,
+            seq: s,
+        })
+    }
+
+    /// For CLS pooling, the index of each row's first token (`[batch]` u32); `None` otherwise.
+    pub(crate) fn cls_rows(&self, batch: usize, seq: usize) -> Result<Option<Tensor<D>>> {
+        if self.pooling.mode != Pooling::Cls {
+            return Ok(None);
         }
-        let mut pooled = match self.pooling.mode {
-            Pooling::Mean => rt.mean_pool(&x.reshape(&[b, s, self.dim()])?, &mask)?,
-            Pooling::Cls => {
-                let first_tokens: Vec<u32> = (0..tokens).step_by(s).map(|t| t as u32).collect();
-                let ids = rt.from_u32(&first_tokens, &[b])?;
-                rt.gather_rows(&x, &ids, None)?
-                    .expect("gather_rows without an accumulator returns a tensor")
+        let first_tokens: Vec<u32> = (0..batch).map(|r| (r * seq) as u32).collect();
+        Ok(Some(self.runtime.from_u32(&first_tokens, &[batch])?))
+    }
+
+    /// The forward on inputs already on the device: device work only — no copy from or to the host,
+    /// no wait — so a graph can capture it.
+    pub(crate) fn forward_device(&self, inputs: &DeviceInputs<D>) -> Result<Tensor<D>> {
+        let rt = &*self.runtime;
+        let (b, s) = (inputs.batch, inputs.seq);
+        let mut x = self.embed_tokens(inputs)?;
+        for layer in &self.layers {
+            x = self.encoder_layer(layer, x, &inputs.mask)?;
+        }
+        let mut pooled = match (self.pooling.mode, &inputs.cls_rows) {
+            (Pooling::Cls, Some(rows)) => rt
+                .gather_rows(&x, rows, None)?
+                .expect("gather_rows without an accumulator returns a tensor"),
+            (Pooling::Cls, None) => {
+                return Err(ModelError::InvalidBatch {
+                    detail: "CLS pooling needs the rows' first tokens (this is a bug)".into(),
+                })
             }
-            Pooling::Max => unreachable!("refused by check_supported"),
+            (Pooling::Mean, _) => rt.mean_pool(&x.reshape(&[b, s, self.dim()])?, &inputs.mask)?,
+            (Pooling::Max, _) => unreachable!("refused by check_supported"),
         };
         if self.pooling.normalize {
             rt.l2_normalize(&mut pooled)?;
@@ -205,21 +291,14 @@ impl<D: Ops> BertModel<D> {
     }
 
     /// Word + position + token-type embeddings, then LayerNorm: `[tokens, hidden]`.
-    fn embed_tokens(&self, batch: &PaddedBatch) -> Result<Tensor<D>> {
+    fn embed_tokens(&self, inputs: &DeviceInputs<D>) -> Result<Tensor<D>> {
         let rt = &*self.runtime;
         let e = &self.embeddings;
-        let tokens = batch.batch * batch.seq;
-        let ids = rt.from_u32(&batch.ids, &[tokens])?;
         let mut x = rt
-            .gather_rows(&e.word, &ids, None)?
+            .gather_rows(&e.word, &inputs.ids, None)?
             .expect("gather_rows without an accumulator returns a tensor");
-        drop(ids);
-        let positions = rt.from_u32(&batch.positions, &[tokens])?;
-        rt.gather_rows(&e.position, &positions, Some(&mut x))?;
-        drop(positions);
-        let type_ids = rt.from_u32(&batch.type_ids, &[tokens])?;
-        rt.gather_rows(&e.token_type, &type_ids, Some(&mut x))?;
-        drop(type_ids);
+        rt.gather_rows(&e.position, &inputs.positions, Some(&mut x))?;
+        rt.gather_rows(&e.token_type, &inputs.type_ids, Some(&mut x))?;
         let eps = self.config.layer_norm_eps as f32;
         Ok(rt.layer_norm(&x, None, None, &e.ln_gamma, &e.ln_beta, eps)?)
     }

@@ -13,7 +13,8 @@
 //! - **Tokenizer** / **Encoding**: text to unpadded ids, truncated at `max_seq_length`.
 //! - **PaddedBatch**: encodings padded into one row-major rectangle with mask and positions.
 //! - **BertWeights**: the checkpoint's tensors as `HostTensor`s (f32), Q, K and V fused per layer.
-//! - **BertModel**: the weights on a runtime's device and the forward pass (`embed`, `forward`).
+//! - **BertModel**: the weights on a runtime's device and the forward pass (`embed`, `forward`);
+//!   small batches replay a CUDA graph per (batch, tokens) bucket (`graphs`).
 //! - **ModelError**: every loading failure, with the file and the fix in its message, and every
 //!   forward failure (unsupported model, invalid batch, runtime error, an input over
 //!   `MAX_INPUT_BYTES`, a non-finite embedding).
@@ -35,6 +36,7 @@ mod config;
 mod encoder;
 mod error;
 mod finite;
+pub mod graphs;
 pub mod load;
 mod model_dir;
 mod pooling;
