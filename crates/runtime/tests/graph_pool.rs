@@ -131,7 +131,11 @@ fn a_capturing_route_never_allocates_memory() {
         assert!(error.contains("did not hold"), "{error}");
     }
     // Warmed with the same requests, a capturing route finds every block.
-    rt.with_pool(&pool, || Ok(drop(allocate(&rt, 2)))).unwrap();
+    rt.with_pool(&pool, || {
+        drop(allocate(&rt, 2));
+        Ok(())
+    })
+    .unwrap();
     let _capturing = pool.route(true).unwrap();
     drop(allocate(&rt, 2));
 }
