@@ -13,12 +13,13 @@
 //!   (a thread that finds it held — a stream shared under `share`, or the default stream — takes the
 //!   plain path). A graph is never launched on two streams: its memory is one set of addresses.
 //! - **Memory.** Each slot's graphs share one private pool (`braid_runtime::GraphPool`): replays on
-//!   one stream never overlap, so their intermediates may alias, and the pool holds about one forward's
-//!   working set at the largest bucket captured on that slot (all-MiniLM-L6-v2 at 8 × 128 tokens: ~14
-//!   MiB in f32, ~7 MiB in f16), plus each graph's inputs (16 bytes a token) and output. At most
-//!   [`MAX_GRAPHS`] graphs per model: past that, new buckets take the plain path. So graph memory is
-//!   bounded by (slots used) × (one working set) + [`MAX_GRAPHS`] × (inputs, output, the driver's
-//!   executable).
+//!   one stream never overlap, so their intermediates may reuse each other's blocks where the sizes
+//!   match (the pool keeps blocks by size class). A graph costs at most its bucket's working set
+//!   (all-MiniLM-L6-v2 at 8 × 128 tokens: ~17 MiB in f32, ~9 MiB in f16; measured at batch 1 on
+//!   sentences: ~0.5 MiB) plus its inputs (16 bytes a token) and output. A model captures no new graph
+//!   once it holds [`MAX_GRAPHS`] graphs or [`MAX_GRAPH_BYTES`] of graph memory (new buckets take the
+//!   plain path), so its graph memory stays under [`MAX_GRAPH_BYTES`] plus one working set per stream
+//!   that crossed the limit while capturing, besides what the driver holds per executable.
 //! - **Making a graph** (first call of a bucket on a slot): the inputs are allocated from the pool,
 //!   the forward runs once uncaptured with the pool routed (which fills it and loads kernels and
 //!   handles), then is captured on the slot's capture stream. A capture that fails is logged once
@@ -53,6 +54,8 @@ pub const MAX_SEQ: usize = 128;
 pub const SEQ_STEP: usize = 16;
 /// The most graphs one model keeps.
 pub const MAX_GRAPHS: usize = 128;
+/// The graph memory (pools, inputs, outputs) past which a model captures no new graph: 1 GiB.
+pub const MAX_GRAPH_BYTES: usize = 1 << 30;
 
 /// How much device memory a model's graphs keep ([`BertModel::graph_memory`]).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -158,6 +161,8 @@ pub(crate) struct GraphCache<D: Ops> {
     slots: Box<[Mutex<SlotGraphs<D>>]>,
     /// Graphs captured, over every slot.
     count: AtomicUsize,
+    /// Bytes the captures added to the pools, and the graphs' inputs and outputs, over every slot.
+    bytes: AtomicUsize,
 }
 
 impl<D: Ops> GraphCache<D> {
@@ -182,6 +187,7 @@ impl<D: Ops> GraphCache<D> {
                 })
                 .collect(),
             count: AtomicUsize::new(0),
+            bytes: AtomicUsize::new(0),
         })
     }
 
@@ -231,12 +237,19 @@ impl<D: Ops> GraphCache<D> {
             Some(index) => index,
             None if slot.refused.contains(&bucket) => return Ok(None),
             None => {
-                // Relaxed: a cap, not a synchronisation; two slots racing past it by one is harmless.
-                if self.count.load(Ordering::Relaxed) >= MAX_GRAPHS {
+                // Relaxed: caps, not synchronisation; slots racing past them by one graph each is
+                // within the documented bound.
+                if self.count.load(Ordering::Relaxed) >= MAX_GRAPHS
+                    || self.bytes.load(Ordering::Relaxed) >= MAX_GRAPH_BYTES
+                {
                     return Ok(None);
                 }
+                let pool_before = slot.pool.as_ref().map_or(0, GraphPool::free_bytes);
                 match build(model, &mut slot, bucket) {
                     Ok(graph) => {
+                        let pool_after = slot.pool.as_ref().map_or(0, GraphPool::free_bytes);
+                        let added = pool_after.saturating_sub(pool_before) + graph.io_bytes();
+                        self.bytes.fetch_add(added, Ordering::Relaxed);
                         self.count.fetch_add(1, Ordering::Relaxed);
                         slot.graphs.push(graph);
                         slot.graphs.len() - 1
