@@ -19,7 +19,9 @@
 //!   sentences: ~0.5 MiB) plus its inputs (16 bytes a token) and output. A model captures no new graph
 //!   once it holds [`MAX_GRAPHS`] graphs or [`MAX_GRAPH_BYTES`] of graph memory (new buckets take the
 //!   plain path), so its graph memory stays under [`MAX_GRAPH_BYTES`] plus one working set per stream
-//!   that crossed the limit while capturing, besides what the driver holds per executable.
+//!   that crossed the limit while capturing. Outside the allocator, the capture streams' cuBLAS
+//!   handles and the graphs' own workspace allocations cost more: ~1 GiB measured for 16 streams'
+//!   graphs on an H200 (docs/bench/cuda-inference.md); `BRAID_CUDA_GRAPHS=0` saves it.
 //! - **Making a graph** (first call of a bucket on a slot): the inputs are allocated from the pool,
 //!   the forward runs once uncaptured with the pool routed (which fills it and loads kernels and
 //!   handles), then is captured on the slot's capture stream. A capture that fails is logged once
