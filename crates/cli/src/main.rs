@@ -218,10 +218,6 @@ enum Command {
         /// Engine padded-token budget per batch (default: 32768 on a GPU, 8192 on the CPU).
         #[arg(long, value_name = "N")]
         max_batch_tokens: Option<usize>,
-        /// Direct mode's batch layout: `auto` (what the device prefers: packed on CUDA and the CPU
-        /// when lengths differ), `padded` or `packed` (to compare them).
-        #[arg(long, value_enum, default_value = "auto")]
-        layout: bench::Layout,
         /// The devices one engine drives: `all` or numbers such as `0,1` (GPU ordinals with
         /// --device cuda; with --device cpu, that many CPU runtimes). Default: the one --device
         /// names (GPU 0). Direct mode spreads the callers over them.
@@ -310,11 +306,9 @@ fn run(cli: Cli) -> Result<()> {
             mode,
             executors,
             max_batch_tokens,
-            layout,
             devices,
         } => {
             let options = bench::BenchOptions {
-                layout,
                 threads: threads.unwrap_or_else(bench::default_thread_sweep),
                 batches: batch,
                 seconds,

@@ -92,6 +92,21 @@ impl Blas {
         Ok(blas)
     }
 
+    /// The cuBLASLt handle, made on first use (`None` if cuBLASLt cannot be loaded). A capture stream
+    /// makes it before its capture begins ([`crate::CudaStream`]), so no handle is created while
+    /// capturing.
+    pub(crate) fn lt(&self) -> Option<&BlasLt> {
+        self.lt
+            .get_or_init(|| {
+                BlasLt::new()
+                    .map_err(
+                        |e| tracing::warn!(error = %e, "biased GEMMs fall back to GEMM + bias kernel"),
+                    )
+                    .ok()
+            })
+            .as_ref()
+    }
+
     /// Encodes `spec` plus `bias` (added to every row of C) through cuBLASLt's bias epilogue and answers
     /// `true`, or answers `false` having encoded nothing when that path does not take the product (see
     /// [`crate::blas_lt`]).
@@ -104,14 +119,7 @@ impl Blas {
         spec: &GemmSpec,
         [a, b, c, bias]: [u64; 4],
     ) -> Result<bool> {
-        let lt = self.lt.get_or_init(|| {
-            BlasLt::new()
-                .map_err(
-                    |e| tracing::warn!(error = %e, "biased GEMMs fall back to GEMM + bias kernel"),
-                )
-                .ok()
-        });
-        match lt {
+        match self.lt() {
             // SAFETY: forwarded from the caller; the stream is live while its `Blas` is.
             Some(lt) => unsafe { lt.gemm_bias(self.stream, dtype, spec, [a, b, c, bias], tf32()) },
             None => Ok(false),

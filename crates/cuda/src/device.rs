@@ -37,6 +37,8 @@
 //!   `copy_to_host`) — the trait's list — and `free_raw` (see above). `copy_from_host` stages through
 //!   page-locked memory and does not wait for the stream, except on the fallback to pageable memory
 //!   when page-locked memory is refused (see the `staging` module); `download` likewise.
+//! - **Graphs.** [`Device::supports_capture`] is true: a stream captures into a [`crate::CudaGraph`]
+//!   (the `graph` module), replayed with one `cuGraphLaunch`.
 //! - `copy_device` ranges must not overlap (CUDA's copies do not handle overlap).
 //! - **Nothing leaks.** The device's state is freed when its last clone goes: it unloads the kernels
 //!   module with the context current, then drops its retain of the context. Each stream's shutdown
@@ -52,7 +54,7 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 
-use braid_runtime::device::{Device, View, ALIGNMENT};
+use braid_runtime::device::{Device, DeviceGraph, View, ALIGNMENT};
 use braid_runtime::Result;
 use cudarc::driver::{result, sys, CudaContext, DriverError};
 
@@ -470,5 +472,17 @@ impl Device for CudaDevice {
 
     fn finish_download(&self, download: CudaDownload, dst: &mut [u8]) -> Result<()> {
         download.finish(dst)
+    }
+
+    fn supports_capture(&self) -> bool {
+        true
+    }
+
+    fn begin_capture(&self, stream: &CudaStream) -> Result<()> {
+        stream.begin_capture()
+    }
+
+    fn end_capture(&self, stream: &CudaStream) -> Result<Box<dyn DeviceGraph<Self>>> {
+        Ok(Box::new(stream.end_capture()?))
     }
 }

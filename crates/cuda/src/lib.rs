@@ -35,6 +35,8 @@
 //!   write-locked destruction), its cuBLAS handle, host functions and their failures.
 //! - [`event`] — [`CudaEvent`]: a timing-free `CUevent`.
 //! - [`download`] — [`CudaDownload`] and each stream's pool of download buffers and events.
+//! - [`graph`] — [`CudaGraph`]: captured CUDA graphs (the device contract's optional capture), replayed
+//!   with one launch.
 //! - `staging` — the page-locked buffers that let `copy_from_host` return before the copy runs.
 //! - `pinned` — the cache of page-locked host buffers both of those draw from.
 //! - `blas` — a stream's cuBLAS handle and braid's strided GEMM mapped onto column-major cuBLAS.
@@ -61,6 +63,7 @@ pub mod device;
 pub mod download;
 mod error;
 pub mod event;
+pub mod graph;
 mod kernels;
 pub mod live;
 mod ops;
@@ -73,6 +76,7 @@ pub use blas::TF32_ENV;
 pub use device::{CudaBuffer, CudaDevice};
 pub use download::CudaDownload;
 pub use event::CudaEvent;
+pub use graph::CudaGraph;
 pub use live::{live_objects, LiveObjects};
 pub use ptx_cache::CACHE_DIR_ENV;
 pub use stream::CudaStream;

@@ -30,6 +30,8 @@ pub struct LiveObjects {
     pub pinned_buffers: usize,
     /// Raw device allocations (`alloc_raw` not yet freed).
     pub device_buffers: usize,
+    /// Instantiated CUDA graphs (`cuGraphInstantiate` not yet destroyed).
+    pub graphs: usize,
 }
 
 /// One counter of [`LiveObjects`].
@@ -65,6 +67,7 @@ pub(crate) static BLAS_HANDLES: Counter = Counter::new();
 pub(crate) static MODULES: Counter = Counter::new();
 pub(crate) static PINNED_BUFFERS: Counter = Counter::new();
 pub(crate) static DEVICE_BUFFERS: Counter = Counter::new();
+pub(crate) static GRAPHS: Counter = Counter::new();
 
 /// The driver objects braid-cuda holds right now, summed over every device of the process.
 pub fn live_objects() -> LiveObjects {
@@ -76,5 +79,6 @@ pub fn live_objects() -> LiveObjects {
         modules: MODULES.get(),
         pinned_buffers: PINNED_BUFFERS.get(),
         device_buffers: DEVICE_BUFFERS.get(),
+        graphs: GRAPHS.get(),
     }
 }

@@ -166,6 +166,34 @@ impl CudaStream {
         f(live.stream, blas)
     }
 
+    /// Makes the cuBLAS and cuBLASLt handles now (they are otherwise made on the first GEMM), then
+    /// starts capturing the stream (`CU_STREAM_CAPTURE_MODE_THREAD_LOCAL`: this thread may not make
+    /// calls that are unsafe during a capture; other threads are not restricted). See [`crate::graph`].
+    pub(crate) fn begin_capture(&self) -> Result<()> {
+        self.with_blas(|raw, blas| {
+            let _ = blas.lt();
+            // SAFETY: `raw` is live (read lock held) in the current context.
+            unsafe {
+                result::stream::begin_capture(
+                    raw,
+                    sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL,
+                )
+            }
+            .map_err(|e| error::device("cuStreamBeginCapture", e))
+        })
+    }
+
+    /// Ends the capture and instantiates what it recorded (see [`crate::graph`]).
+    pub(crate) fn end_capture(&self) -> Result<crate::graph::CudaGraph> {
+        self.with_raw(|raw| {
+            // SAFETY: `raw` is live (read lock held) in the current context and capturing (the
+            // caller's `begin_capture` succeeded).
+            let graph = unsafe { result::stream::end_capture(raw) }
+                .map_err(|e| error::device("cuStreamEndCapture", e))?;
+            crate::graph::CudaGraph::instantiate(graph, self.context.clone())
+        })
+    }
+
     /// Waits for all work on the stream; reports a device fault or a host-function panic.
     pub(crate) fn synchronize(&self) -> Result<()> {
         self.with_raw(|raw| {

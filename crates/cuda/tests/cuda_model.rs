@@ -1,7 +1,8 @@
 //! all-MiniLM-L6-v2 on the GPU against the golden fixture's float64 reference: fp32 single, in one
 //! packed batch and in one padded batch (cosine ≥ 0.99999, max abs ≤ 1e-4; packed within 1e-6 of
-//! padded), 16 threads at once bit-identical to one thread (fp32 without TF32), and fp16 / bf16 the same
-//! three ways (cosine ≥ 0.999). Skips with a line saying so on a machine
+//! padded; single cases replay CUDA graphs), 16 threads at once, on graphs, bit-identical to one thread
+//! (fp32 without TF32), and fp16 / bf16 the same three ways (cosine ≥ 0.999). Skips with a line saying
+//! so on a machine
 //! without a CUDA driver.
 //!
 //! On a GPU machine without the repository around it, `BRAID_GOLDEN` names the fixture file and
@@ -65,7 +66,8 @@ fn golden_embeddings_single_and_batched_and_sixteen_threads() {
     let Some(device) = common::device_or_skip() else {
         return;
     };
-    let model: Arc<dyn Embedder> = Arc::new(minilm(device, DType::F32));
+    let graphed = Arc::new(minilm(device, DType::F32));
+    let model: Arc<dyn Embedder> = graphed.clone();
     let cases = Arc::new(golden_cases());
     let texts: Vec<&str> = cases.iter().map(|c| c.text.as_str()).collect();
     let [single, packed, padded] = single_packed_padded(&*model, &texts);
@@ -84,12 +86,22 @@ fn golden_embeddings_single_and_batched_and_sixteen_threads() {
         "packed vs padded: max abs diff {layouts:.2e}"
     );
     println!("fp32 on CUDA: min cosine {worst_cos:.9}, max abs diff {worst_abs:.2e} over 34 cases, single, packed and padded; packed vs padded {layouts:.2e}");
+    // One case at a time is batch 1: those ran as CUDA graphs (the batches of 34 did not).
+    assert!(
+        graphed.graph_memory().graphs > 0,
+        "single cases replay graphs"
+    );
     // Every thread embeds every case, one at a time, each starting at its own.
     let per_thread = cases.len();
     let differing = differing_across_threads(model, cases, Arc::new(single), THREADS, per_thread);
     assert_eq!(
         differing, 0,
         "embeddings differing from the single-thread run"
+    );
+    println!("16 threads: {:?}", graphed.graph_memory());
+    assert!(
+        graphed.graph_memory().graphs > THREADS,
+        "every thread replayed graphs of its own"
     );
 }
 

@@ -14,6 +14,9 @@
 //!   of all sequences in one `[tokens, hidden]` matrix, so no linear layer computes padding; attention
 //!   and pooling take the sequences' offsets). Both give the same embeddings (bit for bit on the CPU);
 //!   [`BertModel::prepare`] picks the layout the device prefers.
+//! - Small batches on a device that can capture replay a CUDA graph per (batch, tokens) bucket
+//!   ([`crate::graphs`]); the forward is split for it into uploading the inputs, the device-only
+//!   forward (what a graph captures) and the download.
 //! - The compute dtype is a parameter; a backend that lacks it for an op reports a clear
 //!   `Unsupported` error (the CPU backend computes in f32).
 //!
@@ -27,6 +30,7 @@
 //! before it. On CUDA a layer is 8 launches: 4 GEMMs (the QKV bias in the first one's cuBLASLt
 //! epilogue), attention, bias+GELU and 2 LayerNorms.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use braid_runtime::ops::{Gelu, Ops};
@@ -35,6 +39,7 @@ use braid_runtime::{DType, PackedSequences, Runtime, RuntimeError, Tensor};
 use crate::batch::{PackedBatch, PaddedBatch, TokenBatch};
 use crate::config::{Activation, BertConfig};
 use crate::error::{ModelError, Result};
+use crate::graphs::GraphCache;
 use crate::model_dir::{ModelDir, ModelSpec};
 use crate::pooling::{Pooling, PoolingConfig};
 use crate::tokenizer::Encoding;
@@ -65,23 +70,37 @@ struct DeviceEmbeddings<D: Ops> {
     ln_beta: Tensor<D>,
 }
 
-/// What the layers and the pooling need of a batch beside its token states: the mask, and the
-/// layout's shape (padded) or where each sequence lies (packed; its mask is all ones).
-enum Layout<D: Ops> {
-    Padded {
-        mask: Tensor<D>,
-        batch: usize,
-        seq: usize,
-    },
-    Packed {
-        mask: Tensor<D>,
-        sequences: PackedSequences<D>,
-    },
+/// The environment variable that turns packed batches off (`0`, `off`, `false`; read at load).
+pub const PACKED_BATCHES_ENV: &str = "BRAID_PACKED_BATCHES";
+
+/// A batch's inputs on the device, as the forward reads them: padded (`[batch * seq]` token rows) or
+/// packed (`[tokens]`, with `sequences`).
+pub(crate) struct DeviceInputs<D: Ops> {
+    /// Token ids, `[batch * seq]` u32.
+    pub(crate) ids: Tensor<D>,
+    /// Position ids, `[batch * seq]` u32.
+    pub(crate) positions: Tensor<D>,
+    /// Token type ids, `[batch * seq]` u32.
+    pub(crate) type_ids: Tensor<D>,
+    /// The attention mask, `[batch, seq]` f32 (packed: `[tokens]`, all ones).
+    pub(crate) mask: Tensor<D>,
+    /// A packed batch's sequences; `None` for a padded batch.
+    pub(crate) sequences: Option<PackedSequences<D>>,
+    /// CLS pooling only: each row's first token, `[batch]` u32.
+    pub(crate) cls_rows: Option<Tensor<D>>,
+    /// Sequences.
+    pub(crate) batch: usize,
+    /// Tokens per sequence (packed: the longest).
+    pub(crate) seq: usize,
 }
 
 /// A sentence-embedding model whose weights live on a runtime's device. `Sync`: share it (by
 /// reference or `Arc`) among every thread that embeds.
 pub struct BertModel<D: Ops> {
+    /// Declared first, so dropped before the weights its graphs read (after `Drop` waited for them).
+    graphs: GraphCache<D>,
+    /// Whether `prepare` packs uneven batches (see [`BertModel::set_packed_batches`]).
+    packed_batches: AtomicBool,
     runtime: Arc<Runtime<D>>,
     config: BertConfig,
     pooling: PoolingConfig,
@@ -146,6 +165,15 @@ impl<D: Ops> BertModel<D> {
             .collect::<std::result::Result<Vec<_>, RuntimeError>>()?;
         runtime.synchronize()?;
         Ok(Self {
+            graphs: GraphCache::new(&runtime)?,
+            packed_batches: AtomicBool::new(
+                runtime.device().prefers_packed()
+                    && crate::switch::on_unless_off(
+                        PACKED_BATCHES_ENV,
+                        "1, on or true (pack uneven batches where the device prefers it: the \
+                         default); 0, off or false (always pad)",
+                    )?,
+            ),
             runtime,
             config,
             pooling,
@@ -159,6 +187,11 @@ impl<D: Ops> BertModel<D> {
     /// The runtime the model runs on.
     pub fn runtime(&self) -> &Arc<Runtime<D>> {
         &self.runtime
+    }
+
+    /// The model's config.
+    pub(crate) fn config(&self) -> &BertConfig {
+        &self.config
     }
 
     /// The model's config, pooling, sequence limit and tokenizer.
@@ -184,9 +217,17 @@ impl<D: Ops> BertModel<D> {
     }
 
     /// `encodings` as a batch in the layout this model's device prefers: packed where packed batches
-    /// run faster ([`Ops::prefers_packed`]) and the lengths differ, else padded.
+    /// run faster ([`Ops::prefers_packed`], unless [`PACKED_BATCHES_ENV`] or
+    /// [`BertModel::set_packed_batches`] turned them off) and the lengths differ, unless a graph serves
+    /// the padded batch (a replay beats launching the packed forward); else padded.
     pub fn prepare(&self, encodings: &[Encoding]) -> TokenBatch {
-        let packed = self.runtime.device().prefers_packed();
+        let longest = encodings.iter().map(Encoding::len).max().unwrap_or(0);
+        let graphed = (self.graphs).serves(
+            encodings.len(),
+            longest,
+            self.config.max_position_embeddings,
+        );
+        let packed = self.packed_batches.load(Ordering::Relaxed) && !graphed;
         TokenBatch::new(encodings, self.config.pad_token_id, packed)
     }
 
@@ -198,13 +239,22 @@ impl<D: Ops> BertModel<D> {
         }
     }
 
-    /// Embeddings of a padded batch, copied to the host (waits for the current stream).
+    /// Embeddings of a padded batch, copied to the host (waits for the current stream). Small
+    /// batches replay a captured graph where the device has them (see [`crate::graphs`]); the result
+    /// is the plain forward's, up to rounding.
     pub fn embed_batch(&self, batch: &PaddedBatch) -> Result<Vec<Vec<f32>>> {
         if batch.batch == 0 {
             return Ok(Vec::new());
         }
-        let pooled = self.forward(batch)?;
-        self.download(&pooled)
+        self.check_batch(batch)?;
+        let flat = match self.graphs.embed(self, batch)? {
+            Some(flat) => flat,
+            None => {
+                let pooled = self.forward_device(&self.upload_inputs(batch)?)?;
+                self.runtime.to_vec_f32(&pooled)?
+            }
+        };
+        self.rows(flat)
     }
 
     /// Embeddings of a packed batch, copied to the host (waits for the current stream).
@@ -213,69 +263,124 @@ impl<D: Ops> BertModel<D> {
             return Ok(Vec::new());
         }
         let pooled = self.forward_packed(batch)?;
-        self.download(&pooled)
+        self.rows(self.runtime.to_vec_f32(&pooled)?)
     }
 
-    /// The pooled embeddings on the host, one vector per row, checked finite.
-    fn download(&self, pooled: &Tensor<D>) -> Result<Vec<Vec<f32>>> {
-        let flat = self.runtime.to_vec_f32(pooled)?;
+    /// The pooled embeddings, checked finite, one vector per row.
+    fn rows(&self, flat: Vec<f32>) -> Result<Vec<Vec<f32>>> {
         crate::finite::check_embeddings(&flat, self.dim())?;
         Ok(flat.chunks(self.dim()).map(<[f32]>::to_vec).collect())
+    }
+
+    /// Turns packed batches on or off for [`BertModel::prepare`] from now on (it starts on where the
+    /// device prefers them, unless [`PACKED_BATCHES_ENV`] is `0`); on a device that does not prefer
+    /// them, they stay off. For measuring one layout against the other.
+    pub fn set_packed_batches(&self, on: bool) {
+        // Relaxed: a switch read once per call; nothing else is ordered by it.
+        let on = on && self.runtime.device().prefers_packed();
+        self.packed_batches.store(on, Ordering::Relaxed);
+    }
+
+    /// Turns graph replay on or off for this model from now on (it starts as `BRAID_CUDA_GRAPHS`
+    /// says: on unless `0`); graphs already captured are kept. Has no effect on a backend that cannot
+    /// capture.
+    pub fn set_graphs(&self, on: bool) {
+        self.graphs.set_enabled(on);
+    }
+
+    /// Whether `embed_batch` replays graphs (the device can capture and they are on).
+    pub fn graphs_enabled(&self) -> bool {
+        self.graphs.enabled()
+    }
+
+    /// Graphs captured so far and the bytes of device memory they keep (their pools, inputs and
+    /// outputs).
+    pub fn graph_memory(&self) -> crate::graphs::GraphMemory {
+        self.graphs.memory()
     }
 
     /// The forward pass: `[batch, hidden]` pooled (and, if the model says so, L2-normalised)
     /// embeddings on the device, encoded on the current stream. Does not wait for the device.
     pub fn forward(&self, batch: &PaddedBatch) -> Result<Tensor<D>> {
         self.check_batch(batch)?;
-        let (b, s) = (batch.batch, batch.seq);
-        let layout = Layout::Padded {
-            mask: self.runtime.from_f32(&batch.mask, &[b, s])?,
-            batch: b,
-            seq: s,
-        };
-        let x = self.embed_tokens(&batch.ids, &batch.positions, &batch.type_ids)?;
-        self.encode(x, &layout)
+        self.forward_device(&self.upload_inputs(batch)?)
     }
 
     /// [`BertModel::forward`] of a packed batch: no padded token is computed; the same embeddings.
     pub fn forward_packed(&self, batch: &PackedBatch) -> Result<Tensor<D>> {
         self.check_packed(batch)?;
         let rt = &*self.runtime;
-        let layout = Layout::Packed {
-            mask: rt.full(&[batch.tokens()], 1.0)?,
-            sequences: rt.packed_sequences(&batch.offsets)?,
+        let tokens = batch.tokens();
+        let sequences = rt.packed_sequences(&batch.offsets)?;
+        let cls_rows = match self.pooling.mode {
+            Pooling::Cls => {
+                let starts = &batch.offsets[..batch.sequences()];
+                Some(rt.from_u32(starts, &[starts.len()])?)
+            }
+            _ => None,
         };
-        let x = self.embed_tokens(&batch.ids, &batch.positions, &batch.type_ids)?;
-        self.encode(x, &layout)
+        let inputs = DeviceInputs {
+            ids: rt.from_u32(&batch.ids, &[tokens])?,
+            positions: rt.from_u32(&batch.positions, &[tokens])?,
+            type_ids: rt.from_u32(&batch.type_ids, &[tokens])?,
+            mask: rt.full(&[tokens], 1.0)?,
+            cls_rows,
+            batch: sequences.sequences(),
+            seq: sequences.longest(),
+            sequences: Some(sequences),
+        };
+        self.forward_device(&inputs)
     }
 
-    /// The encoder layers on the embedded tokens `x`, then pooling (and normalisation).
-    fn encode(&self, mut x: Tensor<D>, layout: &Layout<D>) -> Result<Tensor<D>> {
+    /// Uploads a (checked) batch's ids, positions, type ids and mask (and, for CLS pooling, the row
+    /// starts) on the current stream.
+    fn upload_inputs(&self, batch: &PaddedBatch) -> Result<DeviceInputs<D>> {
         let rt = &*self.runtime;
-        for layer in &self.layers {
-            x = self.encoder_layer(layer, x, layout)?;
+        let (b, s) = (batch.batch, batch.seq);
+        let tokens = b * s;
+        Ok(DeviceInputs {
+            ids: rt.from_u32(&batch.ids, &[tokens])?,
+            positions: rt.from_u32(&batch.positions, &[tokens])?,
+            type_ids: rt.from_u32(&batch.type_ids, &[tokens])?,
+            mask: rt.from_f32(&batch.mask, &[b, s])?,
+            sequences: None,
+            cls_rows: self.cls_rows(b, s)?,
+            batch: b,
+            seq: s,
+        })
+    }
+
+    /// For CLS pooling, the index of each row's first token (`[batch]` u32); `None` otherwise.
+    pub(crate) fn cls_rows(&self, batch: usize, seq: usize) -> Result<Option<Tensor<D>>> {
+        if self.pooling.mode != Pooling::Cls {
+            return Ok(None);
         }
-        let mut pooled = match (self.pooling.mode, layout) {
-            (Pooling::Mean, Layout::Padded { mask, batch, seq }) => {
-                rt.mean_pool(&x.reshape(&[*batch, *seq, self.dim()])?, mask)?
+        let first_tokens: Vec<u32> = (0..batch).map(|r| (r * seq) as u32).collect();
+        Ok(Some(self.runtime.from_u32(&first_tokens, &[batch])?))
+    }
+
+    /// The forward on inputs already on the device: device work only — no copy from or to the host,
+    /// no wait — so a graph can capture it.
+    pub(crate) fn forward_device(&self, inputs: &DeviceInputs<D>) -> Result<Tensor<D>> {
+        let rt = &*self.runtime;
+        let (b, s) = (inputs.batch, inputs.seq);
+        let mut x = self.embed_tokens(inputs)?;
+        for layer in &self.layers {
+            x = self.encoder_layer(layer, x, inputs)?;
+        }
+        let mut pooled = match (self.pooling.mode, &inputs.cls_rows) {
+            (Pooling::Cls, Some(rows)) => rt
+                .gather_rows(&x, rows, None)?
+                .expect("gather_rows without an accumulator returns a tensor"),
+            (Pooling::Cls, None) => {
+                return Err(ModelError::InvalidBatch {
+                    detail: "CLS pooling needs the rows' first tokens (this is a bug)".into(),
+                })
             }
-            (Pooling::Mean, Layout::Packed { mask, sequences }) => {
-                rt.mean_pool_packed(&x, mask, sequences)?
-            }
-            (Pooling::Cls, layout) => {
-                let first_tokens: Vec<u32> = match layout {
-                    Layout::Padded { batch, seq, .. } => {
-                        (0..batch * seq).step_by(*seq).map(|t| t as u32).collect()
-                    }
-                    Layout::Packed { sequences, .. } => {
-                        let offsets = sequences.offsets();
-                        offsets[..offsets.len() - 1].to_vec()
-                    }
-                };
-                let ids = rt.from_u32(&first_tokens, &[first_tokens.len()])?;
-                rt.gather_rows(&x, &ids, None)?
-                    .expect("gather_rows without an accumulator returns a tensor")
-            }
+            (Pooling::Mean, _) => match &inputs.sequences {
+                None => rt.mean_pool(&x.reshape(&[b, s, self.dim()])?, &inputs.mask)?,
+                Some(sequences) => rt.mean_pool_packed(&x, &inputs.mask, sequences)?,
+            },
             (Pooling::Max, _) => unreachable!("refused by check_supported"),
         };
         if self.pooling.normalize {
@@ -285,21 +390,14 @@ impl<D: Ops> BertModel<D> {
     }
 
     /// Word + position + token-type embeddings, then LayerNorm: `[tokens, hidden]`.
-    fn embed_tokens(&self, ids: &[u32], positions: &[u32], type_ids: &[u32]) -> Result<Tensor<D>> {
+    fn embed_tokens(&self, inputs: &DeviceInputs<D>) -> Result<Tensor<D>> {
         let rt = &*self.runtime;
         let e = &self.embeddings;
-        let tokens = ids.len();
-        let ids = rt.from_u32(ids, &[tokens])?;
         let mut x = rt
-            .gather_rows(&e.word, &ids, None)?
+            .gather_rows(&e.word, &inputs.ids, None)?
             .expect("gather_rows without an accumulator returns a tensor");
-        drop(ids);
-        let positions = rt.from_u32(positions, &[tokens])?;
-        rt.gather_rows(&e.position, &positions, Some(&mut x))?;
-        drop(positions);
-        let type_ids = rt.from_u32(type_ids, &[tokens])?;
-        rt.gather_rows(&e.token_type, &type_ids, Some(&mut x))?;
-        drop(type_ids);
+        rt.gather_rows(&e.position, &inputs.positions, Some(&mut x))?;
+        rt.gather_rows(&e.token_type, &inputs.type_ids, Some(&mut x))?;
         let eps = self.config.layer_norm_eps as f32;
         Ok(rt.layer_norm(&x, None, None, &e.ln_gamma, &e.ln_beta, eps)?)
     }
@@ -311,17 +409,15 @@ impl<D: Ops> BertModel<D> {
         &self,
         layer: &DeviceLayer<D>,
         x: Tensor<D>,
-        layout: &Layout<D>,
+        inputs: &DeviceInputs<D>,
     ) -> Result<Tensor<D>> {
         let rt = &*self.runtime;
         let eps = self.config.layer_norm_eps as f32;
         let qkv = rt.linear(&x, &layer.qkv_weight, Some(&layer.qkv_bias))?;
-        let heads = self.config.num_attention_heads;
-        let context = match layout {
-            Layout::Padded { mask, .. } => rt.attention(&qkv, mask, heads)?,
-            Layout::Packed { mask, sequences } => {
-                rt.attention_packed(&qkv, mask, sequences, heads)?
-            }
+        let (mask, heads) = (&inputs.mask, self.config.num_attention_heads);
+        let context = match &inputs.sequences {
+            None => rt.attention(&qkv, mask, heads)?,
+            Some(sequences) => rt.attention_packed(&qkv, mask, sequences, heads)?,
         };
         drop(qkv);
         let attn_out = rt.linear(&context, &layer.attn_out_weight, None)?;

@@ -15,7 +15,8 @@
 //!   **PackedBatch**: the same tokens one sequence after another, no padding, with offsets;
 //!   **TokenBatch**: either, in the layout the device prefers.
 //! - **BertWeights**: the checkpoint's tensors as `HostTensor`s (f32), Q, K and V fused per layer.
-//! - **BertModel**: the weights on a runtime's device and the forward pass (`embed`, `forward`).
+//! - **BertModel**: the weights on a runtime's device and the forward pass (`embed`, `forward`);
+//!   small batches replay a CUDA graph per (batch, tokens) bucket (`graphs`).
 //! - **ModelError**: every loading failure, with the file and the fix in its message, and every
 //!   forward failure (unsupported model, invalid batch, runtime error, an input over
 //!   `MAX_INPUT_BYTES`, a non-finite embedding).
@@ -37,15 +38,17 @@ mod config;
 mod encoder;
 mod error;
 mod finite;
+pub mod graphs;
 pub mod load;
 mod model_dir;
 mod pooling;
+mod switch;
 mod tokenizer;
 mod weights;
 
 pub use batch::{pack_batch, pad_batch, PackedBatch, PaddedBatch, TokenBatch};
 pub use config::{Activation, BertConfig};
-pub use encoder::BertModel;
+pub use encoder::{BertModel, PACKED_BATCHES_ENV};
 pub use error::{ModelError, Result};
 pub use model_dir::{
     default_model_dir, ModelDir, ModelSpec, DEFAULT_MODEL_NAME, MODELS_DIR_ENV, MODEL_ENV,

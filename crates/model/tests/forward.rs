@@ -64,6 +64,9 @@ fn one_packed_batch_matches_the_reference_for_every_input() {
     let encodings = model.spec().tokenizer.encode_batch(&texts(&cases)).unwrap();
     // The CPU backend prefers packed batches: `embed` packs these uneven cases.
     assert!(matches!(model.prepare(&encodings), TokenBatch::Packed(_)));
+    model.set_packed_batches(false);
+    assert!(matches!(model.prepare(&encodings), TokenBatch::Padded(_)));
+    model.set_packed_batches(true);
     let got = embed_as(&model, &texts(&cases), true);
     assert_eq!(got.len(), cases.len());
     for (case, embedding) in cases.iter().zip(&got) {

@@ -31,6 +31,13 @@
 //! - A device handle is a reference: when the last clone — and every buffer, stream and event made from
 //!   it — is dropped, the backend releases what it holds (a CUDA context, cuBLAS handles, kernels).
 //!
+//! - **Stream capture is optional.** A backend that can record a stream's work into a replayable graph
+//!   (CUDA graphs) says so with [`Device::supports_capture`] and implements [`Device::begin_capture`] /
+//!   [`Device::end_capture`]; the others keep the defaults ("not supported") and callers take the plain
+//!   path. While a stream captures, nothing runs: work encoded on it is recorded, and the backend must
+//!   not synchronise, query or allocate on it. The runtime's `graph` module builds on this (private
+//!   memory pools, replay on the caller's stream).
+//!
 //! Validation (shapes, dtypes, lifetimes, that a view lies inside its buffer) is the caller's job — the
 //! tensor layer does it once for all backends; a backend may assume its arguments describe valid memory.
 
@@ -126,6 +133,14 @@ impl fmt::Display for DType {
     }
 }
 
+/// A captured, instantiated graph of device work ([`Device::end_capture`]): replayable on any stream of
+/// its device, one launch per replay. Dropping it releases the backend's executable graph (work
+/// already launched finishes first).
+pub trait DeviceGraph<D: Device>: Send + Sync {
+    /// Encodes one replay of the captured work on `stream`, in stream order.
+    fn launch(&self, stream: &D::Stream) -> Result<()>;
+}
+
 /// A compute device: raw memory, streams, events and copies. See the module doc for the contract.
 ///
 /// Handles are cheap to clone (an `Arc` inside) and shared by every thread.
@@ -209,4 +224,33 @@ pub trait Device: Clone + Send + Sync + 'static {
         let download = self.download(stream, src)?;
         self.finish_download(download, dst)
     }
+
+    /// Whether [`Device::begin_capture`] can work on this backend (default: no).
+    fn supports_capture(&self) -> bool {
+        false
+    }
+
+    /// Starts recording the work encoded on `stream` (which must have no work of its own: a stream
+    /// kept for capturing) instead of running it, after making ready what that work's first ops would
+    /// otherwise create lazily (library handles). Until [`Device::end_capture`], only the calling
+    /// thread encodes on `stream`, and nothing may synchronise or query it. Default: not supported.
+    fn begin_capture(&self, stream: &Self::Stream) -> Result<()> {
+        let _ = stream;
+        Err(capture_unsupported(self.backend()))
+    }
+
+    /// Ends the capture begun on `stream` and returns its work as a replayable graph. Must be called
+    /// once after every successful [`Device::begin_capture`], also when encoding failed meanwhile (the
+    /// stream is then left ready to capture again, and the failure is the error).
+    fn end_capture(&self, stream: &Self::Stream) -> Result<Box<dyn DeviceGraph<Self>>> {
+        let _ = stream;
+        Err(capture_unsupported(self.backend()))
+    }
+}
+
+/// The error of a capture on a backend that has none.
+fn capture_unsupported(backend: &'static str) -> crate::error::RuntimeError {
+    crate::error::RuntimeError::Device(format!(
+        "the {backend} backend cannot capture streams into graphs (Device::supports_capture is false)"
+    ))
 }

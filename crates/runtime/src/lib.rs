@@ -14,6 +14,8 @@
 //!   **SizeClass**, **ThreadCache** and the **shared free lists** (small / large) are its layers.
 //! - **Runtime / Tensor** ([`runtime`], [`tensor`]): a device's stream pool + allocator + events, and
 //!   tensor ops encoded on the current stream.
+//! - **Graph / GraphPool** ([`graph`], [`alloc::GraphPool`]): work captured once and replayed with one
+//!   launch, where the backend can capture (CUDA graphs), with its memory kept private.
 //!
 //! # The five fixes of the design brief, by name
 //!
@@ -46,6 +48,7 @@ pub mod cpu;
 pub mod device;
 mod env;
 mod error;
+pub mod graph;
 pub mod ops;
 pub mod runtime;
 pub mod stream;
@@ -53,10 +56,12 @@ mod sync;
 pub mod tensor;
 
 pub use alloc::{
-    AllocatorConfig, AllocatorStats, Buffer, CachingAllocator, MemoryLimit, PoolStats,
+    AllocatorConfig, AllocatorStats, Buffer, CachingAllocator, GraphPool, MemoryLimit, PoolRoute,
+    PoolStats,
 };
-pub use device::{DType, Device, View, ALIGNMENT};
+pub use device::{DType, Device, DeviceGraph, View, ALIGNMENT};
 pub use error::{Result, RuntimeError};
+pub use graph::Graph;
 pub use runtime::{Runtime, RuntimeConfig};
 pub use stream::{
     CommitPolicy, CurrentStreamGuard, Event, EventPool, ExhaustionPolicy, Stream, StreamLease,

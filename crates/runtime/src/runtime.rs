@@ -42,6 +42,8 @@ pub struct Runtime<D: Device> {
     events: Arc<EventPool<D>>,
     streams: StreamPool<D>,
     device: D,
+    /// Serialises graph captures (see `crate::graph`); never taken per op or per replay.
+    capture_lock: parking_lot::Mutex<()>,
 }
 
 impl<D: Device> Runtime<D> {
@@ -53,6 +55,7 @@ impl<D: Device> Runtime<D> {
             events: EventPool::new(device.clone()),
             streams,
             device,
+            capture_lock: parking_lot::Mutex::new(()),
         })
     }
 
@@ -86,6 +89,11 @@ impl<D: Device> Runtime<D> {
     /// A pooled event.
     pub fn event(&self) -> Result<Event<D>> {
         self.events.event()
+    }
+
+    /// The lock that serialises graph captures.
+    pub(crate) fn capture_lock(&self) -> &parking_lot::Mutex<()> {
+        &self.capture_lock
     }
 
     /// Waits for the current stream's work.

@@ -54,18 +54,6 @@ impl std::fmt::Display for BenchMode {
         })
     }
 }
-/// How direct mode's batches are laid out (`--layout`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum Layout {
-    /// What the device prefers (`Embedder::prepare`).
-    Auto,
-    /// Padded to the longest sequence.
-    Padded,
-    /// Packed, no padding.
-    Packed,
-}
-
 /// The largest batch size (as `braid embed --batch`).
 pub const MAX_BATCH: usize = 4096;
 /// The longest timed window per point, in seconds (one hour).
@@ -90,8 +78,6 @@ pub struct BenchOptions {
     pub max_batch_tokens: Option<usize>,
     /// Draw the figures to this SVG file (`--plot`).
     pub plot: Option<PathBuf>,
-    /// Direct mode's batch layout.
-    pub layout: Layout,
 }
 
 impl BenchOptions {
@@ -370,7 +356,7 @@ pub fn run(
         ProgressBar::new((total as f64 * options.seconds * 1000.0) as u64).with_style(style);
     let mut points = Vec::with_capacity(total);
     for &batch in &options.batches {
-        let batches = Arc::new(make_batches(&**model, batch, options.seq, options.layout)?);
+        let batches = Arc::new(make_batches(&**model, batch, options.seq)?);
         for &threads in &options.threads {
             for &mode in &options.modes {
                 progress.set_message(format!("{mode}: {threads} threads x batch {batch}"));

@@ -11,9 +11,9 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, ensure, Context, Result};
 use braid_engine::{Engine, EngineDevice};
 use braid_model::load::Embedder;
-use braid_model::{pack_batch, pad_batch, Encoding, TokenBatch};
+use braid_model::{Encoding, TokenBatch};
 
-use super::{BenchMode, BenchOptions, BenchPoint, Layout};
+use super::{BenchMode, BenchOptions, BenchPoint};
 
 /// The built-in corpus: one real sentence per line.
 pub(crate) const SENTENCES: &str = include_str!("../../data/sentences.txt");
@@ -36,7 +36,6 @@ pub(super) fn make_batches(
     model: &dyn Embedder,
     batch: usize,
     seq: Option<usize>,
-    layout: Layout,
 ) -> Result<Vec<CallerBatch>> {
     let spec = model.spec();
     let distinct = (HELD_SEQUENCES / batch).clamp(1, DISTINCT_BATCHES);
@@ -62,13 +61,8 @@ pub(super) fn make_batches(
             let rows: Vec<Encoding> = (0..batch)
                 .map(|i| encodings[(b * batch + i) % encodings.len()].clone())
                 .collect();
-            let prepared = match layout {
-                Layout::Auto => model.prepare(&rows),
-                Layout::Padded => TokenBatch::Padded(pad_batch(&rows, spec.config.pad_token_id)),
-                Layout::Packed => TokenBatch::Packed(pack_batch(&rows)),
-            };
             CallerBatch {
-                prepared,
+                prepared: model.prepare(&rows),
                 encodings: rows,
             }
         })

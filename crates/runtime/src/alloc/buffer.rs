@@ -125,7 +125,7 @@ impl<D: Device> Drop for Buffer<D> {
             return;
         };
         let anchor = self.anchor;
-        let taken_back = self.state().free(block, &self.used_on, anchor);
+        let taken_back = self.state().free(block, self.len, &self.used_on, anchor);
         if !taken_back {
             // SAFETY: this buffer's share is given up here and neither it nor the state is touched
             // afterwards (this is the last statement).

@@ -18,7 +18,8 @@
 //! Statistics ([`stats`]) are per thread and summed on read; hits and misses are counted per pool kind
 //! (small / large), with the thread-cache share of the hits. A [`Buffer`] (`buffer`) owns its
 //! [`block::Block`] — the backend buffer and its metadata — so freeing needs no global map.
-//! [`AllocatorConfig`] holds the knobs (`config`).
+//! [`AllocatorConfig`] holds the knobs (`config`). [`GraphPool`] (`graph_pool`) keeps the blocks of
+//! captured graphs private: while a thread routes to one, its allocations and frees go there instead.
 //!
 //! # The stream-ordered contract (as RMM states it)
 //!
@@ -52,6 +53,7 @@ pub(crate) mod block;
 mod buffer;
 mod config;
 mod free_lists;
+mod graph_pool;
 mod size_class;
 mod stats;
 mod thread_cache;
@@ -72,6 +74,7 @@ use crate::stream::{Event, EventPool, Stream, StreamPool, StreamPoolState};
 
 pub use self::buffer::Buffer;
 pub use self::config::{AllocatorConfig, MemoryLimit, MEMORY_LIMIT_ENV};
+pub use self::graph_pool::{GraphPool, PoolRoute};
 pub use self::size_class::{SMALL_CLASSES, SMALL_LIMIT};
 pub use self::stats::{AllocatorStats, PoolStats};
 
@@ -133,6 +136,9 @@ impl<D: Device> CachingAllocator<D> {
         }
         let stream = stream.index() as u32;
         let class = SizeClass::of(bytes);
+        if graph_pool::routed(state.id) {
+            return graph_pool::alloc_routed(state, bytes, class);
+        }
         // Fast path: a small thread-cache hit, counted in the same thread-local visit. (Large blocks'
         // thread-cache path is in `alloc_slow`: out of line, it costs the small path nothing.)
         if let Some(class) = class.filter(|c| c.is_small()) {
@@ -149,6 +155,15 @@ impl<D: Device> CachingAllocator<D> {
         }
         let block = state.alloc_slow(bytes, class, stream)?;
         Ok(Buffer::new(block, bytes, state.anchor()))
+    }
+
+    /// A private pool for the graphs that will replay on `stream` (see [`GraphPool`]); `stream` must
+    /// be of the allocator's pool.
+    pub fn graph_pool(&self, stream: Stream<'_, D>) -> Result<GraphPool<D>> {
+        if !stream.is_of(&self.state.streams) {
+            return Err(foreign_stream(stream));
+        }
+        Ok(GraphPool::new(self.state.clone(), stream.index() as u32))
     }
 
     /// Frees every cached block this allocator can reach — the shared pools, the calling thread's cache
@@ -451,16 +466,28 @@ impl<D: Device> AllocatorState<D> {
         }
     }
 
-    /// The free path of a buffer: thread cache when possible, else shared pools with events. In the
-    /// same thread-local visit, this thread's cache takes back the buffer's share of `anchor` if it
-    /// issued it; the result says whether it did (else the caller releases it remotely).
+    /// The free path of a buffer (of `len` bytes requested): thread cache when possible, else shared
+    /// pools with events, or a graph pool while this thread routes to one. In the same thread-local
+    /// visit, this thread's cache takes back the buffer's share of `anchor` if it issued it; the result
+    /// says whether it did (else the caller releases it remotely).
     #[inline]
     fn free(
         self: &Arc<Self>,
         block: Block<D>,
+        len: usize,
         used_on: &[u32],
         anchor: NonNull<ThreadAnchor<D>>,
     ) -> bool {
+        let block = if graph_pool::routed(self.id) {
+            match graph_pool::free_routed(block, len, used_on) {
+                Some(block) => block,
+                None => {
+                    return thread_cache::with_cache(self, |c| c.take_back(anchor)).unwrap_or(false)
+                }
+            }
+        } else {
+            block
+        };
         let size = block.size as i64;
         let count_free = |s: &ThreadStats, w: Writer| {
             w.add_signed(&s.allocated, -size);

@@ -9,6 +9,15 @@
 //! streams; a shared stream's command buffer is then filled by several threads). Which stream a thread
 //! uses is `super::current`'s business (fix 3).
 //!
+//! # Capture streams
+//!
+//! Every stream `i` (default and workers) has a *capture partner*, index `workers + 1 + i`, created
+//! on first use like the others and never leased or synchronised by [`StreamPool::synchronize_all`]:
+//! graphs replayed on `i` are recorded on it ([`StreamPool::capture_stream`]). Nothing ever runs on a
+//! capture stream, and no allocator block names one, so no other thread records an event on it or
+//! waits for it while a capture is in progress (which would break the capture, or pull that thread's
+//! work into the graph).
+//!
 //! # Lifetime
 //!
 //! The pool's state is an `Arc` held by the [`StreamPool`] and by the caching allocator built on it
@@ -85,7 +94,8 @@ impl<D: Device> StreamPool<D> {
                 allowed: "1 to 64 worker slots",
             });
         }
-        let slots = (0..=config.worker_slots)
+        // Streams 0..=workers, then their capture partners (module doc).
+        let slots = (0..2 * (config.worker_slots + 1))
             .map(|_| {
                 CachePadded::new(Slot {
                     stream: LazySlot::new(),
@@ -149,6 +159,19 @@ impl<D: Device> StreamPool<D> {
         Ok(self.state.stream(index as u32))
     }
 
+    /// The capture partner of `stream` (module doc, "Capture streams"): where graphs that will be
+    /// replayed on `stream` are recorded. `stream` must be this pool's default or worker stream.
+    pub fn capture_stream(&self, stream: Stream<'_, D>) -> Result<Stream<'_, D>> {
+        match self.state.capture_partner(stream) {
+            Some(index) => Ok(self.state.stream(index)),
+            None => Err(RuntimeError::InvalidConfig {
+                name: "capture_stream",
+                value: format!("{stream:?}"),
+                allowed: "the default or a worker stream of the pool (not a capture stream)",
+            }),
+        }
+    }
+
     /// This thread's current stream: the one set with [`set_current_stream`](Self::set_current_stream),
     /// else the stream this thread leased, else a newly leased one (or the default stream on the main
     /// thread). A thread-local read after the first call (fix 3).
@@ -185,7 +208,8 @@ impl<D: Device> StreamPool<D> {
     /// for (they have no work yet) and their creation is not blocked (fix 4).
     pub fn synchronize_all(&self) -> Result<()> {
         let mut first_error = None;
-        for slot in self.state.slots.iter() {
+        // Capture streams hold no work, and one may be capturing now: waiting for it would break that.
+        for slot in self.state.slots[..=self.state.workers].iter() {
             if let Some(raw) = slot.stream.get() {
                 if let Err(e) = self.state.device.synchronize(raw) {
                     first_error.get_or_insert(e);
@@ -239,6 +263,12 @@ impl<D: Device> StreamPoolState<D> {
     #[inline]
     pub(crate) fn stream(&self, index: u32) -> Stream<'_, D> {
         Stream { pool: self, index }
+    }
+
+    /// The index of `stream`'s capture partner, if `stream` is a default or worker stream of this pool.
+    pub(crate) fn capture_partner(&self, stream: Stream<'_, D>) -> Option<u32> {
+        (stream.is_of(self) && stream.index() <= self.workers)
+            .then(|| stream.index + self.workers as u32 + 1)
     }
 
     pub(super) fn lease_slot(&self) -> Result<RawLease> {

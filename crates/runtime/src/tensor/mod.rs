@@ -210,6 +210,37 @@ impl<D: Ops> Runtime<D> {
         Ok(t)
     }
 
+    /// Copies `data` into the existing tensor `t` (u32 or f32, `data.len()` = its elements) on the
+    /// current stream: how a graph's fixed input tensors get each call's values.
+    pub fn write_u32(&self, t: &Tensor<D>, data: &[u32]) -> Result<()> {
+        if t.dtype.size() != 4 || t.numel() != data.len() {
+            return Err(shape_error(
+                "write_u32",
+                format!("{} u32 values for a {t:?}", data.len()),
+            ));
+        }
+        self.encode(|d, s| d.copy_from_host(s, bytes_of(data), t.view()))
+    }
+
+    /// Copies the bytes of `src` from byte `src_offset` on into the whole of `dst` (device to device,
+    /// on the current stream; element types are not checked, only the byte ranges): how a packed
+    /// tensor is split into several.
+    pub fn copy_bytes(&self, src: &Tensor<D>, src_offset: usize, dst: &Tensor<D>) -> Result<()> {
+        let bytes = dst.view().len;
+        if src_offset
+            .checked_add(bytes)
+            .is_none_or(|end| end > src.view().len)
+        {
+            return Err(shape_error(
+                "copy_bytes",
+                format!("{bytes} bytes from byte {src_offset} of a {src:?}"),
+            ));
+        }
+        let from = src.view().skip(src_offset);
+        let from = View { len: bytes, ..from };
+        self.encode(|d, s| d.copy_device(s, from, dst.view()))
+    }
+
     /// Starts copying a float tensor to the host after the current stream's work so far and returns
     /// at once (the contract's non-blocking download): the stream can take the next batch's work while
     /// this one comes down. [`TensorDownload::wait`] gives the values. The tensor may be dropped at
