@@ -28,9 +28,9 @@ pack)
     root="$(cd "$(dirname "$0")/.." && pwd)"
     cd "$root"
     target="${CARGO_TARGET_DIR:-target}"
-    cargo build --release -p braid-cli -p braid-cuda --tests --bins --examples
+    cargo build --release -p braid-cli -p braid-cuda -p braid-engine --tests --bins --examples
     mkdir -p "$dir/model"
-    for t in cuda_device cuda_events cuda_stress cuda_ops cuda_attention cuda_model cuda_lifetime; do
+    for t in cuda_device cuda_events cuda_stress cuda_ops cuda_attention cuda_model cuda_graphs cuda_lifetime cuda_engine; do
         f=$(ls -t "$target"/release/deps/$t-* | grep -v '\.d$' | head -1)
         cp "$f" "$dir/$t" && strip "$dir/$t"
     done
@@ -48,7 +48,7 @@ run)
     export BRAID_MODEL="$here/model" BRAID_GOLDEN="$here/minilm-golden.json" BRAID_REQUIRE_CUDA=1
     nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
     echo "== CUDA tests"
-    for t in cuda_device cuda_events cuda_stress cuda_ops cuda_attention cuda_model cuda_lifetime; do
+    for t in cuda_device cuda_events cuda_stress cuda_ops cuda_attention cuda_model cuda_graphs cuda_lifetime cuda_engine; do
         ./$t --nocapture --test-threads 1
     done
     echo "== caching allocator on CUDA, driven as the PyTorch runtime anchor drives PyTorch's"

@@ -129,6 +129,18 @@ pub struct AttentionShape {
 }
 
 impl AttentionShape {
+    /// `batch` sequences of `seq` tokens, `heads` heads of `head_dim` features, scores scaled by
+    /// `1 / sqrt(head_dim)` (BERT's).
+    pub fn new(batch: usize, seq: usize, heads: usize, head_dim: usize) -> Self {
+        Self {
+            batch,
+            seq,
+            heads,
+            head_dim,
+            scale: 1.0 / (head_dim as f32).sqrt(),
+        }
+    }
+
     /// `heads * head_dim`.
     pub fn hidden(&self) -> usize {
         self.heads * self.head_dim

@@ -288,19 +288,8 @@ impl<D: Ops> Runtime<D> {
                 ),
             ));
         }
-        let head_dim = width / (3 * heads);
-        let shape = AttentionShape {
-            batch,
-            seq,
-            heads,
-            head_dim,
-            scale: 1.0 / (head_dim as f32).sqrt(),
-        };
-        let out = self.empty(&[tokens, shape.hidden()], dtype)?;
-        let scratch = match self.device().attention_scratch(&shape) {
-            0 => None,
-            elements => Some(self.empty(&[elements], dtype)?),
-        };
+        let shape = AttentionShape::new(batch, seq, heads, width / (3 * heads));
+        let (out, scratch) = self.attention_outputs(&shape, batch, tokens, dtype)?;
         self.encode(|d, s| {
             d.attention(
                 s,
@@ -315,6 +304,27 @@ impl<D: Ops> Runtime<D> {
             )
         })?;
         Ok(out)
+    }
+
+    /// The context `[tokens, hidden]` of an attention of `shape`, and the scratch the device asks for
+    /// `scratch_batch` of its sequences at once (all of them padded; one, packed: one at a time).
+    pub(super) fn attention_outputs(
+        &self,
+        shape: &AttentionShape,
+        scratch_batch: usize,
+        tokens: usize,
+        dtype: DType,
+    ) -> Result<(Tensor<D>, Option<Tensor<D>>)> {
+        let out = self.empty(&[tokens, shape.hidden()], dtype)?;
+        let scratch_shape = AttentionShape {
+            batch: scratch_batch,
+            ..*shape
+        };
+        let scratch = match self.device().attention_scratch(&scratch_shape) {
+            0 => None,
+            elements => Some(self.empty(&[elements], dtype)?),
+        };
+        Ok((out, scratch))
     }
 
     /// Rows of `table [rows, dim]` picked by `ids` (u32), into a new `[ids.., dim]` tensor, or added

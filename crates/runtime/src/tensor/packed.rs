@@ -101,20 +101,9 @@ impl<D: Ops> Runtime<D> {
                 ),
             ));
         }
-        let head_dim = width / (3 * heads);
-        let shape = AttentionShape {
-            batch: sequences.sequences(),
-            seq: sequences.longest(),
-            heads,
-            head_dim,
-            scale: 1.0 / (head_dim as f32).sqrt(),
-        };
-        let out = self.empty(&[tokens, shape.hidden()], dtype)?;
-        let one_sequence = AttentionShape { batch: 1, ..shape };
-        let scratch = match self.device().attention_scratch(&one_sequence) {
-            0 => None,
-            elements => Some(self.empty(&[elements], dtype)?),
-        };
+        let (batch, longest) = (sequences.sequences(), sequences.longest());
+        let shape = AttentionShape::new(batch, longest, heads, width / (3 * heads));
+        let (out, scratch) = self.attention_outputs(&shape, 1, tokens, dtype)?;
         self.encode(|d, s| {
             d.attention_packed(
                 s,
