@@ -21,10 +21,13 @@
 //!   CPU adapter such as lavapipe, an upper bound elsewhere): set `BRAID_MEMORY_LIMIT` to a size on a GPU.
 //! - Counters of dispatches and submissions ([`WgpuDevice::counters`]) let benchmarks report both per
 //!   forward pass.
+//! - [`Device::commit`] (the runtime's commit policy, after an op) submits unless the stream's earlier
+//!   work is still in flight and fewer than the submit batch of commands are encoded
+//!   ([`WgpuDevice::set_submit_batch`], `BRAID_WGPU_SUBMIT_BATCH`); sync points always submit.
 
 use std::future::Future;
 use std::pin::pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 
@@ -32,6 +35,7 @@ use braid_runtime::device::{Device, View};
 use braid_runtime::{Result, RuntimeError};
 use parking_lot::Mutex;
 
+use crate::bind::BindGroups;
 use crate::download::WgpuDownload;
 use crate::event::WgpuEvent;
 use crate::kernels::Kernels;
@@ -43,6 +47,13 @@ pub const ADAPTER_ENV: &str = "BRAID_WGPU_ADAPTER";
 
 /// The largest arena (sub-allocated buffer); smaller when the adapter's limits are.
 const ARENA_BYTES: u64 = 256 << 20;
+
+/// The environment variable that sets the submit batch (see [`WgpuDevice::set_submit_batch`]).
+pub const SUBMIT_BATCH_ENV: &str = "BRAID_WGPU_SUBMIT_BATCH";
+
+/// The default submit batch: commands a stream encodes before the runtime's commit submits them
+/// while its earlier work is still in flight (see the `stream` module).
+pub const SUBMIT_BATCH: usize = 16;
 
 /// Runs a wgpu future to completion. wgpu's native futures are ready when first polled; this yields
 /// the thread until one is, so a backend that defers them is still served.
@@ -89,6 +100,8 @@ pub(crate) struct Shared {
     capacity: usize,
     pub(crate) arenas: Arenas,
     pub(crate) kernels: Kernels,
+    pub(crate) bind_groups: BindGroups,
+    submit_batch: AtomicUsize,
     /// The last sequence number handed out; held across `Queue::submit` so numbers follow queue order.
     submit_order: Mutex<u64>,
     /// The highest sequence number whose work has completed (written by wgpu's callbacks).
@@ -112,6 +125,17 @@ impl Shared {
             .on_submitted_work_done(move || _ = completed.fetch_max(seq, Ordering::AcqRel));
         self.submits.fetch_add(1, Ordering::Relaxed);
         Submitted { seq, index }
+    }
+
+    /// The submit batch (see [`WgpuDevice::set_submit_batch`]).
+    pub(crate) fn submit_batch(&self) -> usize {
+        self.submit_batch.load(Ordering::Relaxed)
+    }
+
+    /// Whether submission `seq` is known to have completed, without polling (wgpu's callbacks run
+    /// when some thread polls: a wait, a download, a query).
+    pub(crate) fn is_done(&self, seq: u64) -> bool {
+        self.completed.load(Ordering::Acquire) >= seq
     }
 
     /// Whether submission `seq` has completed, after letting wgpu run the callbacks that are due.
@@ -293,6 +317,19 @@ impl WgpuDevice {
             / braid_runtime::ALIGNMENT as u64
             * braid_runtime::ALIGNMENT as u64;
         let description = format!("{} via wgpu 30", adapter_line(&info));
+        let submit_batch = match std::env::var(SUBMIT_BATCH_ENV) {
+            Err(_) => SUBMIT_BATCH,
+            Ok(v) => v
+                .trim()
+                .parse::<usize>()
+                .ok()
+                .filter(|&n| n >= 1)
+                .ok_or_else(|| RuntimeError::InvalidConfig {
+                    name: SUBMIT_BATCH_ENV,
+                    value: v.clone(),
+                    allowed: "a whole number of commands, at least 1",
+                })?,
+        };
         tracing::debug!(device = %description, "opened wgpu device");
         Ok(Self {
             shared: Arc::new(Shared {
@@ -305,6 +342,8 @@ impl WgpuDevice {
                 info,
                 description,
                 kernels,
+                bind_groups: BindGroups::default(),
+                submit_batch: AtomicUsize::new(submit_batch),
                 submit_order: Mutex::new(0),
                 completed: Arc::new(AtomicU64::new(0)),
                 failure,
@@ -330,6 +369,20 @@ impl WgpuDevice {
             dispatches: self.shared.dispatches.load(Ordering::Relaxed),
             submits: self.shared.submits.load(Ordering::Relaxed),
         }
+    }
+
+    /// Sets the submit batch: after an op, a stream whose earlier work is still in flight submits once
+    /// at least `commands` are encoded (1: every commit of the runtime submits; see the `stream`
+    /// module). `BRAID_WGPU_SUBMIT_BATCH` sets it when the device is opened; default [`SUBMIT_BATCH`].
+    pub fn set_submit_batch(&self, commands: usize) {
+        self.shared
+            .submit_batch
+            .store(commands.max(1), Ordering::Relaxed);
+    }
+
+    /// Bind groups cached now (the `bind` module: a handful once a forward pass has run).
+    pub fn cached_bind_groups(&self) -> usize {
+        self.shared.bind_groups.len()
     }
 
     /// Raw bytes allocated from this device right now (through `alloc_raw`).
@@ -361,7 +414,10 @@ impl Device for WgpuDevice {
     }
 
     unsafe fn free_raw(&self, buffer: WgpuBuffer) {
-        self.shared.arenas.free(buffer);
+        if self.shared.arenas.free(buffer) {
+            // A wgpu buffer was released: cached bind groups must not keep it alive.
+            self.shared.bind_groups.clear();
+        }
     }
 
     fn create_stream(&self, index: usize) -> Result<WgpuStream> {
@@ -369,7 +425,7 @@ impl Device for WgpuDevice {
     }
 
     fn commit(&self, stream: &WgpuStream) -> Result<()> {
-        stream.commit().map(drop)
+        stream.commit_op()
     }
 
     fn synchronize(&self, stream: &WgpuStream) -> Result<()> {

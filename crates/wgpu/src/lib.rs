@@ -41,6 +41,7 @@
 //! on an NVIDIA GPU through Vulkan. The Metal path is wgpu's own and is compiled by wgpu only on macOS:
 //! this crate has no platform-specific code, and nothing of it has been run on Metal.
 
+mod bind;
 pub mod device;
 pub mod download;
 pub mod event;
@@ -49,8 +50,9 @@ mod memory;
 mod ops;
 pub mod stream;
 
-pub use device::{Counters, WgpuDevice, ADAPTER_ENV};
+pub use device::{Counters, WgpuDevice, ADAPTER_ENV, SUBMIT_BATCH, SUBMIT_BATCH_ENV};
 pub use download::WgpuDownload;
 pub use event::WgpuEvent;
 pub use memory::WgpuBuffer;
+pub use ops::{FUSED_MAX_HEAD_DIM, FUSED_MAX_SEQ, SMALL_GEMM_MAX_ROWS, WIDE_GRID};
 pub use stream::WgpuStream;
