@@ -38,7 +38,7 @@ use parking_lot::Mutex;
 use crate::bind::BindGroups;
 use crate::download::WgpuDownload;
 use crate::event::WgpuEvent;
-use crate::kernels::Kernels;
+use crate::kernels::{Kernel, Kernels};
 use crate::memory::{Arenas, WgpuBuffer};
 use crate::stream::WgpuStream;
 
@@ -47,6 +47,10 @@ pub const ADAPTER_ENV: &str = "BRAID_WGPU_ADAPTER";
 
 /// The largest arena (sub-allocated buffer); smaller when the adapter's limits are.
 const ARENA_BYTES: u64 = 256 << 20;
+
+/// The environment variable that forces one GEMM kernel (`small`, `64`, `128`), for tuning the `ops`
+/// module's choice on a new adapter; unset, the choice is by shape.
+pub const GEMM_ENV: &str = "BRAID_WGPU_GEMM";
 
 /// The environment variable that sets the submit batch (see [`WgpuDevice::set_submit_batch`]).
 pub const SUBMIT_BATCH_ENV: &str = "BRAID_WGPU_SUBMIT_BATCH";
@@ -101,6 +105,8 @@ pub(crate) struct Shared {
     pub(crate) arenas: Arenas,
     pub(crate) kernels: Kernels,
     pub(crate) bind_groups: BindGroups,
+    /// The GEMM kernel `BRAID_WGPU_GEMM` forces, if any.
+    pub(crate) gemm_override: Option<Kernel>,
     submit_batch: AtomicUsize,
     /// The last sequence number handed out; held across `Queue::submit` so numbers follow queue order.
     submit_order: Mutex<u64>,
@@ -317,6 +323,19 @@ impl WgpuDevice {
             / braid_runtime::ALIGNMENT as u64
             * braid_runtime::ALIGNMENT as u64;
         let description = format!("{} via wgpu 30", adapter_line(&info));
+        let gemm_override = match std::env::var(GEMM_ENV).as_deref().map(str::trim) {
+            Err(_) | Ok("") => None,
+            Ok("small") => Some(Kernel::GemmSmall),
+            Ok("64") => Some(Kernel::Gemm64),
+            Ok("128") => Some(Kernel::Gemm128),
+            Ok(other) => {
+                return Err(RuntimeError::InvalidConfig {
+                    name: GEMM_ENV,
+                    value: other.to_string(),
+                    allowed: "small, 64 or 128",
+                })
+            }
+        };
         let submit_batch = match std::env::var(SUBMIT_BATCH_ENV) {
             Err(_) => SUBMIT_BATCH,
             Ok(v) => v
@@ -343,6 +362,7 @@ impl WgpuDevice {
                 description,
                 kernels,
                 bind_groups: BindGroups::default(),
+                gemm_override,
                 submit_batch: AtomicUsize::new(submit_batch),
                 submit_order: Mutex::new(0),
                 completed: Arc::new(AtomicU64::new(0)),

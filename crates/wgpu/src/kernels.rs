@@ -49,7 +49,7 @@ pub(crate) enum Kernel {
     ByteCopy,
 }
 
-/// The tiled GEMM's source: 8 rows a thread; the 64-row variant sets 4.
+/// The tiled GEMM's source: 128-row tiles (`GROUPS` 2); the 64-row variant sets 1.
 const GEMM: &str = include_str!("shaders/gemm.wgsl");
 
 /// The workgroup sum the row kernels share (appended to their sources).
@@ -159,11 +159,15 @@ impl Kernels {
         let sources: Vec<(&str, String, usize)> = (SOURCES.iter().enumerate())
             .map(|(i, &(kernel, name, source, bindings))| {
                 assert_eq!(kernel as usize, i, "SOURCES is in Kernel order");
+                let groups = if kernel == Kernel::Gemm64 { 1 } else { 2 };
                 let source = match kernel {
-                    Kernel::Gemm64 => source.replace("const TM: u32 = 8u;", "const TM: u32 = 4u;"),
+                    Kernel::Gemm64 => {
+                        source.replace("const GROUPS: u32 = 2u;", "const GROUPS: u32 = 1u;")
+                    }
                     Kernel::LayerNorm | Kernel::L2Normalize => format!("{source}\n{REDUCE}"),
                     _ => source.to_string(),
                 };
+                let source = unroll(&source, &[("GROUPS", groups)]);
                 (name, source, bindings)
             })
             .collect();
@@ -260,6 +264,67 @@ impl Kernels {
     }
 }
 
+/// Expands the `// unroll NAME COUNT` ... `// end unroll` blocks of a WGSL source: the lines between
+/// are repeated COUNT times (a number, or a name in `counts`), `{NAME}` replaced by 0, 1, …; blocks
+/// nest. Drivers do not unroll WGSL's loops, and an array indexed in a loop that is not unrolled lives
+/// in local memory, so the kernels spell out their register tiles this way.
+pub(crate) fn unroll(source: &str, counts: &[(&str, usize)]) -> String {
+    let lines: Vec<String> = source.lines().map(str::to_string).collect();
+    let mut out = expand(&lines, counts);
+    out.push(String::new());
+    out.join("\n")
+}
+
+fn expand(lines: &[String], counts: &[(&str, usize)]) -> Vec<String> {
+    // A directive is exactly `// unroll NAME COUNT` (prose that starts "// unroll" is not one; a
+    // directive that is not recognised leaves `{NAME}` in the WGSL, which the compiler rejects).
+    let header = |line: &str| -> Option<(String, usize)> {
+        let words: Vec<&str> = line
+            .trim()
+            .strip_prefix("// unroll ")?
+            .split_whitespace()
+            .collect();
+        let [name, count] = words[..] else {
+            return None;
+        };
+        let count = (count.parse().ok())
+            .or_else(|| counts.iter().find(|(n, _)| *n == count).map(|c| c.1))?;
+        Some((name.to_string(), count))
+    };
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < lines.len() {
+        let Some((name, count)) = header(&lines[i]) else {
+            out.push(lines[i].clone());
+            i += 1;
+            continue;
+        };
+        let mut depth = 1;
+        let mut end = i + 1;
+        while depth > 0 {
+            let line = lines
+                .get(end)
+                .expect("every // unroll has its // end unroll")
+                .trim();
+            if header(line).is_some() {
+                depth += 1;
+            } else if line == "// end unroll" {
+                depth -= 1;
+            }
+            end += 1;
+        }
+        let body = &lines[i + 1..end - 1];
+        for v in 0..count {
+            let copy: Vec<String> = (body.iter())
+                .map(|l| l.replace(&format!("{{{name}}}"), &v.to_string()))
+                .collect();
+            out.extend(expand(&copy, counts));
+        }
+        i = end;
+    }
+    out
+}
+
 /// The bind group layout of `bindings` read-write storage buffers.
 fn layout(device: &wgpu::Device, bindings: usize) -> wgpu::BindGroupLayout {
     let entries: Vec<wgpu::BindGroupLayoutEntry> = (0..bindings as u32)
@@ -303,4 +368,18 @@ fn pipeline(
         compilation_options: Default::default(),
         cache: None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::unroll;
+
+    #[test]
+    fn unroll_repeats_nested_blocks_with_their_indices() {
+        let source = "a\n  // unroll g G\n  // unroll i 2\n  x{g}{i};\n  // end unroll\n  y{g};\n  // end unroll\nb";
+        assert_eq!(
+            unroll(source, &[("G", 2)]),
+            "a\n  x00;\n  x01;\n  y0;\n  x10;\n  x11;\n  y1;\nb\n"
+        );
+    }
 }

@@ -50,7 +50,7 @@ mod memory;
 mod ops;
 pub mod stream;
 
-pub use device::{Counters, WgpuDevice, ADAPTER_ENV, SUBMIT_BATCH, SUBMIT_BATCH_ENV};
+pub use device::{Counters, WgpuDevice, ADAPTER_ENV, GEMM_ENV, SUBMIT_BATCH, SUBMIT_BATCH_ENV};
 pub use download::WgpuDownload;
 pub use event::WgpuEvent;
 pub use memory::WgpuBuffer;

@@ -39,16 +39,22 @@ pub const FUSED_MAX_SEQ: usize = 512;
 pub const FUSED_MAX_HEAD_DIM: usize = 256;
 
 /// The GEMM kernel for `m` x `n` outputs in `products` products, and its grid (see the module doc).
-fn gemm_plan(m: usize, n: usize, products: usize) -> (Kernel, [usize; 3]) {
-    if m <= SMALL_GEMM_MAX_ROWS {
-        return (Kernel::GemmSmall, [n.div_ceil(8), m.div_ceil(16), products]);
-    }
+/// `forced` (`BRAID_WGPU_GEMM`) overrides the choice.
+fn gemm_plan(m: usize, n: usize, products: usize, forced: Option<Kernel>) -> (Kernel, [usize; 3]) {
     let wide = [n.div_ceil(64), m.div_ceil(128), products];
-    if wide.iter().product::<usize>() >= WIDE_GRID {
-        (Kernel::Gemm128, wide)
+    let kernel = forced.unwrap_or(if m <= SMALL_GEMM_MAX_ROWS {
+        Kernel::GemmSmall
+    } else if wide.iter().product::<usize>() >= WIDE_GRID {
+        Kernel::Gemm128
     } else {
-        (Kernel::Gemm64, [n.div_ceil(64), m.div_ceil(64), products])
-    }
+        Kernel::Gemm64
+    });
+    let groups = match kernel {
+        Kernel::GemmSmall => [n.div_ceil(8), m.div_ceil(16), products],
+        Kernel::Gemm128 => wide,
+        _ => [n.div_ceil(64), m.div_ceil(64), products],
+    };
+    (kernel, groups)
 }
 
 /// Whether the fused attention kernel takes `shape` (else the unfused path runs).
@@ -138,7 +144,7 @@ impl Ops for WgpuDevice {
     fn gemm(&self, stream: &WgpuStream, op: &Gemm<'_, Self>) -> Result<()> {
         let s = &op.spec;
         let products = s.batch[0] * s.batch[1];
-        let (kernel, groups) = gemm_plan(s.m, s.n, products);
+        let (kernel, groups) = gemm_plan(s.m, s.n, products, self.shared.gemm_override);
         let kernel = self.typed("gemm", kernel, op.dtype)?;
         if s.m == 0 || s.n == 0 || products == 0 {
             return Ok(());

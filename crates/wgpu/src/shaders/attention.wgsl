@@ -46,8 +46,16 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     var top = bitcast<f32>(0xff800000u);
     for (var j = lid; j < p.seq; j = j + THREADS) {
         let key = first + j * row + hidden + head;
-        var dot = 0.0;
-        for (var d = 0u; d < p.head_dim; d = d + 1u) {
+        // Four features at a time (independent loads in flight), then the rest.
+        var dot4 = vec4<f32>(0.0);
+        var d = 0u;
+        for (; d + 4u <= p.head_dim; d = d + 4u) {
+            let kv = vec4<f32>(f32(qkv[key + d]), f32(qkv[key + d + 1u]), f32(qkv[key + d + 2u]),
+                               f32(qkv[key + d + 3u]));
+            dot4 = fma(vec4<f32>(q_s[d], q_s[d + 1u], q_s[d + 2u], q_s[d + 3u]), kv, dot4);
+        }
+        var dot = (dot4.x + dot4.y) + (dot4.z + dot4.w);
+        for (; d < p.head_dim; d = d + 1u) {
             dot = dot + q_s[d] * f32(qkv[key + d]);
         }
         let s = dot * p.scale;
@@ -88,8 +96,17 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     let inv = select(1.0 / sum, 0.0, sum == 0.0);
     let value = first + 2u * hidden + head;
     for (var d = lid; d < p.head_dim; d = d + THREADS) {
-        var acc = 0.0;
-        for (var j = 0u; j < p.seq; j = j + 1u) {
+        // Four keys at a time (independent loads in flight), then the rest.
+        var acc4 = vec4<f32>(0.0);
+        var j = 0u;
+        for (; j + 4u <= p.seq; j = j + 4u) {
+            let at = value + j * row + d;
+            let vv = vec4<f32>(f32(qkv[at]), f32(qkv[at + row]), f32(qkv[at + 2u * row]),
+                               f32(qkv[at + 3u * row]));
+            acc4 = fma(vec4<f32>(p_s[j], p_s[j + 1u], p_s[j + 2u], p_s[j + 3u]), vv, acc4);
+        }
+        var acc = (acc4.x + acc4.y) + (acc4.z + acc4.w);
+        for (; j < p.seq; j = j + 1u) {
             acc = acc + p_s[j] * f32(qkv[value + j * row + d]);
         }
         out[p.out + (bt * p.seq + q) * hidden + head + d] = T(acc * inv);

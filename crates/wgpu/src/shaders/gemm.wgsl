@@ -1,12 +1,14 @@
 // C = alpha * A.B + beta * C (+ bias[n] on every row), batched over [outer, inner], every operand
 // strided (see braid_runtime::ops::MatStrides), accumulated in f32: the kernel for products with many
-// rows (gemm_small.wgsl takes the few-row ones). Tiles of (16 * TM) x 64 outputs per 16 x 16
-// workgroup, TM x 4 per thread (TM is 4 or 8, set when the pipeline is made: the `kernels` module),
-// K in steps of 16 through workgroup memory held as vec4 (one 128-bit read gives a thread 4 rows of
-// A or 4 columns of B; rows padded by 4 floats against bank conflicts). The next step's tiles are
-// read from memory into registers while the current one is multiplied. Each operand's tile is loaded
-// along its contiguous axis (k for row-major A or a transposed weight B, m or n otherwise), so
+// rows (gemm_small.wgsl takes the few-row ones). Tiles of (64 * GROUPS) x 64 outputs per workgroup of
+// 256, (4 * GROUPS) x 4 per thread (GROUPS is 1 or 2, set when the pipeline is made: the `kernels`
+// module), K in steps of 16 through workgroup memory held as vec4 (one 128-bit read gives a thread 4
+// rows of A or 4 columns of B; rows padded by 4 floats against bank conflicts). The next step's tiles
+// are read from memory into registers while the current one is multiplied. Each operand's tile is
+// loaded along its contiguous axis (k for row-major A or a transposed weight B, m or n otherwise), so
 // neighbouring threads read neighbouring words. beta == 0 ignores C's old contents (NaN included).
+// `// unroll` blocks are expanded by the `kernels` module (drivers do not unroll WGSL's loops: an array
+// indexed in a loop lives in slow local memory), so every accumulator and load is a register.
 // T: the storage type (f32; f16 in the variant the `kernels` module makes); arithmetic is f32.
 alias T = f32;
 struct Params {
@@ -22,18 +24,51 @@ var<immediate> p: Params;
 @group(0) @binding(2) var<storage, read_write> c: array<T>;
 @group(0) @binding(3) var<storage, read_write> bias: array<T>;
 
-const TM: u32 = 8u;
-const BM: u32 = 16u * TM;
+const GROUPS: u32 = 2u;
+const BM: u32 = 64u * GROUPS;
 const BN: u32 = 64u;
 const BK: u32 = 16u;
 const AP: u32 = BM + 4u;
 const BP: u32 = BN + 4u;
-const A_LOADS: u32 = BM * BK / 256u;
-const B_LOADS: u32 = BN * BK / 256u;
-const GROUPS: u32 = TM / 4u;
 // a_s: [BK][AP] floats, b_s: [BK][BP] floats, as vec4.
 var<workgroup> a_s: array<vec4<f32>, BK * AP / 4u>;
 var<workgroup> b_s: array<vec4<f32>, BK * BP / 4u>;
+
+// A[row0 + r, k] (0 outside A).
+fn load_a(base: i32, r: u32, k: u32) -> f32 {
+    if (r < p.m && k < p.k) {
+        return f32(a[base + i32(r) * p.a_row + i32(k) * p.a_col]);
+    }
+    return 0.0;
+}
+
+// B[k, col] (0 outside B).
+fn load_b(base: i32, k: u32, col: u32) -> f32 {
+    if (col < p.n && k < p.k) {
+        return f32(b[base + i32(k) * p.b_row + i32(col) * p.b_col]);
+    }
+    return 0.0;
+}
+
+// Row r, columns col .. col + 3 of C from their sums.
+fn store_row(base: i32, r: u32, col: u32, sums: vec4<f32>) {
+    if (r >= p.m) {
+        return;
+    }
+    // unroll j 4
+    if (col + {j}u < p.n) {
+        let at = base + i32(r) * p.c_row + i32(col + {j}u) * p.c_col;
+        var v = p.alpha * sums[{j}];
+        if (p.beta != 0.0) {
+            v = v + p.beta * f32(c[at]);
+        }
+        if (p.has_bias != 0u) {
+            v = v + f32(bias[p.bias + col + {j}u]);
+        }
+        c[at] = T(v);
+    }
+    // end unroll
+}
 
 @compute @workgroup_size(256)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
@@ -48,101 +83,60 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     let b_k_major = p.b_row == 1;  // B's k axis is contiguous
     let tx = lid % 16u;
     let ty = lid / 16u;
-    var acc: array<vec4<f32>, TM>;
-    for (var i = 0u; i < TM; i = i + 1u) {
-        acc[i] = vec4<f32>(0.0);
-    }
-    var ra: array<f32, A_LOADS>;
-    var rb: array<f32, B_LOADS>;
-    // Where each of this thread's loads lands in the tiles: (row or column, k) per load.
-    var a_r: array<u32, A_LOADS>;
-    var a_k: array<u32, A_LOADS>;
-    var b_c: array<u32, B_LOADS>;
-    var b_k: array<u32, B_LOADS>;
-    for (var e = 0u; e < A_LOADS; e = e + 1u) {
-        let idx = lid + e * 256u;
-        a_r[e] = select(idx % BM, idx / BK, a_k_major);
-        a_k[e] = select(idx / BM, idx % BK, a_k_major);
-    }
-    for (var e = 0u; e < B_LOADS; e = e + 1u) {
-        let idx = lid + e * 256u;
-        b_c[e] = select(idx % BN, idx / BK, b_k_major);
-        b_k[e] = select(idx / BN, idx % BK, b_k_major);
-    }
-    // The first step's tiles.
-    for (var e = 0u; e < A_LOADS; e = e + 1u) {
-        var v = 0.0;
-        if (row0 + a_r[e] < p.m && a_k[e] < p.k) {
-            v = f32(a[a_base + i32(row0 + a_r[e]) * p.a_row + i32(a_k[e]) * p.a_col]);
-        }
-        ra[e] = v;
-    }
-    for (var e = 0u; e < B_LOADS; e = e + 1u) {
-        var v = 0.0;
-        if (col0 + b_c[e] < p.n && b_k[e] < p.k) {
-            v = f32(b[b_base + i32(b_k[e]) * p.b_row + i32(col0 + b_c[e]) * p.b_col]);
-        }
-        rb[e] = v;
-    }
+    // unroll g GROUPS
+    // unroll i 4
+    var acc{g}{i} = vec4<f32>(0.0);
+    // end unroll
+    // end unroll
+    // This thread's loads: A's tile has 4 * GROUPS per thread, B's 4; each at (row or column, k).
+    // unroll e 4
+    // unroll g GROUPS
+    let ia{g}{e} = lid + (4u * {g}u + {e}u) * 256u;
+    let ar{g}{e} = select(ia{g}{e} % BM, ia{g}{e} / BK, a_k_major);
+    let ak{g}{e} = select(ia{g}{e} / BM, ia{g}{e} % BK, a_k_major);
+    let af{g}{e} = ak{g}{e} * AP + ar{g}{e};
+    var ra{g}{e} = load_a(a_base, row0 + ar{g}{e}, ak{g}{e});
+    // end unroll
+    let ib{e} = lid + {e}u * 256u;
+    let bc{e} = select(ib{e} % BN, ib{e} / BK, b_k_major);
+    let bk{e} = select(ib{e} / BN, ib{e} % BK, b_k_major);
+    let bf{e} = bk{e} * BP + bc{e};
+    var rb{e} = load_b(b_base, bk{e}, col0 + bc{e});
+    // end unroll
     for (var k0 = 0u; k0 < p.k; k0 = k0 + BK) {
-        for (var e = 0u; e < A_LOADS; e = e + 1u) {
-            let f = a_k[e] * AP + a_r[e];
-            a_s[f / 4u][f % 4u] = ra[e];
-        }
-        for (var e = 0u; e < B_LOADS; e = e + 1u) {
-            let f = b_k[e] * BP + b_c[e];
-            b_s[f / 4u][f % 4u] = rb[e];
-        }
+        // unroll e 4
+        // unroll g GROUPS
+        a_s[af{g}{e} / 4u][af{g}{e} % 4u] = ra{g}{e};
+        // end unroll
+        b_s[bf{e} / 4u][bf{e} % 4u] = rb{e};
+        // end unroll
         workgroupBarrier();
         let next = k0 + BK;
         if (next < p.k) {
-            for (var e = 0u; e < A_LOADS; e = e + 1u) {
-                var v = 0.0;
-                if (row0 + a_r[e] < p.m && next + a_k[e] < p.k) {
-                    v = f32(a[a_base + i32(row0 + a_r[e]) * p.a_row + i32(next + a_k[e]) * p.a_col]);
-                }
-                ra[e] = v;
-            }
-            for (var e = 0u; e < B_LOADS; e = e + 1u) {
-                var v = 0.0;
-                if (col0 + b_c[e] < p.n && next + b_k[e] < p.k) {
-                    v = f32(b[b_base + i32(next + b_k[e]) * p.b_row + i32(col0 + b_c[e]) * p.b_col]);
-                }
-                rb[e] = v;
-            }
+            // unroll e 4
+            // unroll g GROUPS
+            ra{g}{e} = load_a(a_base, row0 + ar{g}{e}, next + ak{g}{e});
+            // end unroll
+            rb{e} = load_b(b_base, next + bk{e}, col0 + bc{e});
+            // end unroll
         }
-        for (var kk = 0u; kk < BK; kk = kk + 1u) {
-            let bv = b_s[kk * (BP / 4u) + tx];
-            for (var g = 0u; g < GROUPS; g = g + 1u) {
-                let av = a_s[kk * (AP / 4u) + g * 16u + ty];
-                acc[g * 4u] = fma(vec4<f32>(av.x), bv, acc[g * 4u]);
-                acc[g * 4u + 1u] = fma(vec4<f32>(av.y), bv, acc[g * 4u + 1u]);
-                acc[g * 4u + 2u] = fma(vec4<f32>(av.z), bv, acc[g * 4u + 2u]);
-                acc[g * 4u + 3u] = fma(vec4<f32>(av.w), bv, acc[g * 4u + 3u]);
-            }
+        // unroll kk 16
+        {
+            let bv = b_s[{kk}u * (BP / 4u) + tx];
+            // unroll g GROUPS
+            let av{g} = a_s[{kk}u * (AP / 4u) + {g}u * 16u + ty];
+            acc{g}0 = fma(vec4<f32>(av{g}.x), bv, acc{g}0);
+            acc{g}1 = fma(vec4<f32>(av{g}.y), bv, acc{g}1);
+            acc{g}2 = fma(vec4<f32>(av{g}.z), bv, acc{g}2);
+            acc{g}3 = fma(vec4<f32>(av{g}.w), bv, acc{g}3);
+            // end unroll
         }
+        // end unroll
         workgroupBarrier();
     }
-    for (var g = 0u; g < GROUPS; g = g + 1u) {
-        for (var i = 0u; i < 4u; i = i + 1u) {
-            let r = row0 + g * 64u + ty * 4u + i;
-            if (r < p.m) {
-                let out = acc[g * 4u + i];
-                for (var j = 0u; j < 4u; j = j + 1u) {
-                    let col = col0 + tx * 4u + j;
-                    if (col < p.n) {
-                        let at = c_base + i32(r) * p.c_row + i32(col) * p.c_col;
-                        var v = p.alpha * out[j];
-                        if (p.beta != 0.0) {
-                            v = v + p.beta * f32(c[at]);
-                        }
-                        if (p.has_bias != 0u) {
-                            v = v + f32(bias[p.bias + col]);
-                        }
-                        c[at] = T(v);
-                    }
-                }
-            }
-        }
-    }
+    // unroll g GROUPS
+    // unroll i 4
+    store_row(c_base, row0 + {g}u * 64u + ty * 4u + {i}u, col0 + tx * 4u, acc{g}{i});
+    // end unroll
+    // end unroll
 }

@@ -2,9 +2,11 @@
 // few sentences), the same parameters and operands as gemm.wgsl. A tiled kernel gives such products a
 // handful of workgroups, each walking all of K with a barrier per step (latency-bound); here each
 // workgroup takes 16 rows x 8 columns and splits K over 32 lanes per column, every lane walking its
-// share with independent loads and no barrier, then the 32 partial sums of each output are added in
-// a fixed order (deterministic). Lanes read neighbouring k, so a weight stored k-contiguous (a linear
-// layer's) is read in whole 128-byte lines. Rows past m are clamped to row m - 1 and discarded.
+// share (two steps at a time, 34 independent loads in flight) with no barrier, then the 32 partial sums
+// of each output are added in a fixed order (deterministic). Lanes read neighbouring k, so a weight
+// stored k-contiguous (a linear layer's) is read in whole 128-byte lines. Rows past m are clamped to
+// row m - 1 and discarded. `// unroll` blocks are expanded by the `kernels` module (drivers do not
+// unroll WGSL's loops: an array indexed in a loop lives in slow local memory).
 // T: the storage type (f32; f16 in the variant the `kernels` module makes); arithmetic is f32.
 alias T = f32;
 struct Params {
@@ -27,6 +29,11 @@ const LANES: u32 = 32u;
 // lanes) and the reads (32 outputs, one lane) over all 32 banks.
 var<workgroup> partial: array<f32, ROWS * COLS * LANES>;
 
+// Where row r (clamped to m - 1) of A starts.
+fn row_at(base: i32, r: u32) -> i32 {
+    return base + i32(min(r, p.m - 1u)) * p.a_row;
+}
+
 @compute @workgroup_size(256)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let row0 = wid.y * ROWS;
@@ -39,30 +46,50 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     let c_base = i32(p.c) + outer * p.c_outer + inner * p.c_inner;
     let n = min(wid.x * COLS + col, p.n - 1u);
     let b_at = b_base + i32(n) * p.b_col;
-    var a_at: array<i32, ROWS>;
-    for (var i = 0u; i < ROWS; i = i + 1u) {
-        a_at[i] = a_base + i32(min(row0 + i, p.m - 1u)) * p.a_row;
-    }
-    var acc: array<f32, ROWS>;
-    for (var i = 0u; i < ROWS; i = i + 1u) {
-        acc[i] = 0.0;
-    }
-    for (var k = lane; k < p.k; k = k + LANES) {
-        let bv = f32(b[b_at + i32(k) * p.b_row]);
-        let ka = i32(k) * p.a_col;
-        for (var i = 0u; i < ROWS; i = i + 1u) {
-            acc[i] = acc[i] + f32(a[a_at[i] + ka]) * bv;
+    // Rows 4q .. 4q + 3 of the workgroup's 16: where they start, and their sums.
+    // unroll q 4
+    let ra{q} = vec4<i32>(row_at(a_base, row0 + 4u * {q}u), row_at(a_base, row0 + 4u * {q}u + 1u),
+                          row_at(a_base, row0 + 4u * {q}u + 2u), row_at(a_base, row0 + 4u * {q}u + 3u));
+    var acc{q} = vec4<f32>(0.0);
+    // end unroll
+    var k = lane;
+    for (; k + LANES < p.k; k = k + 2u * LANES) {
+        // unroll s 2
+        {
+            let kb = k + {s}u * LANES;
+            let bv = vec4<f32>(f32(b[b_at + i32(kb) * p.b_row]));
+            let ka = i32(kb) * p.a_col;
+            // unroll q 4
+            let av{q} = vec4<f32>(f32(a[ra{q}.x + ka]), f32(a[ra{q}.y + ka]), f32(a[ra{q}.z + ka]),
+                                  f32(a[ra{q}.w + ka]));
+            // end unroll
+            // unroll q 4
+            acc{q} = fma(av{q}, bv, acc{q});
+            // end unroll
         }
+        // end unroll
     }
-    for (var i = 0u; i < ROWS; i = i + 1u) {
-        partial[lane * ROWS * COLS + ((i * COLS + col) ^ lane)] = acc[i];
+    if (k < p.k) {
+        let bv = vec4<f32>(f32(b[b_at + i32(k) * p.b_row]));
+        let ka = i32(k) * p.a_col;
+        // unroll q 4
+        acc{q} = fma(vec4<f32>(f32(a[ra{q}.x + ka]), f32(a[ra{q}.y + ka]), f32(a[ra{q}.z + ka]),
+                               f32(a[ra{q}.w + ka])), bv, acc{q});
+        // end unroll
     }
+    let lane_base = lane * ROWS * COLS;
+    // unroll q 4
+    partial[lane_base + (((4u * {q}u) * COLS + col) ^ lane)] = acc{q}.x;
+    partial[lane_base + (((4u * {q}u + 1u) * COLS + col) ^ lane)] = acc{q}.y;
+    partial[lane_base + (((4u * {q}u + 2u) * COLS + col) ^ lane)] = acc{q}.z;
+    partial[lane_base + (((4u * {q}u + 3u) * COLS + col) ^ lane)] = acc{q}.w;
+    // end unroll
     workgroupBarrier();
     if (lid < ROWS * COLS) {
         var sum = 0.0;
-        for (var l = 0u; l < LANES; l = l + 1u) {
-            sum = sum + partial[l * ROWS * COLS + (lid ^ l)];
-        }
+        // unroll l 32
+        sum = sum + partial[{l}u * ROWS * COLS + (lid ^ {l}u)];
+        // end unroll
         let r = row0 + lid / COLS;
         let cn = wid.x * COLS + lid % COLS;
         if (r < p.m && cn < p.n) {
