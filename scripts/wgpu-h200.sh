@@ -102,7 +102,8 @@ run | quick)
                 --json "$out/cuda-h200-f32-quick.json"
             exit $failed
         fi
-        ./op_times 1x12 64x20 f16
+        ./op_times 1x12 64x28
+        ./op_times 1x12 64x20 64x28 f16
         echo "== dispatches and submits per forward under each commit policy (one caller)"
         ./forward_counts 2
         echo "-- with a submit batch of 1 (every commit of the runtime submits)"
