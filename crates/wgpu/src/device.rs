@@ -400,6 +400,12 @@ impl WgpuDevice {
             .store(commands.max(1), Ordering::Relaxed);
     }
 
+    /// Whether the block attention (`attention_block.wgsl`) runs here: the adapter's workgroup memory
+    /// holds it (see the `ops` module).
+    pub fn has_block_attention(&self) -> bool {
+        self.shared.kernels.attention_block
+    }
+
     /// Bind groups cached now (the `bind` module: a handful once a forward pass has run).
     pub fn cached_bind_groups(&self) -> usize {
         self.shared.bind_groups.len()

@@ -41,6 +41,8 @@ pub(crate) enum Kernel {
     /// The few-row GEMM (K split over lanes; `gemm_small.wgsl`).
     GemmSmall,
     Attention,
+    /// The fused attention for short sequences (a block of queries per workgroup).
+    AttentionBlock,
     LayerNorm,
     MaskedSoftmax,
     GatherRows,
@@ -56,7 +58,7 @@ const GEMM: &str = include_str!("shaders/gemm.wgsl");
 const REDUCE: &str = include_str!("shaders/reduce.wgsl");
 
 /// Each kernel's name, WGSL and number of storage bindings, in [`Kernel`] order.
-const SOURCES: [(Kernel, &str, &str, usize); 13] = [
+const SOURCES: [(Kernel, &str, &str, usize); 14] = [
     (Kernel::Fill, "fill", include_str!("shaders/fill.wgsl"), 1),
     (Kernel::Add, "add", include_str!("shaders/add.wgsl"), 2),
     (
@@ -77,6 +79,12 @@ const SOURCES: [(Kernel, &str, &str, usize); 13] = [
         Kernel::Attention,
         "attention",
         include_str!("shaders/attention.wgsl"),
+        3,
+    ),
+    (
+        Kernel::AttentionBlock,
+        "attention_block",
+        include_str!("shaders/attention_block.wgsl"),
         3,
     ),
     (
@@ -121,8 +129,15 @@ const SOURCES: [(Kernel, &str, &str, usize); 13] = [
 const STORAGE_F32: &str = "alias T = f32;";
 const STORAGE_F16: &str = "enable f16;\nalias T = f16;";
 
+/// Bytes of workgroup memory `attention_block.wgsl` declares (an adapter with less gets the
+/// per-query attention only).
+const ATTENTION_BLOCK_BYTES: u32 = (2 * 2112 + 2 * 16 * 64 + 64 + 128) * 4;
+
 /// The device's pipelines, one per kernel, the f16 variants, and the bind group layouts they share.
 pub(crate) struct Kernels {
+    /// Whether `AttentionBlock` is the real kernel (the adapter's workgroup memory holds it); else its
+    /// slot holds the per-query attention and is never dispatched.
+    pub(crate) attention_block: bool,
     pipelines: Vec<wgpu::ComputePipeline>,
     /// Per kernel, its f16 variant: `None` for kernels with no storage type, or without `SHADER_F16`.
     half: Vec<Option<wgpu::ComputePipeline>>,
@@ -154,6 +169,8 @@ impl Kernels {
     /// Compiles every kernel (and, with `f16`, the f16 variants) and creates its pipeline.
     pub(crate) fn new(device: &wgpu::Device, f16: bool) -> Result<Self> {
         let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let attention_block =
+            device.limits().max_compute_workgroup_storage_size >= ATTENTION_BLOCK_BYTES;
         let layouts: Vec<wgpu::BindGroupLayout> =
             (0..=MAX_BINDINGS).map(|n| layout(device, n)).collect();
         let sources: Vec<(&str, String, usize)> = (SOURCES.iter().enumerate())
@@ -165,6 +182,9 @@ impl Kernels {
                         source.replace("const GROUPS: u32 = 2u;", "const GROUPS: u32 = 1u;")
                     }
                     Kernel::LayerNorm | Kernel::L2Normalize => format!("{source}\n{REDUCE}"),
+                    Kernel::AttentionBlock if !attention_block => {
+                        include_str!("shaders/attention.wgsl").to_string()
+                    }
                     _ => source.to_string(),
                 };
                 let source = unroll(&source, &[("GROUPS", groups)]);
@@ -186,6 +206,7 @@ impl Kernels {
         let bindings = sources.iter().map(|s| s.2).collect();
         match block_on(scope.pop()) {
             None => Ok(Self {
+                attention_block,
                 pipelines,
                 half,
                 bindings,

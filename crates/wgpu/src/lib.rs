@@ -54,5 +54,5 @@ pub use device::{Counters, WgpuDevice, ADAPTER_ENV, GEMM_ENV, SUBMIT_BATCH, SUBM
 pub use download::WgpuDownload;
 pub use event::WgpuEvent;
 pub use memory::WgpuBuffer;
-pub use ops::{FUSED_MAX_HEAD_DIM, FUSED_MAX_SEQ, SMALL_GEMM_MAX_ROWS, WIDE_GRID};
+pub use ops::{BLOCK_MAX_SEQ, FUSED_MAX_HEAD_DIM, FUSED_MAX_SEQ, SMALL_GEMM_MAX_ROWS, WIDE_GRID};
 pub use stream::WgpuStream;

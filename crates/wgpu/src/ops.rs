@@ -10,9 +10,12 @@
 //!   lanes: a batch of one sentence is a handful of rows, which a tiled kernel would give a handful of
 //!   workgroups); larger ones to the tiled kernel, with 128-row tiles when that still makes
 //!   [`WIDE_GRID`] workgroups, 64-row tiles otherwise (more workgroups for narrow products).
-//! - **Attention** is one fused kernel (`attention.wgsl`: scores, masked softmax and context per query)
-//!   for sequences up to [`FUSED_MAX_SEQ`] tokens and heads up to [`FUSED_MAX_HEAD_DIM`] features, with
-//!   no scratch; past them, the provided unfused path (scores GEMM, masked softmax, context GEMM).
+//! - **Attention** is one fused kernel with no scratch: for short sequences (up to
+//!   [`BLOCK_MAX_SEQ`] tokens, heads up to 64 features) `attention_block.wgsl`, which reads a head's
+//!   keys and values once per block of 16 queries, where the adapter's workgroup memory holds them;
+//!   else, up to [`FUSED_MAX_SEQ`] tokens and heads up to [`FUSED_MAX_HEAD_DIM`] features,
+//!   `attention.wgsl` (one query per workgroup); past them, the provided unfused path (scores GEMM,
+//!   masked softmax, context GEMM).
 
 use braid_runtime::device::{DType, View};
 use braid_runtime::ops::{
@@ -37,6 +40,15 @@ pub const FUSED_MAX_SEQ: usize = 512;
 
 /// The largest head the fused attention takes (its workgroup holds the query).
 pub const FUSED_MAX_HEAD_DIM: usize = 256;
+
+/// The longest sequence the block attention takes (with heads of at most 64 features, and
+/// `seq * (head_dim + 1)` at most 2,112: its workgroup holds the head's keys and values).
+pub const BLOCK_MAX_SEQ: usize = 64;
+
+/// Whether the block attention takes `shape`.
+fn block_attention(shape: &AttentionShape) -> bool {
+    shape.seq <= BLOCK_MAX_SEQ && shape.head_dim <= 64 && shape.seq * (shape.head_dim + 1) <= 2112
+}
 
 /// The GEMM kernel for `m` x `n` outputs in `products` products, and its grid (see the module doc).
 /// `forced` (`BRAID_WGPU_GEMM`) overrides the choice.
@@ -197,7 +209,12 @@ impl Ops for WgpuDevice {
         if !fused_attention(shape) {
             return unfused_attention(self, stream, op);
         }
-        let kernel = self.typed("attention", Kernel::Attention, op.dtype)?;
+        let block = self.shared.kernels.attention_block && block_attention(shape);
+        let kernel = match block {
+            true => Kernel::AttentionBlock,
+            false => Kernel::Attention,
+        };
+        let kernel = self.typed("attention", kernel, op.dtype)?;
         let tokens = shape.batch * shape.seq;
         if tokens == 0 || shape.hidden() == 0 {
             return Ok(());
@@ -215,7 +232,11 @@ impl Ops for WgpuDevice {
             word("attention", shape.head_dim)?,
             shape.scale.to_bits(),
         ];
-        let groups = [shape.seq as u32, shape.heads as u32, shape.batch as u32];
+        let queries = match block {
+            true => shape.seq.div_ceil(16),
+            false => shape.seq,
+        };
+        let groups = [queries as u32, shape.heads as u32, shape.batch as u32];
         stream.dispatch(kernel, &[qkv, mask, out], &params, groups)
     }
 

@@ -106,6 +106,15 @@ fn every_gemm_kernel_matches_the_cpu_backend() {
             pair.check(&what, dtype, &inputs, gemm, gemm);
         }
     }
-    // MiniLM's attention (12 heads of 32) at a batch of one short sentence and of several padded ones.
-    attention_shapes(&pair, &[(2, 12, 12, 32), (4, 21, 12, 32)], &dtypes);
+    // MiniLM's attention (12 heads of 32) at a batch of one short sentence and of several padded ones
+    // (the block attention where the adapter holds it), and one past the block attention's 64 tokens.
+    println!(
+        "block attention: {}",
+        pair.gpu.device().has_block_attention()
+    );
+    attention_shapes(
+        &pair,
+        &[(2, 12, 12, 32), (4, 21, 12, 32), (3, 65, 12, 32)],
+        &dtypes,
+    );
 }
