@@ -8,7 +8,7 @@
 //!   dispatch costs more than a small kernel runs), which copies end. A submit finishes the encoder
 //!   (through the device's numbered submit), and the next op opens a new one.
 //! - **When work is submitted.** Sync points (an event, a download, a synchronize, a shutdown, a
-//!   large upload) always submit. The runtime's commit after an op ([`WgpuStream::commit_op`], its
+//!   large upload) always submit. The runtime's commit after an op (`commit_op`, by its
 //!   commit policy: `on` after every op, `off` never) submits when the stream has nothing in flight
 //!   (the device would otherwise idle) or when at least the device's submit batch of commands
 //!   ([`crate::WgpuDevice::set_submit_batch`], `BRAID_WGPU_SUBMIT_BATCH`, default
