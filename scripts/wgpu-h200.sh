@@ -9,14 +9,17 @@
 #                                          # 64 MiB), the fixture, libvulkan1 and the GL dispatch
 #                                          # libraries NVIDIA's Vulkan driver needs, as .deb files
 #   bash DIR/wgpu-h200.sh run              # there: unpack, Vulkan loader, wgpu tests (adapter required),
-#                                          # dispatches/submits per forward under each commit policy,
-#                                          # braid bench on wgpu per policy (f32) and in f16, and on CUDA
-#                                          # (f32, f16) at the same points
+#                                          # each kernel's time at batch 1 and 64 (op_times), dispatches/
+#                                          # submits per forward under each commit policy (and with a
+#                                          # submit batch of 1), braid bench on wgpu per policy (f32) and
+#                                          # in f16, and on CUDA (f32, f16) at the same points
+#   bash DIR/wgpu-h200.sh quick            # there: the tests, op_times with each GEMM kernel forced,
+#                                          # forward_counts, and one short f32 bench on wgpu and CUDA
 #
 # `run` writes JSON figures and a log under $OUT (or DIR). BRAID_WGPU_ADAPTER defaults to `discrete`.
 set -euo pipefail
 mode="${1:-}"
-tests="wgpu_device wgpu_ops wgpu_stress wgpu_model"
+tests="wgpu_device wgpu_ops wgpu_gemm wgpu_stress wgpu_model"
 case "$mode" in
 pack)
     dir="${2:?usage: wgpu-h200.sh pack DIR}"
@@ -31,7 +34,9 @@ pack)
         cp "$f" "$stage/$t" && strip "$stage/$t"
     done
     cp "$target/release/braid" "$stage/braid" && strip "$stage/braid"
-    cp "$target/release/examples/forward_counts" "$stage/forward_counts" && strip "$stage/forward_counts"
+    for e in forward_counts op_times; do
+        cp "$target/release/examples/$e" "$stage/$e" && strip "$stage/$e"
+    done
     cp -r models/all-MiniLM-L6-v2/. "$stage/model/"
     python3 scripts/wgpu/prune_embeddings.py models/all-MiniLM-L6-v2/model.safetensors \
         crates/model/tests/fixtures/minilm-golden.json "$stage/model/model.safetensors"
@@ -49,7 +54,7 @@ pack)
     rm -rf "$stage" "$lists"
     du -sh "$dir"
     ;;
-run)
+run | quick)
     here="$(cd "$(dirname "$0")" && pwd)"
     out="${OUT:-$here}"
     work="$(mktemp -d)"
@@ -79,11 +84,30 @@ run)
     nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
     {
         echo "== wgpu tests on $BRAID_WGPU_ADAPTER"
+        failed=0
         for t in $tests; do
-            ./$t --nocapture --test-threads 1
+            ./$t --nocapture --test-threads 1 || { echo "== FAILED: $t"; failed=1; }
         done
+        echo "== each kernel's time (op_times; the GEMM kernel chosen by shape, then each one forced)"
+        ./op_times 1x12 64x20
+        if [ "$mode" = quick ]; then
+            for g in small 64 128; do
+                echo "-- BRAID_WGPU_GEMM=$g"
+                BRAID_WGPU_GEMM=$g ./op_times 1x12 64x20 | grep linear
+            done
+            ./forward_counts 1
+            ./braid bench --device wgpu --threads 1,16 --batch 1,64 --seconds 1 --mode direct \
+                --json "$out/wgpu-h200-f32-quick.json"
+            ./braid bench --device cuda --threads 1,16 --batch 1,64 --seconds 1 --mode direct \
+                --json "$out/cuda-h200-f32-quick.json"
+            exit $failed
+        fi
+        ./op_times 1x12 64x28
+        ./op_times 1x12 64x20 64x28 f16
         echo "== dispatches and submits per forward under each commit policy (one caller)"
         ./forward_counts 2
+        echo "-- with a submit batch of 1 (every commit of the runtime submits)"
+        BRAID_WGPU_SUBMIT_BATCH=1 ./forward_counts 2
         echo "== braid bench on wgpu (f32), per commit policy"
         for policy in auto on off; do
             BRAID_COMMIT_AND_CONTINUE=$policy ./braid bench --device wgpu --threads 1,16 --batch 1,64 \
@@ -97,11 +121,12 @@ run)
             ./braid bench --device cuda --dtype $dtype --threads 1,16 --batch 1,64 --seconds 2 \
                 --mode direct --json "$out/cuda-h200-$dtype-beside-wgpu.json"
         done
+        exit $failed
     } 2>&1 | tee "$out/wgpu-h200.log"
     test "${PIPESTATUS[0]}" -eq 0
     ;;
 *)
-    echo "usage: wgpu-h200.sh pack DIR | run" >&2
+    echo "usage: wgpu-h200.sh pack DIR | run | quick" >&2
     exit 2
     ;;
 esac

@@ -21,10 +21,13 @@
 //!   CPU adapter such as lavapipe, an upper bound elsewhere): set `BRAID_MEMORY_LIMIT` to a size on a GPU.
 //! - Counters of dispatches and submissions ([`WgpuDevice::counters`]) let benchmarks report both per
 //!   forward pass.
+//! - [`Device::commit`] (the runtime's commit policy, after an op) submits unless the stream's earlier
+//!   work is still in flight and fewer than the submit batch of commands are encoded
+//!   ([`WgpuDevice::set_submit_batch`], `BRAID_WGPU_SUBMIT_BATCH`); sync points always submit.
 
 use std::future::Future;
 use std::pin::pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 
@@ -32,9 +35,10 @@ use braid_runtime::device::{Device, View};
 use braid_runtime::{Result, RuntimeError};
 use parking_lot::Mutex;
 
+use crate::bind::BindGroups;
 use crate::download::WgpuDownload;
 use crate::event::WgpuEvent;
-use crate::kernels::Kernels;
+use crate::kernels::{Kernel, Kernels};
 use crate::memory::{Arenas, WgpuBuffer};
 use crate::stream::WgpuStream;
 
@@ -43,6 +47,17 @@ pub const ADAPTER_ENV: &str = "BRAID_WGPU_ADAPTER";
 
 /// The largest arena (sub-allocated buffer); smaller when the adapter's limits are.
 const ARENA_BYTES: u64 = 256 << 20;
+
+/// The environment variable that forces one GEMM kernel (`small`, `64`, `128`), for tuning the `ops`
+/// module's choice on a new adapter; unset, the choice is by shape.
+pub const GEMM_ENV: &str = "BRAID_WGPU_GEMM";
+
+/// The environment variable that sets the submit batch (see [`WgpuDevice::set_submit_batch`]).
+pub const SUBMIT_BATCH_ENV: &str = "BRAID_WGPU_SUBMIT_BATCH";
+
+/// The default submit batch: commands a stream encodes before the runtime's commit submits them
+/// while its earlier work is still in flight (see the `stream` module).
+pub const SUBMIT_BATCH: usize = 16;
 
 /// Runs a wgpu future to completion. wgpu's native futures are ready when first polled; this yields
 /// the thread until one is, so a backend that defers them is still served.
@@ -89,6 +104,10 @@ pub(crate) struct Shared {
     capacity: usize,
     pub(crate) arenas: Arenas,
     pub(crate) kernels: Kernels,
+    pub(crate) bind_groups: BindGroups,
+    /// The GEMM kernel `BRAID_WGPU_GEMM` forces, if any.
+    pub(crate) gemm_override: Option<Kernel>,
+    submit_batch: AtomicUsize,
     /// The last sequence number handed out; held across `Queue::submit` so numbers follow queue order.
     submit_order: Mutex<u64>,
     /// The highest sequence number whose work has completed (written by wgpu's callbacks).
@@ -112,6 +131,17 @@ impl Shared {
             .on_submitted_work_done(move || _ = completed.fetch_max(seq, Ordering::AcqRel));
         self.submits.fetch_add(1, Ordering::Relaxed);
         Submitted { seq, index }
+    }
+
+    /// The submit batch (see [`WgpuDevice::set_submit_batch`]).
+    pub(crate) fn submit_batch(&self) -> usize {
+        self.submit_batch.load(Ordering::Relaxed)
+    }
+
+    /// Whether submission `seq` is known to have completed, without polling (wgpu's callbacks run
+    /// when some thread polls: a wait, a download, a query).
+    pub(crate) fn is_done(&self, seq: u64) -> bool {
+        self.completed.load(Ordering::Acquire) >= seq
     }
 
     /// Whether submission `seq` has completed, after letting wgpu run the callbacks that are due.
@@ -293,6 +323,32 @@ impl WgpuDevice {
             / braid_runtime::ALIGNMENT as u64
             * braid_runtime::ALIGNMENT as u64;
         let description = format!("{} via wgpu 30", adapter_line(&info));
+        let gemm_override = match std::env::var(GEMM_ENV).as_deref().map(str::trim) {
+            Err(_) | Ok("") => None,
+            Ok("small") => Some(Kernel::GemmSmall),
+            Ok("64") => Some(Kernel::Gemm64),
+            Ok("128") => Some(Kernel::Gemm128),
+            Ok(other) => {
+                return Err(RuntimeError::InvalidConfig {
+                    name: GEMM_ENV,
+                    value: other.to_string(),
+                    allowed: "small, 64 or 128",
+                })
+            }
+        };
+        let submit_batch = match std::env::var(SUBMIT_BATCH_ENV) {
+            Err(_) => SUBMIT_BATCH,
+            Ok(v) => v
+                .trim()
+                .parse::<usize>()
+                .ok()
+                .filter(|&n| n >= 1)
+                .ok_or_else(|| RuntimeError::InvalidConfig {
+                    name: SUBMIT_BATCH_ENV,
+                    value: v.clone(),
+                    allowed: "a whole number of commands, at least 1",
+                })?,
+        };
         tracing::debug!(device = %description, "opened wgpu device");
         Ok(Self {
             shared: Arc::new(Shared {
@@ -305,6 +361,9 @@ impl WgpuDevice {
                 info,
                 description,
                 kernels,
+                bind_groups: BindGroups::default(),
+                gemm_override,
+                submit_batch: AtomicUsize::new(submit_batch),
                 submit_order: Mutex::new(0),
                 completed: Arc::new(AtomicU64::new(0)),
                 failure,
@@ -330,6 +389,26 @@ impl WgpuDevice {
             dispatches: self.shared.dispatches.load(Ordering::Relaxed),
             submits: self.shared.submits.load(Ordering::Relaxed),
         }
+    }
+
+    /// Sets the submit batch: after an op, a stream whose earlier work is still in flight submits once
+    /// at least `commands` are encoded (1: every commit of the runtime submits; see the `stream`
+    /// module). `BRAID_WGPU_SUBMIT_BATCH` sets it when the device is opened; default [`SUBMIT_BATCH`].
+    pub fn set_submit_batch(&self, commands: usize) {
+        self.shared
+            .submit_batch
+            .store(commands.max(1), Ordering::Relaxed);
+    }
+
+    /// Whether the block attention (`attention_block.wgsl`) runs here: the adapter's workgroup memory
+    /// holds it (see the `ops` module).
+    pub fn has_block_attention(&self) -> bool {
+        self.shared.kernels.attention_block
+    }
+
+    /// Bind groups cached now (the `bind` module: a handful once a forward pass has run).
+    pub fn cached_bind_groups(&self) -> usize {
+        self.shared.bind_groups.len()
     }
 
     /// Raw bytes allocated from this device right now (through `alloc_raw`).
@@ -361,7 +440,10 @@ impl Device for WgpuDevice {
     }
 
     unsafe fn free_raw(&self, buffer: WgpuBuffer) {
-        self.shared.arenas.free(buffer);
+        if self.shared.arenas.free(buffer) {
+            // A wgpu buffer was released: cached bind groups must not keep it alive.
+            self.shared.bind_groups.clear();
+        }
     }
 
     fn create_stream(&self, index: usize) -> Result<WgpuStream> {
@@ -369,7 +451,7 @@ impl Device for WgpuDevice {
     }
 
     fn commit(&self, stream: &WgpuStream) -> Result<()> {
-        stream.commit().map(drop)
+        stream.commit_op()
     }
 
     fn synchronize(&self, stream: &WgpuStream) -> Result<()> {

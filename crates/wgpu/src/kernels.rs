@@ -1,4 +1,4 @@
-//! braid's WGSL kernels (`shaders/`), their pipelines, and the one way a kernel is dispatched.
+//! braid's WGSL kernels (`shaders/`), their pipelines, and the one way a kernel is recorded.
 //!
 //! # Promises
 //!
@@ -6,27 +6,27 @@
 //!   [`RuntimeError::Device`] then, not a panic later. Kernels whose storage type is `T` (an alias in
 //!   the WGSL) get an f16 variant too (`enable f16`, `T = f16`) when the adapter has `SHADER_F16`;
 //!   their arithmetic stays f32 (loads convert up, stores round once).
-//! - Operands are bound as **windows**: the range of the buffer around the view, starting on the
-//!   adapter's storage-offset alignment ([`Binding::window`]); the kernel gets the view's first element
-//!   in the window as a parameter. So views at any element offset (K inside `[Q | K | V]`) bind without
-//!   copies. Every binding is `read_write` storage: wgpu refuses a buffer bound read-only and writable
-//!   in one dispatch, and arenas put most operands in one buffer. Ranges written by one binding never
-//!   overlap ranges another reads (the op descriptors' rule).
+//! - Operands are bound through the `bind` module (whole buffers, cached bind groups); the kernel gets
+//!   each view's first element as a parameter. Every binding is `read_write` storage: wgpu refuses a
+//!   buffer bound read-only and writable in one dispatch, and arenas put most operands in one buffer.
+//!   Ranges written by one binding never overlap ranges another reads (the op descriptors' rule).
+//!   Pipelines with the same number of bindings share one bind group layout, so a cached bind group
+//!   serves every kernel that binds the same buffers.
 //! - Parameters (offsets, sizes, strides, scales) travel as immediates (push constants): no uniform
 //!   buffer per dispatch. Every kernel's parameters fit [`IMMEDIATE_BYTES`].
-//! - Each dispatch is its own compute pass, so wgpu orders it after the commands before it.
-
-use std::num::NonZeroU64;
+//! - Dispatches are recorded into the stream's open compute pass; wgpu puts a barrier between two
+//!   dispatches that use a buffer read-write (every binding here), so each runs after the one before.
 
 use braid_runtime::{Result, RuntimeError};
 
+use crate::bind::{grid, Binding};
 use crate::device::{block_on, Shared};
 
 /// Bytes of immediates every pipeline declares (the largest kernel's parameters: the GEMM's).
 const IMMEDIATE_BYTES: usize = 96;
 
-/// The most workgroups along one grid axis (WebGPU's default limit).
-const MAX_GROUPS: u64 = 65_535;
+/// The most storage bindings a kernel has (LayerNorm's).
+const MAX_BINDINGS: usize = 6;
 
 /// The kernels, by the order of [`SOURCES`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -34,8 +34,15 @@ pub(crate) enum Kernel {
     Fill,
     Add,
     BiasGelu,
-    Gemm,
-    GemmNarrow,
+    /// The tiled GEMM with 128-row tiles (8 rows a thread).
+    Gemm128,
+    /// The tiled GEMM with 64-row tiles (4 rows a thread).
+    Gemm64,
+    /// The few-row GEMM (K split over lanes; `gemm_small.wgsl`).
+    GemmSmall,
+    Attention,
+    /// The fused attention for short sequences (a block of queries per workgroup).
+    AttentionBlock,
     LayerNorm,
     MaskedSoftmax,
     GatherRows,
@@ -44,17 +51,14 @@ pub(crate) enum Kernel {
     ByteCopy,
 }
 
-/// The GEMM's source: 4 rows a thread (64-row tiles); `gemm_narrow` is it with 1 (16-row tiles).
+/// The tiled GEMM's source: 128-row tiles (`GROUPS` 2); the 64-row variant sets 1.
 const GEMM: &str = include_str!("shaders/gemm.wgsl");
 
 /// The workgroup sum the row kernels share (appended to their sources).
 const REDUCE: &str = include_str!("shaders/reduce.wgsl");
 
-/// The most rows (per product) that the narrow GEMM takes.
-pub(crate) const NARROW_GEMM_ROWS: usize = 16;
-
 /// Each kernel's name, WGSL and number of storage bindings, in [`Kernel`] order.
-const SOURCES: [(Kernel, &str, &str, u32); 11] = [
+const SOURCES: [(Kernel, &str, &str, usize); 14] = [
     (Kernel::Fill, "fill", include_str!("shaders/fill.wgsl"), 1),
     (Kernel::Add, "add", include_str!("shaders/add.wgsl"), 2),
     (
@@ -63,8 +67,26 @@ const SOURCES: [(Kernel, &str, &str, u32); 11] = [
         include_str!("shaders/bias_gelu.wgsl"),
         2,
     ),
-    (Kernel::Gemm, "gemm", GEMM, 4),
-    (Kernel::GemmNarrow, "gemm_narrow", GEMM, 4),
+    (Kernel::Gemm128, "gemm128", GEMM, 4),
+    (Kernel::Gemm64, "gemm64", GEMM, 4),
+    (
+        Kernel::GemmSmall,
+        "gemm_small",
+        include_str!("shaders/gemm_small.wgsl"),
+        4,
+    ),
+    (
+        Kernel::Attention,
+        "attention",
+        include_str!("shaders/attention.wgsl"),
+        3,
+    ),
+    (
+        Kernel::AttentionBlock,
+        "attention_block",
+        include_str!("shaders/attention_block.wgsl"),
+        3,
+    ),
     (
         Kernel::LayerNorm,
         "layer_norm",
@@ -107,113 +129,89 @@ const SOURCES: [(Kernel, &str, &str, u32); 11] = [
 const STORAGE_F32: &str = "alias T = f32;";
 const STORAGE_F16: &str = "enable f16;\nalias T = f16;";
 
-struct Pipeline {
-    pipeline: wgpu::ComputePipeline,
-    layout: wgpu::BindGroupLayout,
-}
+/// Bytes of workgroup memory `attention_block.wgsl` declares (an adapter with less gets the
+/// per-query attention only).
+const ATTENTION_BLOCK_BYTES: u32 = (2 * 2112 + 2 * 16 * 64 + 64 + 128) * 4;
 
-/// The device's pipelines, one per kernel, and the f16 variants.
+/// The device's pipelines, one per kernel, the f16 variants, and the bind group layouts they share.
 pub(crate) struct Kernels {
-    pipelines: Vec<Pipeline>,
+    /// Whether `AttentionBlock` is the real kernel (the adapter's workgroup memory holds it); else its
+    /// slot holds the per-query attention and is never dispatched.
+    pub(crate) attention_block: bool,
+    pipelines: Vec<wgpu::ComputePipeline>,
     /// Per kernel, its f16 variant: `None` for kernels with no storage type, or without `SHADER_F16`.
-    half: Vec<Option<Pipeline>>,
+    half: Vec<Option<wgpu::ComputePipeline>>,
+    /// Per kernel, its number of bindings.
+    bindings: Vec<usize>,
+    /// Layout `i` has `i` storage bindings (index 0 unused).
+    layouts: Vec<wgpu::BindGroupLayout>,
 }
 
-/// One operand's binding: `size` bytes of `buffer` from `start`, the view starting `lead` bytes in.
-#[derive(Clone, Copy)]
-pub(crate) struct Binding<'a> {
-    buffer: &'a wgpu::Buffer,
-    start: u64,
-    size: u64,
-    lead: u64,
+/// One dispatch, ready to record: the pipeline, its bind group, immediates and grid.
+pub(crate) struct Recorded {
+    pipeline: wgpu::ComputePipeline,
+    group: wgpu::BindGroup,
+    immediates: [u8; IMMEDIATE_BYTES],
+    groups: [u32; 3],
 }
 
-impl<'a> Binding<'a> {
-    /// The window around bytes `[at, at + len)` of `buffer` (see the module doc).
-    pub(crate) fn window(
-        shared: &Shared,
-        buffer: &'a wgpu::Buffer,
-        at: u64,
-        len: u64,
-    ) -> Result<Self> {
-        let align = u64::from(shared.limits.min_storage_buffer_offset_alignment).max(4);
-        let start = at / align * align;
-        let end = ((at + len.max(1)).div_ceil(4) * 4).min(buffer.size());
-        let size = end - start;
-        let max = shared.limits.max_storage_buffer_binding_size;
-        if size > max {
-            return Err(RuntimeError::Device(format!(
-                "an operand of {len} bytes is larger than the adapter's largest storage binding \
-                 ({max} bytes)"
-            )));
-        }
-        Ok(Self {
-            buffer,
-            start,
-            size,
-            lead: at - start,
-        })
+impl Recorded {
+    /// Records the dispatch into `pass`.
+    pub(crate) fn record(&self, pass: &mut wgpu::ComputePass<'_>) {
+        pass.set_pipeline(&self.pipeline);
+        pass.set_bind_group(0, &self.group, &[]);
+        pass.set_immediates(0, &self.immediates);
+        pass.dispatch_workgroups(self.groups[0], self.groups[1], self.groups[2]);
     }
-
-    /// `len` bytes of `buffer` from `at` (aligned), bound as they are.
-    pub(crate) fn whole(buffer: &'a wgpu::Buffer, at: u64, len: u64) -> Self {
-        Self {
-            buffer,
-            start: at,
-            size: len,
-            lead: 0,
-        }
-    }
-
-    /// The view's first element of `size` bytes within the window (the kernel's offset parameter).
-    pub(crate) fn first(&self, size: usize) -> u32 {
-        (self.lead / size as u64) as u32
-    }
-}
-
-/// The grid for `items` work items in workgroups of `per_group`: x up to 65,535 groups, then rows of y.
-pub(crate) fn grid(items: u64, per_group: u64) -> Result<[u32; 3]> {
-    let groups = items.div_ceil(per_group).max(1);
-    let x = groups.min(MAX_GROUPS);
-    let y = groups.div_ceil(x);
-    if y > MAX_GROUPS {
-        return Err(RuntimeError::Device(format!(
-            "{items} work items are more than one wgpu dispatch takes"
-        )));
-    }
-    Ok([x as u32, y as u32, 1])
 }
 
 impl Kernels {
     /// Compiles every kernel (and, with `f16`, the f16 variants) and creates its pipeline.
     pub(crate) fn new(device: &wgpu::Device, f16: bool) -> Result<Self> {
         let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
-        let sources: Vec<(&str, String, u32)> = (SOURCES.iter().enumerate())
+        let attention_block =
+            device.limits().max_compute_workgroup_storage_size >= ATTENTION_BLOCK_BYTES;
+        let layouts: Vec<wgpu::BindGroupLayout> =
+            (0..=MAX_BINDINGS).map(|n| layout(device, n)).collect();
+        let sources: Vec<(&str, String, usize)> = (SOURCES.iter().enumerate())
             .map(|(i, &(kernel, name, source, bindings))| {
                 assert_eq!(kernel as usize, i, "SOURCES is in Kernel order");
+                let groups = if kernel == Kernel::Gemm64 { 1 } else { 2 };
                 let source = match kernel {
-                    Kernel::GemmNarrow => {
-                        source.replace("const ROWS: u32 = 4u;", "const ROWS: u32 = 1u;")
+                    Kernel::Gemm64 => {
+                        source.replace("const GROUPS: u32 = 2u;", "const GROUPS: u32 = 1u;")
                     }
                     Kernel::LayerNorm | Kernel::L2Normalize => format!("{source}\n{REDUCE}"),
+                    Kernel::AttentionBlock if !attention_block => {
+                        include_str!("shaders/attention.wgsl").to_string()
+                    }
                     _ => source.to_string(),
                 };
+                let source = unroll(&source, &[("GROUPS", groups)]);
                 (name, source, bindings)
             })
             .collect();
         let pipelines = (sources.iter())
-            .map(|(name, source, bindings)| pipeline(device, name, source, *bindings))
+            .map(|(name, source, bindings)| pipeline(device, name, source, &layouts[*bindings]))
             .collect();
         let half = (sources.iter())
             .map(|(name, source, bindings)| {
                 (f16 && source.contains(STORAGE_F32)).then(|| {
                     let source = source.replace(STORAGE_F32, "");
-                    pipeline(device, name, &format!("{STORAGE_F16}\n{source}"), *bindings)
+                    let source = format!("{STORAGE_F16}\n{source}");
+                    pipeline(device, name, &source, &layouts[*bindings])
                 })
             })
             .collect();
+        let bindings = sources.iter().map(|s| s.2).collect();
         match block_on(scope.pop()) {
-            None => Ok(Self { pipelines, half }),
+            None => Ok(Self {
+                attention_block,
+                pipelines,
+                half,
+                bindings,
+                layouts,
+            }),
             Some(error) => Err(RuntimeError::Device(format!(
                 "the driver rejected braid's WGSL kernels: {error}"
             ))),
@@ -225,38 +223,25 @@ impl Kernels {
         self.half[kernel as usize].is_some()
     }
 
-    /// Encodes `kernel` (its f16 variant when `half`) over `groups` with `bindings` (in the shader's
-    /// binding order) and `params`.
-    pub(crate) fn dispatch(
+    /// `kernel` (its f16 variant when `half`) over `groups` with `bindings` (in the shader's binding
+    /// order) and `params`, ready to record.
+    pub(crate) fn prepare(
         &self,
         shared: &Shared,
-        encoder: &mut wgpu::CommandEncoder,
         (kernel, half): (Kernel, bool),
         bindings: &[Binding<'_>],
         params: &[u32],
         groups: [u32; 3],
-    ) -> Result<()> {
+    ) -> Recorded {
         let pipeline = match half {
             false => &self.pipelines[kernel as usize],
             true => self.half[kernel as usize]
                 .as_ref()
                 .expect("ops check has_f16 before an f16 dispatch"),
         };
-        let entries: Vec<wgpu::BindGroupEntry<'_>> = (bindings.iter().enumerate())
-            .map(|(i, b)| wgpu::BindGroupEntry {
-                binding: i as u32,
-                resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
-                    buffer: b.buffer,
-                    offset: b.start,
-                    size: NonZeroU64::new(b.size),
-                }),
-            })
-            .collect();
-        let group = shared.device.create_bind_group(&wgpu::BindGroupDescriptor {
-            label: None,
-            layout: &pipeline.layout,
-            entries: &entries,
-        });
+        let count = self.bindings[kernel as usize];
+        assert_eq!(bindings.len(), count, "{kernel:?} binds {count} buffers");
+        let group = (shared.bind_groups).get(&shared.device, &self.layouts[count], bindings);
         let mut immediates = [0u8; IMMEDIATE_BYTES];
         assert!(
             params.len() * 4 <= IMMEDIATE_BYTES,
@@ -265,29 +250,22 @@ impl Kernels {
         for (bytes, word) in immediates.chunks_exact_mut(4).zip(params) {
             bytes.copy_from_slice(&word.to_le_bytes());
         }
-        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
-            label: None,
-            timestamp_writes: None,
-        });
-        pass.set_pipeline(&pipeline.pipeline);
-        pass.set_bind_group(0, &group, &[]);
-        pass.set_immediates(0, &immediates);
-        pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
-        shared
-            .dispatches
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        Ok(())
+        Recorded {
+            pipeline: pipeline.clone(),
+            group,
+            immediates,
+            groups,
+        }
     }
 
-    /// Encodes a byte copy of `len` bytes from `source`'s view to byte `at` of `target`.
+    /// A byte copy of `len` bytes from `source`'s view to byte `at` of `target`, ready to record.
     pub(crate) fn byte_copy(
         &self,
         shared: &Shared,
-        encoder: &mut wgpu::CommandEncoder,
         source: Binding<'_>,
         (target, at): (&wgpu::Buffer, u64),
         len: u64,
-    ) -> Result<()> {
+    ) -> Result<Recorded> {
         let dst = Binding::window(shared, target, at, len)?;
         let words = (dst.lead + len).div_ceil(4) - dst.lead / 4;
         let params = [
@@ -297,23 +275,80 @@ impl Kernels {
             words as u32,
         ];
         let groups = grid(words, 256)?;
-        self.dispatch(
+        Ok(self.prepare(
             shared,
-            encoder,
             (Kernel::ByteCopy, false),
             &[source, dst],
             &params,
             groups,
-        )
+        ))
     }
 }
 
-fn pipeline(device: &wgpu::Device, name: &str, source: &str, bindings: u32) -> Pipeline {
-    let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
-        label: Some(name),
-        source: wgpu::ShaderSource::Wgsl(source.into()),
-    });
-    let entries: Vec<wgpu::BindGroupLayoutEntry> = (0..bindings)
+/// Expands the `// unroll NAME COUNT` ... `// end unroll` blocks of a WGSL source: the lines between
+/// are repeated COUNT times (a number, or a name in `counts`), `{NAME}` replaced by 0, 1, …; blocks
+/// nest. Drivers do not unroll WGSL's loops, and an array indexed in a loop that is not unrolled lives
+/// in local memory, so the kernels spell out their register tiles this way.
+pub(crate) fn unroll(source: &str, counts: &[(&str, usize)]) -> String {
+    let lines: Vec<String> = source.lines().map(str::to_string).collect();
+    let mut out = expand(&lines, counts);
+    out.push(String::new());
+    out.join("\n")
+}
+
+fn expand(lines: &[String], counts: &[(&str, usize)]) -> Vec<String> {
+    // A directive is exactly `// unroll NAME COUNT` (prose that starts "// unroll" is not one; a
+    // directive that is not recognised leaves `{NAME}` in the WGSL, which the compiler rejects).
+    let header = |line: &str| -> Option<(String, usize)> {
+        let words: Vec<&str> = line
+            .trim()
+            .strip_prefix("// unroll ")?
+            .split_whitespace()
+            .collect();
+        let [name, count] = words[..] else {
+            return None;
+        };
+        let count = (count.parse().ok())
+            .or_else(|| counts.iter().find(|(n, _)| *n == count).map(|c| c.1))?;
+        Some((name.to_string(), count))
+    };
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < lines.len() {
+        let Some((name, count)) = header(&lines[i]) else {
+            out.push(lines[i].clone());
+            i += 1;
+            continue;
+        };
+        let mut depth = 1;
+        let mut end = i + 1;
+        while depth > 0 {
+            let line = lines
+                .get(end)
+                .expect("every // unroll has its // end unroll")
+                .trim();
+            if header(line).is_some() {
+                depth += 1;
+            } else if line == "// end unroll" {
+                depth -= 1;
+            }
+            end += 1;
+        }
+        let body = &lines[i + 1..end - 1];
+        for v in 0..count {
+            let copy: Vec<String> = (body.iter())
+                .map(|l| l.replace(&format!("{{{name}}}"), &v.to_string()))
+                .collect();
+            out.extend(expand(&copy, counts));
+        }
+        i = end;
+    }
+    out
+}
+
+/// The bind group layout of `bindings` read-write storage buffers.
+fn layout(device: &wgpu::Device, bindings: usize) -> wgpu::BindGroupLayout {
+    let entries: Vec<wgpu::BindGroupLayoutEntry> = (0..bindings as u32)
         .map(|binding| wgpu::BindGroupLayoutEntry {
             binding,
             visibility: wgpu::ShaderStages::COMPUTE,
@@ -325,22 +360,47 @@ fn pipeline(device: &wgpu::Device, name: &str, source: &str, bindings: u32) -> P
             count: None,
         })
         .collect();
-    let layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
-        label: Some(name),
+    device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+        label: Some("braid storage"),
         entries: &entries,
+    })
+}
+
+fn pipeline(
+    device: &wgpu::Device,
+    name: &str,
+    source: &str,
+    layout: &wgpu::BindGroupLayout,
+) -> wgpu::ComputePipeline {
+    let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+        label: Some(name),
+        source: wgpu::ShaderSource::Wgsl(source.into()),
     });
     let pipeline_layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
         label: Some(name),
-        bind_group_layouts: &[Some(&layout)],
+        bind_group_layouts: &[Some(layout)],
         immediate_size: IMMEDIATE_BYTES as u32,
     });
-    let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+    device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
         label: Some(name),
         layout: Some(&pipeline_layout),
         module: &module,
         entry_point: Some("main"),
         compilation_options: Default::default(),
         cache: None,
-    });
-    Pipeline { pipeline, layout }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::unroll;
+
+    #[test]
+    fn unroll_repeats_nested_blocks_with_their_indices() {
+        let source = "a\n  // unroll g G\n  // unroll i 2\n  x{g}{i};\n  // end unroll\n  y{g};\n  // end unroll\nb";
+        assert_eq!(
+            unroll(source, &[("G", 2)]),
+            "a\n  x00;\n  x01;\n  y0;\n  x10;\n  x11;\n  y1;\nb\n"
+        );
+    }
 }

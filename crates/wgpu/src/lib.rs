@@ -7,15 +7,18 @@
 //!
 //! - **One queue, many streams.** wgpu has one queue per device, so a braid stream ([`WgpuStream`]) is a
 //!   command encoder of its own that work is encoded into; [`braid_runtime::Device::commit`] finishes
-//!   it and submits it to the queue (the runtime's commit policy decides how often: after every op, or
-//!   only at sync points). Submissions are totally ordered, so work submitted later never runs before
-//!   work submitted earlier.
+//!   it and submits it to the queue (the runtime's commit policy decides how often: after ops, or only
+//!   at sync points; after an op, a stream with work still in flight submits once 16 commands are
+//!   encoded — `BRAID_WGPU_SUBMIT_BATCH` — as wgpu serialises submits). Dispatches go into one open
+//!   compute pass. Submissions are totally ordered, so work submitted later never runs before work
+//!   submitted earlier.
 //! - **Events are submission indices.** Recording an event commits the stream and remembers its last
 //!   submission; waiting on the host is `Device::poll` with that index; a stream waiting on an event
 //!   needs nothing more than the queue's order (the event's work was submitted first).
 //! - **Memory is sub-ranges of large buffers.** [`WgpuBuffer`] is a range of a large `wgpu::Buffer`
-//!   (the `memory` module's arenas) or a buffer of its own when it is large; ops bind the window of each
-//!   view they use and pass its element offset to the kernel.
+//!   (the `memory` module's arenas) or a buffer of its own when it is large; ops bind each buffer whole
+//!   and pass the view's element offset to the kernel, so bind groups depend only on which buffers a
+//!   dispatch uses and are cached (the `bind` module).
 //! - **Copies.** Uploads go through the stream's staging belt (mapped chunks reused across calls),
 //!   large ones through the queue's own staging; downloads copy into mapped read-back buffers pooled per
 //!   stream ([`WgpuDownload`]). Ranges that are not 4-byte aligned go through a byte-copy kernel.
@@ -28,12 +31,14 @@
 //! - [`device`] — [`WgpuDevice`]: adapter choice (`BRAID_WGPU_ADAPTER`), the wgpu device and queue,
 //!   submission order and completion, failures, and the [`braid_runtime::Device`] impl.
 //! - `memory` — [`WgpuBuffer`] and the arenas it is carved from.
+//! - `bind` — how operands are bound (whole buffers) and the device's bind group cache.
 //! - [`stream`] — [`WgpuStream`]: a stream's encoder, staging belt and read-back pool.
 //! - [`event`] — [`WgpuEvent`]: the last submission of the stream it was recorded on.
 //! - [`download`] — [`WgpuDownload`]: a read-back buffer being mapped.
-//! - `kernels` — the WGSL kernels (`shaders/`), their pipelines (created once per device) and the
-//!   dispatch helper that binds view windows and passes parameters as immediates.
-//! - `ops` — the [`braid_runtime::ops::Ops`] impl.
+//! - `kernels` — the WGSL kernels (`shaders/`, their `// unroll` blocks expanded), their pipelines
+//!   (created once per device) and the prepared dispatch (bind group, immediates, grid).
+//! - `ops` — the [`braid_runtime::ops::Ops`] impl: which GEMM kernel for which shape, the fused
+//!   attention.
 //!
 //! # What is verified where
 //!
@@ -41,6 +46,7 @@
 //! on an NVIDIA GPU through Vulkan. The Metal path is wgpu's own and is compiled by wgpu only on macOS:
 //! this crate has no platform-specific code, and nothing of it has been run on Metal.
 
+mod bind;
 pub mod device;
 pub mod download;
 pub mod event;
@@ -49,8 +55,9 @@ mod memory;
 mod ops;
 pub mod stream;
 
-pub use device::{Counters, WgpuDevice, ADAPTER_ENV};
+pub use device::{Counters, WgpuDevice, ADAPTER_ENV, GEMM_ENV, SUBMIT_BATCH, SUBMIT_BATCH_ENV};
 pub use download::WgpuDownload;
 pub use event::WgpuEvent;
 pub use memory::WgpuBuffer;
+pub use ops::{BLOCK_MAX_SEQ, FUSED_MAX_HEAD_DIM, FUSED_MAX_SEQ, SMALL_GEMM_MAX_ROWS, WIDE_GRID};
 pub use stream::WgpuStream;

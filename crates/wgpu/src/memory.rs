@@ -173,12 +173,13 @@ impl Arenas {
         })
     }
 
-    /// Frees `buffer` (no pending work uses it: the caller's promise).
-    pub(crate) fn free(&self, buffer: WgpuBuffer) {
+    /// Frees `buffer` (no pending work uses it: the caller's promise). True when a `wgpu::Buffer` was
+    /// released (its own, or an arena left empty): the device then forgets bind groups that bind it.
+    pub(crate) fn free(&self, buffer: WgpuBuffer) -> bool {
         self.allocated
             .fetch_sub(buffer.len as usize, Ordering::Relaxed);
         let Some(slot) = buffer.arena else {
-            return; // its own buffer: dropping the last handle releases it once the queue is done with it
+            return true; // its own buffer: dropping the last handle releases it once the queue is done with it
         };
         let mut arenas = self.arenas.lock();
         let arena = arenas[slot]
@@ -187,7 +188,9 @@ impl Arenas {
         arena.free.give_back(buffer.base, buffer.len);
         if arena.free.all_free(arena.buffer.size()) {
             arenas[slot] = None;
+            return true;
         }
+        false
     }
 }
 

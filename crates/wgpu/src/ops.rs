@@ -3,24 +3,79 @@
 //! stream; nothing waits. Arguments were validated by the tensor layer, as the [`Ops`] contract says.
 //!
 //! Every op computes in f32; f16 operands are read and written as f16 (each kernel's f16 variant) where
-//! the adapter has `SHADER_F16`; another dtype is [`RuntimeError::Unsupported`]. Attention is the provided
-//! unfused path (scores GEMM, masked softmax, context GEMM through the scratch tensor). Sizes past
-//! what a kernel indexes with 32 bits, or a batch past 65,535 products, are clear errors.
+//! the adapter has `SHADER_F16`; another dtype is [`RuntimeError::Unsupported`]. Sizes past what a
+//! kernel indexes with 32 bits, or a batch past 65,535 products, are clear errors.
+//!
+//! - **GEMM**: products of at most [`SMALL_GEMM_MAX_ROWS`] rows go to the few-row kernel (K split over
+//!   lanes: a batch of one sentence is a handful of rows, which a tiled kernel would give a handful of
+//!   workgroups); larger ones to the tiled kernel, with 128-row tiles when that still makes
+//!   [`WIDE_GRID`] workgroups, 64-row tiles otherwise (more workgroups for narrow products).
+//! - **Attention** is one fused kernel with no scratch: for short sequences (up to
+//!   [`BLOCK_MAX_SEQ`] tokens, heads up to 64 features) `attention_block.wgsl`, which reads a head's
+//!   keys and values once per block of 16 queries, where the adapter's workgroup memory holds them;
+//!   else, up to [`FUSED_MAX_SEQ`] tokens and heads up to [`FUSED_MAX_HEAD_DIM`] features,
+//!   `attention.wgsl` (one query per workgroup); past them, the provided unfused path (scores GEMM,
+//!   masked softmax, context GEMM).
 
 use braid_runtime::device::{DType, View};
 use braid_runtime::ops::{
-    Accumulate, Add, BiasGelu, Fill, GatherRows, Gelu, Gemm, L2Normalize, LayerNorm, MaskedSoftmax,
-    MatStrides, MeanPool, Ops,
+    unfused_attention, Accumulate, Add, Attention, AttentionShape, BiasGelu, Fill, GatherRows,
+    Gelu, Gemm, L2Normalize, LayerNorm, MaskedSoftmax, MatStrides, MeanPool, Ops,
 };
 use braid_runtime::{Result, RuntimeError};
 
+use crate::bind::{grid, Binding};
 use crate::device::Shared;
-use crate::kernels::{grid, Binding, Kernel, NARROW_GEMM_ROWS};
+use crate::kernels::Kernel;
 use crate::{WgpuDevice, WgpuStream};
 
-/// The GEMM kernel's tile of outputs per workgroup: columns, and rows of the general kernel (the
-/// narrow one's are [`NARROW_GEMM_ROWS`]).
-const GEMM_TILE: usize = 64;
+/// The most rows (per product) the few-row GEMM takes.
+pub const SMALL_GEMM_MAX_ROWS: usize = 64;
+
+/// Workgroups from which the tiled GEMM uses 128-row tiles (two waves of a 132-SM GPU).
+pub const WIDE_GRID: usize = 256;
+
+/// The longest sequence the fused attention takes (its workgroup holds a query's probabilities).
+pub const FUSED_MAX_SEQ: usize = 512;
+
+/// The largest head the fused attention takes (its workgroup holds the query).
+pub const FUSED_MAX_HEAD_DIM: usize = 256;
+
+/// The longest sequence the block attention takes (with heads of at most 64 features, and
+/// `seq * (head_dim + 1)` at most 2,112: its workgroup holds the head's keys and values).
+pub const BLOCK_MAX_SEQ: usize = 64;
+
+/// Whether the block attention takes `shape`.
+fn block_attention(shape: &AttentionShape) -> bool {
+    shape.seq <= BLOCK_MAX_SEQ && shape.head_dim <= 64 && shape.seq * (shape.head_dim + 1) <= 2112
+}
+
+/// The GEMM kernel for `m` x `n` outputs in `products` products, and its grid (see the module doc).
+/// `forced` (`BRAID_WGPU_GEMM`) overrides the choice.
+fn gemm_plan(m: usize, n: usize, products: usize, forced: Option<Kernel>) -> (Kernel, [usize; 3]) {
+    let wide = [n.div_ceil(64), m.div_ceil(128), products];
+    let kernel = forced.unwrap_or(if m <= SMALL_GEMM_MAX_ROWS {
+        Kernel::GemmSmall
+    } else if wide.iter().product::<usize>() >= WIDE_GRID {
+        Kernel::Gemm128
+    } else {
+        Kernel::Gemm64
+    });
+    let groups = match kernel {
+        Kernel::GemmSmall => [n.div_ceil(8), m.div_ceil(16), products],
+        Kernel::Gemm128 => wide,
+        _ => [n.div_ceil(64), m.div_ceil(64), products],
+    };
+    (kernel, groups)
+}
+
+/// Whether the fused attention kernel takes `shape` (else the unfused path runs).
+fn fused_attention(shape: &AttentionShape) -> bool {
+    shape.seq <= FUSED_MAX_SEQ
+        && shape.head_dim <= FUSED_MAX_HEAD_DIM
+        && shape.heads <= 65_535
+        && shape.batch <= 65_535
+}
 
 impl WgpuDevice {
     /// `kernel` for operands of `dtype` (f32, or the f16 variant where there is one), or
@@ -81,7 +136,7 @@ fn strides(s: &MatStrides) -> Result<[u32; 4]> {
 
 impl Ops for WgpuDevice {
     fn compute_dtypes(&self) -> &'static [DType] {
-        if self.shared.kernels.has_f16(Kernel::Gemm) {
+        if self.shared.kernels.has_f16(Kernel::Gemm64) {
             &[DType::F32, DType::F16]
         } else {
             &[DType::F32]
@@ -100,18 +155,13 @@ impl Ops for WgpuDevice {
 
     fn gemm(&self, stream: &WgpuStream, op: &Gemm<'_, Self>) -> Result<()> {
         let s = &op.spec;
-        let narrow = s.m <= NARROW_GEMM_ROWS;
-        let (kernel, tile_rows) = match narrow {
-            true => (Kernel::GemmNarrow, NARROW_GEMM_ROWS),
-            false => (Kernel::Gemm, GEMM_TILE),
-        };
-        let kernel = self.typed("gemm", kernel, op.dtype)?;
         let products = s.batch[0] * s.batch[1];
+        let (kernel, groups) = gemm_plan(s.m, s.n, products, self.shared.gemm_override);
+        let kernel = self.typed("gemm", kernel, op.dtype)?;
         if s.m == 0 || s.n == 0 || products == 0 {
             return Ok(());
         }
-        if products > 65_535 || s.m.div_ceil(tile_rows) > 65_535 || s.n.div_ceil(GEMM_TILE) > 65_535
-        {
+        if groups.iter().any(|&g| g > 65_535) {
             return Err(RuntimeError::Shape {
                 op: "gemm",
                 detail: format!(
@@ -142,13 +192,52 @@ impl Ops for WgpuDevice {
             s.alpha.to_bits(),
             s.beta.to_bits(),
         ]);
-        let groups = [
-            s.n.div_ceil(GEMM_TILE) as u32,
-            s.m.div_ceil(tile_rows) as u32,
-            products as u32,
-        ];
         let bias = bias.map_or(c, |(b, _)| b);
+        let groups = groups.map(|g| g as u32);
         stream.dispatch(kernel, &[a, b, c, bias], &params, groups)
+    }
+
+    fn attention_scratch(&self, shape: &AttentionShape) -> usize {
+        match fused_attention(shape) {
+            true => 0,
+            false => shape.probabilities(),
+        }
+    }
+
+    fn attention(&self, stream: &WgpuStream, op: &Attention<'_, Self>) -> Result<()> {
+        let shape = &op.shape;
+        if !fused_attention(shape) {
+            return unfused_attention(self, stream, op);
+        }
+        let block = self.shared.kernels.attention_block && block_attention(shape);
+        let kernel = match block {
+            true => Kernel::AttentionBlock,
+            false => Kernel::Attention,
+        };
+        let kernel = self.typed("attention", kernel, op.dtype)?;
+        let tokens = shape.batch * shape.seq;
+        if tokens == 0 || shape.hidden() == 0 {
+            return Ok(());
+        }
+        let (shared, size) = (&self.shared, op.dtype.size());
+        let (qkv, qkv_at) = bind(shared, op.qkv, tokens * 3 * shape.hidden(), size)?;
+        let (mask, mask_at) = bind(shared, op.mask, tokens, 4)?;
+        let (out, out_at) = bind(shared, op.out, tokens * shape.hidden(), size)?;
+        let params = [
+            qkv_at,
+            mask_at,
+            out_at,
+            word("attention", shape.seq)?,
+            word("attention", shape.heads)?,
+            word("attention", shape.head_dim)?,
+            shape.scale.to_bits(),
+        ];
+        let queries = match block {
+            true => shape.seq.div_ceil(16),
+            false => shape.seq,
+        };
+        let groups = [queries as u32, shape.heads as u32, shape.batch as u32];
+        stream.dispatch(kernel, &[qkv, mask, out], &params, groups)
     }
 
     fn bias_gelu(&self, stream: &WgpuStream, op: &BiasGelu<'_, Self>) -> Result<()> {

@@ -3,10 +3,18 @@
 //!
 //! # Promises
 //!
-//! - **In order.** Work is encoded into the stream's open encoder in call order; [`WgpuStream::commit`]
-//!   finishes it and submits it (through the device's numbered submit), and the next op opens a new
-//!   encoder. How many dispatches go into one submit is the runtime's commit policy: `on` submits after
-//!   every op, `off` only at sync points (an event, a download, a synchronize).
+//! - **In order.** Work is encoded into the stream's open encoder in call order; dispatches go into
+//!   the encoder's open compute pass (one pass for a run of dispatches: beginning and ending a pass per
+//!   dispatch costs more than a small kernel runs), which copies end. A submit finishes the encoder
+//!   (through the device's numbered submit), and the next op opens a new one.
+//! - **When work is submitted.** Sync points (an event, a download, a synchronize, a shutdown, a
+//!   large upload) always submit. The runtime's commit after an op (`commit_op`, by its
+//!   commit policy: `on` after every op, `off` never) submits when the stream has nothing in flight
+//!   (the device would otherwise idle) or when at least the device's submit batch of commands
+//!   ([`crate::WgpuDevice::set_submit_batch`], `BRAID_WGPU_SUBMIT_BATCH`, default
+//!   [`crate::device::SUBMIT_BATCH`]) is encoded; otherwise it leaves them for the next commit.
+//!   wgpu serialises submits (one lock across validation, tracking and the driver's submit), so a
+//!   submit per op caps all callers together at one submit rate; a batch of 1 is a submit per commit.
 //! - **Uploads take their bytes at once.** Aligned uploads up to [`BELT_CHUNK`] are written into the
 //!   stream's staging belt (mapped chunks, reused once the queue is done with them) and copied in
 //!   stream order; larger ones commit the stream and go through the queue's own staging, which runs
@@ -21,15 +29,17 @@
 //!   policy) stays in order; streams of different threads share nothing but the queue.
 
 use std::num::NonZeroU64;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use braid_runtime::device::View;
 use braid_runtime::{Result, RuntimeError};
 use parking_lot::Mutex;
 
+use crate::bind::Binding;
 use crate::device::{Shared, Submitted};
 use crate::download::{ReadbackPool, WgpuDownload};
-use crate::kernels::{Binding, Kernel};
+use crate::kernels::{Kernel, Recorded};
 use crate::WgpuDevice;
 
 /// Bytes per staging-belt chunk; aligned uploads up to this size go through the belt.
@@ -45,6 +55,8 @@ pub struct WgpuStream {
 
 struct State {
     closed: bool,
+    /// The open compute pass of `encoder` (declared first: dropped, so ended, before the encoder).
+    pass: Option<wgpu::ComputePass<'static>>,
     encoder: Option<wgpu::CommandEncoder>,
     /// Commands in the open encoder (0: nothing to submit).
     encoded: usize,
@@ -70,6 +82,7 @@ impl WgpuStream {
             index,
             state: Mutex::new(State {
                 closed: false,
+                pass: None,
                 encoder: None,
                 encoded: 0,
                 belt,
@@ -115,6 +128,7 @@ impl WgpuStream {
         if state.closed {
             return Err(self.dropped());
         }
+        state.pass = None; // ends the pass: copies go between passes
         let State {
             encoder,
             belt,
@@ -141,11 +155,46 @@ impl WgpuStream {
         params: &[u32],
         groups: [u32; 3],
     ) -> Result<()> {
-        self.encode(|encoder, _, shared| {
-            shared
-                .kernels
-                .dispatch(shared, encoder, kernel, bindings, params, groups)
-        })
+        let recorded =
+            (self.shared.kernels).prepare(&self.shared, kernel, bindings, params, groups);
+        let mut state = self.state.lock();
+        self.record_locked(&mut state, &recorded)
+    }
+
+    /// Records a prepared dispatch into the open compute pass (opening the encoder and the pass).
+    fn record_locked(&self, state: &mut State, recorded: &Recorded) -> Result<()> {
+        if state.closed {
+            return Err(self.dropped());
+        }
+        if state.pass.is_none() {
+            let encoder = state.encoder.get_or_insert_with(|| {
+                self.shared
+                    .device
+                    .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                        label: Some("braid stream"),
+                    })
+            });
+            let pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: None,
+                timestamp_writes: None,
+            });
+            state.pass = Some(pass.forget_lifetime());
+        }
+        recorded.record(state.pass.as_mut().expect("opened above"));
+        state.encoded += 1;
+        self.shared.dispatches.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// The runtime's commit after an op: submits when the stream has nothing in flight or at least
+    /// the device's submit batch of commands is encoded (see the module doc).
+    pub(crate) fn commit_op(&self) -> Result<()> {
+        let mut state = self.state.lock();
+        let idle = (state.last.as_ref()).is_none_or(|last| self.shared.is_done(last.seq));
+        if idle || state.encoded >= self.shared.submit_batch() {
+            self.commit_locked(&mut state);
+        }
+        Ok(())
     }
 
     /// Submits what is encoded; returns the stream's last submission (`None` if it never submitted).
@@ -159,6 +208,7 @@ impl WgpuStream {
         if state.encoded == 0 {
             return;
         }
+        state.pass = None;
         let Some(encoder) = state.encoder.take() else {
             return;
         };
@@ -222,12 +272,10 @@ impl WgpuStream {
         let mut words = src.to_vec();
         words.resize(padded as usize, 0);
         self.stage(&mut state, &words, &scratch, 0)?;
-        let source = Binding::whole(&scratch, 0, padded);
-        self.encode_locked(&mut state, |encoder, _, shared| {
-            shared
-                .kernels
-                .byte_copy(shared, encoder, source, (&dst.buffer.buffer, at), len)
-        })
+        let source = Binding::whole(&scratch, 0, padded, 0);
+        let target = (&dst.buffer.buffer, at);
+        let recorded = (self.shared.kernels).byte_copy(&self.shared, source, target, len)?;
+        self.record_locked(&mut state, &recorded)
     }
 
     /// Writes `bytes` (a multiple of 4 long) at `at` in `target`, in stream order.
@@ -263,16 +311,16 @@ impl WgpuStream {
             return Ok(());
         }
         let (source, target) = (&src.buffer.buffer, &dst.buffer.buffer);
-        self.encode(|encoder, _, shared| {
-            if aligned(&[from, to, len]) && source != target {
+        if aligned(&[from, to, len]) && source != target {
+            return self.encode(|encoder, _, _| {
                 encoder.copy_buffer_to_buffer(source, from, target, to, len);
-                return Ok(());
-            }
-            let source = Binding::window(shared, source, from, len)?;
-            shared
-                .kernels
-                .byte_copy(shared, encoder, source, (target, to), len)
-        })
+                Ok(())
+            });
+        }
+        let shared = &self.shared;
+        let binding = Binding::window(shared, source, from, len)?;
+        let recorded = (shared.kernels).byte_copy(shared, binding, (target, to), len)?;
+        self.record_locked(&mut self.state.lock(), &recorded)
     }
 
     /// Encodes a copy of `src` into a read-back buffer, submits it and starts mapping (see

@@ -131,6 +131,8 @@ fn the_commit_policy_sets_how_many_dispatches_go_in_one_submit() {
     let Some(device) = common::device_or_skip() else {
         return;
     };
+    // A submit batch of one: every commit of the runtime submits.
+    device.set_submit_batch(1);
     let rt = Runtime::new(device.clone(), RuntimeConfig::default()).unwrap();
     let y = rt.from_f32(&[1.0; 64], &[64]).unwrap();
     let mut x = rt.from_f32(&[0.0; 64], &[64]).unwrap();
@@ -156,6 +158,18 @@ fn the_commit_policy_sets_how_many_dispatches_go_in_one_submit() {
         "(dispatches, submits) under on, off"
     );
     assert_eq!(rt.to_vec_f32(&x).unwrap(), vec![20.0; 64]);
+    // A batch larger than the ops: `on` submits only when the stream has nothing in flight, and the
+    // synchronize submits the rest, so between 1 and 10 submits, and the same result.
+    device.set_submit_batch(1000);
+    rt.streams().set_commit_policy(CommitPolicy::On);
+    let before = device.counters();
+    for _ in 0..10 {
+        rt.add_assign(&mut x, &y).unwrap();
+    }
+    stream.synchronize().unwrap();
+    let submits = device.counters().submits - before.submits;
+    assert!((1..=10).contains(&submits), "{submits} submits");
+    assert_eq!(rt.to_vec_f32(&x).unwrap(), vec![30.0; 64]);
 }
 
 #[test]
