@@ -47,7 +47,7 @@ fn single_packed_padded(model: &dyn Embedder, texts: &[&str]) -> [Vec<Vec<f32>>;
     let pad = model.spec().config.pad_token_id;
     [
         single,
-        model.embed_packed(&pack_batch(&encodings)).unwrap(),
+        model.embed_packed(&pack_batch(&encodings, pad)).unwrap(),
         model.embed_batch(&pad_batch(&encodings, pad)).unwrap(),
     ]
 }

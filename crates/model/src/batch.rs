@@ -62,13 +62,19 @@ pub fn pad_batch(encodings: &[Encoding], pad_id: u32) -> PaddedBatch {
     out
 }
 
+/// The row count of a packed batch is rounded up to a multiple of this, with rows that belong to no
+/// sequence: the products then see few distinct shapes (a backend may plan each shape once — cuBLASLt
+/// does — and a server's batches would otherwise all differ), at a cost of under 64 rows a batch.
+pub const PACKED_ROW_MULTIPLE: usize = 64;
+
 /// A packed batch: the tokens of every sequence one after another, sequence `b` at
-/// `offsets[b]..offsets[b + 1]`; positions restart at 0 in every sequence. Nothing is padded.
+/// `offsets[b]..offsets[b + 1]`; positions restart at 0 in every sequence. No sequence is padded; the
+/// rows after the last one, up to a multiple of [`PACKED_ROW_MULTIPLE`], hold the pad token.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PackedBatch {
     /// `sequences + 1` token offsets, from 0.
     pub offsets: Vec<u32>,
-    /// Token ids of all sequences.
+    /// Token ids of all sequences, then the trailing rows' pad ids.
     pub ids: Vec<u32>,
     /// Token type ids.
     pub type_ids: Vec<u32>,
@@ -84,6 +90,11 @@ impl PackedBatch {
 
     /// Tokens of all sequences.
     pub fn tokens(&self) -> usize {
+        self.offsets.last().map_or(0, |&t| t as usize)
+    }
+
+    /// Rows the forward computes: the tokens and the trailing rows.
+    pub fn rows(&self) -> usize {
         self.ids.len()
     }
 
@@ -97,14 +108,15 @@ impl PackedBatch {
     }
 }
 
-/// Packs `encodings` one after another (see [`PackedBatch`]).
-pub fn pack_batch(encodings: &[Encoding]) -> PackedBatch {
+/// Packs `encodings` one after another, rows rounded up with `pad_id` (see [`PackedBatch`]).
+pub fn pack_batch(encodings: &[Encoding], pad_id: u32) -> PackedBatch {
     let tokens: usize = encodings.iter().map(Encoding::len).sum();
+    let rows = tokens.div_ceil(PACKED_ROW_MULTIPLE) * PACKED_ROW_MULTIPLE;
     let mut out = PackedBatch {
         offsets: Vec::with_capacity(encodings.len() + 1),
-        ids: Vec::with_capacity(tokens),
-        type_ids: Vec::with_capacity(tokens),
-        positions: Vec::with_capacity(tokens),
+        ids: Vec::with_capacity(rows),
+        type_ids: Vec::with_capacity(rows),
+        positions: Vec::with_capacity(rows),
     };
     out.offsets.push(0);
     for encoding in encodings {
@@ -115,6 +127,9 @@ pub fn pack_batch(encodings: &[Encoding]) -> PackedBatch {
         out.positions.extend(0..encoding.len() as u32);
         out.offsets.push(out.ids.len() as u32);
     }
+    out.ids.resize(rows, pad_id);
+    out.type_ids.resize(rows, 0);
+    out.positions.resize(rows, 0);
     out
 }
 
@@ -134,7 +149,7 @@ impl TokenBatch {
     pub fn new(encodings: &[Encoding], pad_id: u32, packed: bool) -> Self {
         let uneven = encodings.windows(2).any(|w| w[0].len() != w[1].len());
         if packed && uneven && encodings.iter().all(|e| !e.is_empty()) {
-            Self::Packed(pack_batch(encodings))
+            Self::Packed(pack_batch(encodings, pad_id))
         } else {
             Self::Padded(pad_batch(encodings, pad_id))
         }
@@ -148,11 +163,12 @@ impl TokenBatch {
         }
     }
 
-    /// Token rows the forward computes: real and padded (padded), or real only (packed).
+    /// Token rows the forward computes: real and padded (padded), or real and the trailing rows
+    /// (packed).
     pub fn computed_tokens(&self) -> usize {
         match self {
             Self::Padded(b) => b.batch * b.seq,
-            Self::Packed(b) => b.tokens(),
+            Self::Packed(b) => b.rows(),
         }
     }
 }
@@ -215,12 +231,18 @@ mod tests {
             enc(&[101, 102], &[0, 1]),
             enc(&[101, 5, 6, 7, 102], &[0; 5]),
         ];
-        let b = pack_batch(&rows);
+        let b = pack_batch(&rows, 9);
         assert_eq!((b.sequences(), b.tokens(), b.longest()), (3, 10, 5));
+        assert_eq!(b.rows(), PACKED_ROW_MULTIPLE);
         assert_eq!(b.offsets, [0, 3, 5, 10]);
-        assert_eq!(b.ids, [101, 7, 102, 101, 102, 101, 5, 6, 7, 102]);
-        assert_eq!(b.type_ids, [0, 0, 0, 0, 1, 0, 0, 0, 0, 0]);
-        assert_eq!(b.positions, [0, 1, 2, 0, 1, 0, 1, 2, 3, 4]);
+        assert_eq!(b.ids[..10], [101, 7, 102, 101, 102, 101, 5, 6, 7, 102]);
+        assert_eq!(b.type_ids[..10], [0, 0, 0, 0, 1, 0, 0, 0, 0, 0]);
+        assert_eq!(b.positions[..10], [0, 1, 2, 0, 1, 0, 1, 2, 3, 4]);
+        assert!(b.ids[10..].iter().all(|&id| id == 9));
+        assert!(b.type_ids[10..]
+            .iter()
+            .chain(&b.positions[10..])
+            .all(|&v| v == 0));
         assert!(matches!(
             TokenBatch::new(&rows, 0, true),
             TokenBatch::Packed(_)
@@ -234,7 +256,8 @@ mod tests {
             TokenBatch::new(&even, 0, true),
             TokenBatch::Padded(_)
         ));
-        assert_eq!(pack_batch(&[]).sequences(), 0);
+        assert_eq!(pack_batch(&[], 0).sequences(), 0);
+        assert_eq!(pack_batch(&[], 0).rows(), 0);
     }
 
     #[test]

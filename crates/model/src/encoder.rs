@@ -310,8 +310,8 @@ impl<D: Ops> BertModel<D> {
     pub fn forward_packed(&self, batch: &PackedBatch) -> Result<Tensor<D>> {
         self.check_packed(batch)?;
         let rt = &*self.runtime;
-        let tokens = batch.tokens();
-        let sequences = rt.packed_sequences(&batch.offsets)?;
+        let rows = batch.rows();
+        let sequences = rt.packed_sequences(&batch.offsets, rows)?;
         let cls_rows = match self.pooling.mode {
             Pooling::Cls => {
                 let starts = &batch.offsets[..batch.sequences()];
@@ -320,10 +320,10 @@ impl<D: Ops> BertModel<D> {
             _ => None,
         };
         let inputs = DeviceInputs {
-            ids: rt.from_u32(&batch.ids, &[tokens])?,
-            positions: rt.from_u32(&batch.positions, &[tokens])?,
-            type_ids: rt.from_u32(&batch.type_ids, &[tokens])?,
-            mask: rt.full(&[tokens], 1.0)?,
+            ids: rt.from_u32(&batch.ids, &[rows])?,
+            positions: rt.from_u32(&batch.positions, &[rows])?,
+            type_ids: rt.from_u32(&batch.type_ids, &[rows])?,
+            mask: rt.full(&[rows], 1.0)?,
             cls_rows,
             batch: sequences.sequences(),
             seq: sequences.longest(),
@@ -479,25 +479,25 @@ impl<D: Ops> BertModel<D> {
         self.check_ids(&batch.ids, &batch.type_ids, &batch.positions)
     }
 
-    /// A packed batch the model can run: offsets from 0 to the token count, never decreasing, no
+    /// A packed batch the model can run: offsets from 0 to at most the row count, rising, so no
     /// empty sequence, every sequence within the position table, ids within the vocabulary.
     fn check_packed(&self, batch: &PackedBatch) -> Result<()> {
-        let tokens = batch.ids.len();
+        let rows = batch.rows();
         let invalid = |detail: String| Err(ModelError::InvalidBatch { detail });
         let offsets = &batch.offsets;
         if offsets.first() != Some(&0)
-            || offsets.last().map(|&t| t as usize) != Some(tokens)
+            || offsets.last().is_none_or(|&t| t as usize > rows)
             || offsets.windows(2).any(|w| w[0] >= w[1])
         {
             return invalid(format!(
-                "packed offsets must rise from 0 to the {tokens} tokens, every sequence non-empty; \
-                 got {} offsets",
+                "packed offsets must rise from 0, at most to the {rows} rows, every sequence \
+                 non-empty; got {} offsets",
                 offsets.len()
             ));
         }
-        if batch.type_ids.len() != tokens || batch.positions.len() != tokens {
+        if batch.type_ids.len() != rows || batch.positions.len() != rows {
             return invalid(format!(
-                "a packed batch of {tokens} tokens needs {tokens} type ids and positions"
+                "a packed batch of {rows} rows needs {rows} type ids and positions"
             ));
         }
         if batch.longest() > self.config.max_position_embeddings {

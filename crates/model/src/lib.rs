@@ -46,7 +46,7 @@ mod switch;
 mod tokenizer;
 mod weights;
 
-pub use batch::{pack_batch, pad_batch, PackedBatch, PaddedBatch, TokenBatch};
+pub use batch::{pack_batch, pad_batch, PackedBatch, PaddedBatch, TokenBatch, PACKED_ROW_MULTIPLE};
 pub use config::{Activation, BertConfig};
 pub use encoder::{BertModel, PACKED_BATCHES_ENV};
 pub use error::{ModelError, Result};

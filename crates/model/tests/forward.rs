@@ -49,10 +49,10 @@ fn single_inputs_match_the_float64_reference() {
 /// All cases in one batch of `layout`.
 fn embed_as(model: &BertModel<CpuDevice>, texts: &[&str], packed: bool) -> Vec<Vec<f32>> {
     let encodings = model.spec().tokenizer.encode_batch(texts).unwrap();
+    let pad = model.spec().config.pad_token_id;
     if packed {
-        model.embed_packed(&pack_batch(&encodings)).unwrap()
+        model.embed_packed(&pack_batch(&encodings, pad)).unwrap()
     } else {
-        let pad = model.spec().config.pad_token_id;
         model.embed_batch(&pad_batch(&encodings, pad)).unwrap()
     }
 }
@@ -226,18 +226,18 @@ fn an_empty_batch_gives_no_embeddings_and_bad_batches_are_refused() {
     let err = model.forward(&too_long).unwrap_err().to_string();
     assert!(err.contains("exceeds the model's 512 positions"), "{err}");
 
-    let packed = pack_batch(&encodings);
+    let packed = pack_batch(&encodings, spec.config.pad_token_id);
     let mut empty_sequence = packed.clone();
     empty_sequence.offsets.insert(1, 0);
     let mut past_the_end = packed.clone();
-    *past_the_end.offsets.last_mut().unwrap() += 1;
+    *past_the_end.offsets.last_mut().unwrap() = packed.rows() as u32 + 1;
     let mut bad_positions = packed.clone();
     bad_positions.positions.pop();
     let mut bad_id = packed.clone();
     bad_id.ids[0] = spec.config.vocab_size as u32;
     for (bad, says) in [
         (empty_sequence, "every sequence non-empty"),
-        (past_the_end, "rise from 0 to the"),
+        (past_the_end, "at most to the"),
         (bad_positions, "type ids and positions"),
         (bad_id, "vocab_size"),
     ] {
@@ -247,7 +247,7 @@ fn an_empty_batch_gives_no_embeddings_and_bad_batches_are_refused() {
             "{err}"
         );
     }
-    assert_eq!(model.embed_packed(&pack_batch(&[])).unwrap().len(), 0);
+    assert_eq!(model.embed_packed(&pack_batch(&[], 0)).unwrap().len(), 0);
 }
 
 #[test]

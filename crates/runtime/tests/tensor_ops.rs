@@ -373,6 +373,9 @@ fn packed_attention_and_mean_pool_equal_the_padded_ops_bit_for_bit() {
         offsets.push(offsets.last().unwrap() + len as u32);
     }
     let tokens = *offsets.last().unwrap() as usize;
+    // Rows past the last sequence (a rounded-up packed matrix) hold NaN: nothing may read them.
+    let rows = tokens + 5;
+    packed_qkv.resize(rows * width, f32::NAN);
 
     let qkv = rt.from_f32(&padded_qkv, &[batch * seq, width]).unwrap();
     let mask_t = rt.from_f32(&mask, &[batch, seq]).unwrap();
@@ -386,7 +389,7 @@ fn packed_attention_and_mean_pool_equal_the_padded_ops_bit_for_bit() {
         .unwrap();
     let (context, pooled) = (context_rows, rt.to_vec_f32(&pooled).unwrap());
 
-    let sequences = rt.packed_sequences(&offsets).unwrap();
+    let sequences = rt.packed_sequences(&offsets, rows).unwrap();
     assert_eq!(
         (
             sequences.sequences(),
@@ -395,8 +398,9 @@ fn packed_attention_and_mean_pool_equal_the_padded_ops_bit_for_bit() {
         ),
         (batch, tokens, seq)
     );
-    let qkv = rt.from_f32(&packed_qkv, &[tokens, width]).unwrap();
-    let ones = rt.from_f32(&vec![1.0; tokens], &[tokens]).unwrap();
+    assert_eq!(sequences.rows(), rows);
+    let qkv = rt.from_f32(&packed_qkv, &[rows, width]).unwrap();
+    let ones = rt.from_f32(&vec![1.0; rows], &[rows]).unwrap();
     let packed_context = rt.attention_packed(&qkv, &ones, &sequences, heads).unwrap();
     let packed_pooled = rt
         .mean_pool_packed(&packed_context, &ones, &sequences)
@@ -422,16 +426,21 @@ fn packed_attention_and_mean_pool_equal_the_padded_ops_bit_for_bit() {
         "pooled"
     );
 
-    for bad in [&[][..], &[1, 3][..], &[0, 4, 2][..]] {
+    for bad in [&[][..], &[1, 3][..], &[0, 4, 2][..], &[0, 4, 9][..]] {
         let err = rt
-            .packed_sequences(bad)
+            .packed_sequences(bad, 8)
             .err()
             .expect("bad offsets are refused");
         assert!(err.to_string().contains("offsets must start at 0"), "{err}");
     }
-    let err = rt.attention_packed(&qkv, &ones, &rt.packed_sequences(&[0, 5]).unwrap(), heads);
+    let err = rt.attention_packed(
+        &qkv,
+        &ones,
+        &rt.packed_sequences(&[0, 5], 5).unwrap(),
+        heads,
+    );
     assert!(err
         .unwrap_err()
         .to_string()
-        .contains("a packed batch of 5 tokens"));
+        .contains("a packed batch of 5 rows"));
 }

@@ -276,7 +276,8 @@ fn packed_attention_pool<D: Ops>(rt: &Runtime<D>, dt: DType, v: &[Vec<f32>]) -> 
     for &len in &v[0][2..] {
         offsets.push(offsets.last().unwrap() + len as u32);
     }
-    let sequences = rt.packed_sequences(&offsets).unwrap();
+    let rows = *offsets.last().unwrap() as usize;
+    let sequences = rt.packed_sequences(&offsets, rows).unwrap();
     let tokens = sequences.tokens();
     let qkv = up(rt, dt, &v[1], &[tokens, 3 * heads * hd]);
     let mask = rt.from_f32(&v[2], &[tokens]).unwrap();

@@ -9,12 +9,15 @@ use crate::error::Result;
 use crate::ops::{Attention, AttentionShape, MeanPool, Ops, Packing};
 use crate::runtime::Runtime;
 
-/// The sequence boundaries of a packed batch: sequence `b` is rows `offsets[b]..offsets[b + 1]`.
-/// Made by [`Runtime::packed_sequences`], which checks the offsets once.
+/// The sequence boundaries of a packed batch: sequence `b` is rows `offsets[b]..offsets[b + 1]` of a
+/// matrix of [`PackedSequences::rows`] rows; rows past the last sequence belong to none (a caller may
+/// round the row count up so that products see few distinct shapes) and are never read into another
+/// row's result. Made by [`Runtime::packed_sequences`], which checks the offsets once.
 pub struct PackedSequences<D: Device> {
     host: Vec<u32>,
     device: Tensor<D>,
     longest: usize,
+    rows: usize,
 }
 
 impl<D: Device> PackedSequences<D> {
@@ -29,6 +32,11 @@ impl<D: Device> PackedSequences<D> {
             .host
             .last()
             .expect("offsets hold at least one entry (checked)") as usize
+    }
+
+    /// Rows of the packed matrices: the tokens, and any rows after the last sequence.
+    pub fn rows(&self) -> usize {
+        self.rows
     }
 
     /// The longest sequence's tokens.
@@ -50,16 +58,19 @@ impl<D: Device> PackedSequences<D> {
 }
 
 impl<D: Ops> Runtime<D> {
-    /// The boundaries of a packed batch, uploaded on the current stream: `offsets` starts at 0, never
-    /// decreases and has one entry more than there are sequences.
-    pub fn packed_sequences(&self, offsets: &[u32]) -> Result<PackedSequences<D>> {
-        let valid = offsets.first() == Some(&0) && offsets.windows(2).all(|w| w[0] <= w[1]);
+    /// The boundaries of a packed batch of `rows` rows, uploaded on the current stream: `offsets`
+    /// starts at 0, never decreases, ends at most at `rows` and has one entry more than there are
+    /// sequences.
+    pub fn packed_sequences(&self, offsets: &[u32], rows: usize) -> Result<PackedSequences<D>> {
+        let valid = offsets.first() == Some(&0)
+            && offsets.windows(2).all(|w| w[0] <= w[1])
+            && offsets.last().is_some_and(|&end| end as usize <= rows);
         if !valid {
             return Err(shape_error(
                 "packed_sequences",
                 format!(
-                    "offsets must start at 0, never decrease and have one entry more than there are \
-                     sequences; got {} entries starting {:?}",
+                    "offsets must start at 0, never decrease, end at most at the {rows} rows and have \
+                     one entry more than there are sequences; got {} entries starting {:?}",
                     offsets.len(),
                     &offsets[..offsets.len().min(4)]
                 ),
@@ -74,10 +85,11 @@ impl<D: Ops> Runtime<D> {
             device: self.from_u32(offsets, &[offsets.len()])?,
             host: offsets.to_vec(),
             longest,
+            rows,
         })
     }
 
-    /// [`Runtime::attention`] over a packed batch: `qkv [tokens, 3 * hidden]`, `mask [tokens]` (f32),
+    /// [`Runtime::attention`] over a packed batch: `qkv [rows, 3 * hidden]`, `mask [rows]` (f32),
     /// context `[tokens, hidden]`; each sequence attends only to its own tokens. See
     /// [`Ops::attention_packed`].
     pub fn attention_packed(
@@ -89,13 +101,13 @@ impl<D: Ops> Runtime<D> {
     ) -> Result<Tensor<D>> {
         let dtype = float_dtype("attention", [qkv])?;
         expect_f32_mask("attention", mask)?;
-        let tokens = sequences.tokens();
+        let tokens = sequences.rows();
         let (rows, width) = rows_cols(&qkv.shape);
         if rows != tokens || mask.shape != [tokens] || heads == 0 || width % (3 * heads) != 0 {
             return Err(shape_error(
                 "attention",
                 format!(
-                    "a packed batch of {tokens} tokens needs qkv [{tokens}, 3 * hidden] with hidden a \
+                    "a packed batch of {tokens} rows needs qkv [{tokens}, 3 * hidden] with hidden a \
                      multiple of {heads} heads and mask [{tokens}], got {:?} and {:?}",
                     qkv.shape, mask.shape
                 ),
@@ -131,13 +143,13 @@ impl<D: Ops> Runtime<D> {
     ) -> Result<Tensor<D>> {
         let dtype = float_dtype("mean_pool", [x])?;
         expect_f32_mask("mean_pool", mask)?;
-        let tokens = sequences.tokens();
+        let tokens = sequences.rows();
         let (rows, dim) = rows_cols(&x.shape);
         if rows != tokens || x.shape.len() != 2 || mask.shape != [tokens] {
             return Err(shape_error(
                 "mean_pool",
                 format!(
-                    "a packed batch of {tokens} tokens needs x [{tokens}, dim] and mask [{tokens}], \
+                    "a packed batch of {tokens} rows needs x [{tokens}, dim] and mask [{tokens}], \
                      got {:?} and {:?}",
                     x.shape, mask.shape
                 ),
