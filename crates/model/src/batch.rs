@@ -108,10 +108,15 @@ impl PackedBatch {
     }
 }
 
+/// The rows of a packed batch of `tokens` tokens: rounded up to a multiple of [`PACKED_ROW_MULTIPLE`].
+fn packed_rows(tokens: usize) -> usize {
+    tokens.div_ceil(PACKED_ROW_MULTIPLE) * PACKED_ROW_MULTIPLE
+}
+
 /// Packs `encodings` one after another, rows rounded up with `pad_id` (see [`PackedBatch`]).
 pub fn pack_batch(encodings: &[Encoding], pad_id: u32) -> PackedBatch {
     let tokens: usize = encodings.iter().map(Encoding::len).sum();
-    let rows = tokens.div_ceil(PACKED_ROW_MULTIPLE) * PACKED_ROW_MULTIPLE;
+    let rows = packed_rows(tokens);
     let mut out = PackedBatch {
         offsets: Vec::with_capacity(encodings.len() + 1),
         ids: Vec::with_capacity(rows),
@@ -143,12 +148,15 @@ pub enum TokenBatch {
 }
 
 impl TokenBatch {
-    /// `encodings` packed when `packed` (the device prefers packed batches) and their lengths differ,
-    /// else padded: with equal lengths both layouts are the same tokens, and the padded one is the one
-    /// every backend runs best. An empty encoding (which a packed batch cannot hold) pads.
+    /// `encodings` packed when `packed` (the device prefers packed batches) and packing computes fewer
+    /// rows than padding (the packed rows rounded up to [`PACKED_ROW_MULTIPLE`] against sequences ×
+    /// the longest: a few short sequences, or equal lengths, pad), else padded. An empty encoding
+    /// (which a packed batch cannot hold) pads.
     pub fn new(encodings: &[Encoding], pad_id: u32, packed: bool) -> Self {
-        let uneven = encodings.windows(2).any(|w| w[0].len() != w[1].len());
-        if packed && uneven && encodings.iter().all(|e| !e.is_empty()) {
+        let tokens: usize = encodings.iter().map(Encoding::len).sum();
+        let longest = encodings.iter().map(Encoding::len).max().unwrap_or(0);
+        let fewer_rows = packed_rows(tokens) < encodings.len() * longest;
+        if packed && fewer_rows && encodings.iter().all(|e| !e.is_empty()) {
             Self::Packed(pack_batch(encodings, pad_id))
         } else {
             Self::Padded(pad_batch(encodings, pad_id))
@@ -243,15 +251,23 @@ mod tests {
             .iter()
             .chain(&b.positions[10..])
             .all(|&v| v == 0));
+        // 10 tokens pack into 64 rows, more than 3 x 5 padded: these pad.
         assert!(matches!(
             TokenBatch::new(&rows, 0, true),
+            TokenBatch::Padded(_)
+        ));
+        let long = enc(&[1; 100], &[0; 100]);
+        let uneven = [long.clone(), rows[0].clone(), rows[1].clone()];
+        // 105 tokens in 128 rows, against 3 x 100 padded.
+        assert!(matches!(
+            TokenBatch::new(&uneven, 0, true),
             TokenBatch::Packed(_)
         ));
         assert!(matches!(
-            TokenBatch::new(&rows, 0, false),
+            TokenBatch::new(&uneven, 0, false),
             TokenBatch::Padded(_)
         ));
-        let even = [rows[0].clone(), rows[0].clone()];
+        let even = [long.clone(), long];
         assert!(matches!(
             TokenBatch::new(&even, 0, true),
             TokenBatch::Padded(_)
