@@ -171,17 +171,12 @@ pub trait Embedder: Send + Sync {
         self.embed_prepared(&self.prepare(encodings))
     }
 
-    /// `encodings` as one batch in the layout the device prefers: packed (no padded token computed)
-    /// where that runs faster and the lengths differ, else padded.
+    /// `encodings` as one batch in the layout the device prefers (see [`BertModel::prepare`]):
+    /// packed where the device prefers it and packing computes fewer rows, else padded.
     fn prepare(&self, encodings: &[Encoding]) -> TokenBatch;
 
     /// Embeddings of a prepared batch ([`Embedder::prepare`]); checked against the model first.
-    fn embed_prepared(&self, batch: &TokenBatch) -> Result<Vec<Vec<f32>>> {
-        match batch {
-            TokenBatch::Padded(batch) => self.embed_batch(batch),
-            TokenBatch::Packed(batch) => self.embed_packed(batch),
-        }
-    }
+    fn embed_prepared(&self, batch: &TokenBatch) -> Result<Vec<Vec<f32>>>;
 
     /// Embeddings of an already padded batch (see [`pad_batch`](crate::pad_batch)); checked against the model first.
     fn embed_batch(&self, batch: &PaddedBatch) -> Result<Vec<Vec<f32>>>;
@@ -264,6 +259,10 @@ impl<D: Ops> Embedder for BertModel<D> {
 
     fn prepare(&self, encodings: &[Encoding]) -> TokenBatch {
         BertModel::prepare(self, encodings)
+    }
+
+    fn embed_prepared(&self, batch: &TokenBatch) -> Result<Vec<Vec<f32>>> {
+        BertModel::embed_prepared(self, batch)
     }
 
     fn embed_batch(&self, batch: &PaddedBatch) -> Result<Vec<Vec<f32>>> {
